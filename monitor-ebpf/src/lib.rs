@@ -1,0 +1,49 @@
+//! Types shared by the eBPF programs (`src/main.rs`) and user space (`monitor/`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel writes it, user space reads it as bytes.
+#![no_std]
+
+/// Most system workqueue pointer variables the probe compares against. Kernels have 7 (5.x) to
+/// 11 (6.17); the rest is headroom for queues added later, found by pattern in kallsyms.
+pub const MAX_QUEUES: usize = 16;
+
+/// Kernel stack depth captured per event (the issue asks for at least 32).
+pub const MAX_FRAMES: usize = 48;
+
+/// Bytes of `workqueue_struct.name` compared in name mode. WQ_NAME_LEN is 24 before 6.9 and 32
+/// since; user space passes the real length read from BTF.
+pub const NAME_LEN: usize = 32;
+
+/// `FlushEvent::flags`: the flushing task is a workqueue worker (`PF_WQ_WORKER`).
+pub const FLAG_WORKER: u32 = 1 << 0;
+/// `FlushEvent::flags`: `FLAG_WORKER` is meaningful (task_struct.flags offset was known from BTF).
+pub const FLAG_WORKER_KNOWN: u32 = 1 << 1;
+/// `FlushEvent::flags`: matched by workqueue name, not by pointer (no data symbols in kallsyms).
+pub const FLAG_BY_NAME: u32 = 1 << 2;
+
+/// Index into the `LOST` per-CPU array: ring buffer reservations that failed.
+pub const LOST_RINGBUF: u32 = 0;
+
+/// One flush of a system workqueue, sent through the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FlushEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, nanoseconds.
+    pub time_ns: u64,
+    /// The `struct workqueue_struct *` being flushed.
+    pub wq: u64,
+    /// Thread id (the kernel's pid).
+    pub pid: u32,
+    /// Process id (the kernel's tgid).
+    pub tgid: u32,
+    pub cpu: u32,
+    /// Index of the matched system queue in the table user space passed in.
+    pub queue: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Bytes of `stack` that `bpf_get_stack` filled, or its negative errno.
+    pub stack_bytes: i32,
+    pub comm: [u8; 16],
+    /// Kernel return addresses, innermost first.
+    pub stack: [u64; MAX_FRAMES],
+}

@@ -1,0 +1,211 @@
+//! The kernel side of wqflush: one probe on the workqueue flush entry point.
+//!
+//! Attach point, by kernel version (user space picks it from kallsyms):
+//! - 5.19 and later: `__flush_workqueue(struct workqueue_struct *wq)`. Since commit c4f135d64382
+//!   `flush_workqueue()` is a macro around it, so this is the one function every flush passes.
+//! - before 5.19: `flush_workqueue(struct workqueue_struct *wq)`, the exported function itself.
+//! - `flush_scheduled_work()` is a macro (5.19+) or a wrapper (older) around the above, so it needs
+//!   no probe of its own.
+//!
+//! Filtering stays here so a flush of a module's own queue costs a few loads and compares and
+//! sends nothing: only a flush whose target equals the *current value* of a `system_*wq` pointer
+//! variable (addresses from kallsyms, via user space) captures a stack. Where kallsyms has no data
+//! symbols (CONFIG_KALLSYMS_ALL=n) user space switches to name mode: `wq->name` is compared with
+//! the system queue names, at an offset user space read from BTF (Rust eBPF has no CO-RE).
+//! Everything else (symbolizing, dedup, counting, reporting) happens in user space.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("monitor-ebpf builds for the BPF target only; it is embedded in the wqflush binary");
+}
+
+#[cfg(target_arch = "bpf")]
+mod probe {
+    use core::ptr::{addr_of, read_volatile};
+
+    use aya_ebpf::{
+        EbpfContext,
+        helpers::{
+            bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_stack,
+            bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        },
+        macros::{fentry, kprobe, map},
+        maps::{PerCpuArray, RingBuf},
+        programs::{FEntryContext, ProbeContext},
+    };
+    use monitor_ebpf::{
+        FLAG_BY_NAME, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent, LOST_RINGBUF, MAX_FRAMES,
+        MAX_QUEUES, NAME_LEN,
+    };
+
+    /// `PF_WQ_WORKER` from include/linux/sched.h; unchanged since 2.6.36.
+    const PF_WQ_WORKER: u32 = 0x20;
+
+    // Read-only globals set by user space before load (`EbpfLoader::set_global`); the verifier
+    // sees their values, so the unused mode's code is dead code for it.
+    /// Number of valid entries in QUEUE_ADDRS / QUEUE_NAMES.
+    #[unsafe(no_mangle)]
+    static NR_QUEUES: u32 = 0;
+    /// Address of each `system_*wq` pointer variable (address mode).
+    #[unsafe(no_mangle)]
+    static QUEUE_ADDRS: [u64; MAX_QUEUES] = [0; MAX_QUEUES];
+    /// 1: compare names instead of pointers.
+    #[unsafe(no_mangle)]
+    static MATCH_BY_NAME: u32 = 0;
+    /// NUL-terminated name of each system queue (name mode).
+    #[unsafe(no_mangle)]
+    static QUEUE_NAMES: [[u8; NAME_LEN]; MAX_QUEUES] = [[0; NAME_LEN]; MAX_QUEUES];
+    /// offsetof(struct workqueue_struct, name), from BTF.
+    #[unsafe(no_mangle)]
+    static WQ_NAME_OFFSET: u32 = 0;
+    /// offsetof(struct task_struct, flags), from BTF; 0 when unknown.
+    #[unsafe(no_mangle)]
+    static TASK_FLAGS_OFFSET: u32 = 0;
+
+    #[map]
+    static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+    /// Events dropped because the ring buffer was full, per CPU, so no loss goes uncounted.
+    #[map]
+    static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+    #[fentry(function = "__flush_workqueue")]
+    pub fn flush_fentry(ctx: FEntryContext) -> u32 {
+        on_flush(&ctx, ctx.arg::<u64>(0))
+    }
+
+    #[kprobe]
+    pub fn flush_kprobe(ctx: ProbeContext) -> u32 {
+        on_flush(&ctx, ctx.arg::<u64>(0).unwrap_or(0))
+    }
+
+    #[inline(always)]
+    fn global<T: Copy>(value: &T) -> T {
+        // SAFETY: a plain read of a static; volatile so the compiler does not fold in the
+        // placeholder value that user space replaces before load.
+        unsafe { read_volatile(addr_of!(*value)) }
+    }
+
+    #[inline(always)]
+    fn on_flush<C: EbpfContext>(ctx: &C, wq: u64) -> u32 {
+        if wq == 0 {
+            return 0;
+        }
+        let matched = if global(&MATCH_BY_NAME) != 0 {
+            match_by_name(wq).map(|i| (i, FLAG_BY_NAME))
+        } else {
+            match_by_address(wq).map(|i| (i, 0))
+        };
+        if let Some((queue, flags)) = matched {
+            send(ctx, wq, queue, flags);
+        }
+        0
+    }
+
+    /// Index of the system queue whose pointer variable currently holds `wq`.
+    #[inline(always)]
+    fn match_by_address(wq: u64) -> Option<u32> {
+        let n = global(&NR_QUEUES) as usize;
+        for i in 0..MAX_QUEUES {
+            if i >= n {
+                break;
+            }
+            let var = global(&QUEUE_ADDRS[i]) as *const u64;
+            // SAFETY: probe_read tolerates any address; a failed read matches nothing.
+            if unsafe { bpf_probe_read_kernel(var) } == Ok(wq) {
+                return Some(i as u32);
+            }
+        }
+        None
+    }
+
+    /// Index of the system queue whose name equals `wq->name`.
+    #[inline(always)]
+    fn match_by_name(wq: u64) -> Option<u32> {
+        let at = wq + u64::from(global(&WQ_NAME_OFFSET));
+        // SAFETY: probe_read tolerates any address.
+        let name: [u8; NAME_LEN] = unsafe { bpf_probe_read_kernel(at as *const _) }.ok()?;
+        let n = global(&NR_QUEUES) as usize;
+        for i in 0..MAX_QUEUES {
+            if i >= n {
+                break;
+            }
+            if names_equal(&name, &QUEUE_NAMES[i]) {
+                return Some(i as u32);
+            }
+        }
+        None
+    }
+
+    /// Compares up to and including `want`'s NUL, so bytes past the kernel's (shorter, pre-6.9)
+    /// name array are never looked at.
+    #[inline(always)]
+    fn names_equal(got: &[u8; NAME_LEN], want: &[u8; NAME_LEN]) -> bool {
+        for j in 0..NAME_LEN {
+            let w = global(&want[j]);
+            if got[j] != w {
+                return false;
+            }
+            if w == 0 {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[inline(always)]
+    fn send<C: EbpfContext>(ctx: &C, wq: u64, queue: u32, flags: u32) {
+        let Some(mut entry) = EVENTS.reserve::<FlushEvent>(0) else {
+            if let Some(lost) = LOST.get_ptr_mut(LOST_RINGBUF) {
+                // SAFETY: per-CPU slot, no concurrent writer.
+                unsafe { *lost += 1 };
+            }
+            return;
+        };
+        let ev = entry.as_mut_ptr();
+        let pid_tgid = bpf_get_current_pid_tgid();
+        // SAFETY: `ev` points at a reserved, exclusively owned ring buffer record.
+        unsafe {
+            (*ev).time_ns = bpf_ktime_get_ns();
+            (*ev).wq = wq;
+            (*ev).pid = pid_tgid as u32;
+            (*ev).tgid = (pid_tgid >> 32) as u32;
+            (*ev).cpu = bpf_get_smp_processor_id();
+            (*ev).queue = queue;
+            (*ev).flags = flags | worker_flags();
+            (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+            let size = (MAX_FRAMES * 8) as u32;
+            (*ev).stack_bytes =
+                bpf_get_stack(ctx.as_ptr(), (*ev).stack.as_mut_ptr().cast(), size, 0) as i32;
+        }
+        entry.submit(0);
+    }
+
+    /// Whether the current task is a workqueue worker, if BTF told us where its flags are.
+    #[inline(always)]
+    fn worker_flags() -> u32 {
+        let off = global(&TASK_FLAGS_OFFSET);
+        if off == 0 {
+            return 0;
+        }
+        // SAFETY: probe_read tolerates any address.
+        let task = unsafe { bpf_get_current_task() };
+        match unsafe { bpf_probe_read_kernel((task + u64::from(off)) as *const u32) } {
+            Ok(f) if f & PF_WQ_WORKER != 0 => FLAG_WORKER | FLAG_WORKER_KNOWN,
+            Ok(_) => FLAG_WORKER_KNOWN,
+            Err(_) => 0,
+        }
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+
+    /// GPL-compatible: bpf_probe_read_kernel and bpf_get_stack are GPL-only helpers.
+    #[unsafe(link_section = "license")]
+    #[unsafe(no_mangle)]
+    static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+}

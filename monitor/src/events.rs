@@ -1,0 +1,154 @@
+//! Decoding the probe's ring buffer records (`monitor_ebpf::FlushEvent`).
+
+use anyhow::{Result, bail};
+use monitor_ebpf::{FLAG_BY_NAME, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent, MAX_FRAMES};
+
+/// One flush of a system workqueue, as user space sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flush {
+    pub time_ns: u64,
+    pub wq: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub cpu: u32,
+    pub queue: usize,
+    pub by_name: bool,
+    /// Whether the flushing task is a workqueue worker; None when BTF could not tell.
+    pub worker: Option<bool>,
+    pub comm: String,
+    /// Kernel return addresses, innermost first.
+    pub stack: Vec<u64>,
+    /// `bpf_get_stack`'s errno when it captured nothing.
+    pub stack_error: Option<i32>,
+}
+
+/// Decodes one record. The bytes come from the kernel, but are checked anyway: a record of the
+/// wrong size (an eBPF object from another build) must be an error, not garbage.
+pub fn decode(bytes: &[u8], nr_queues: usize) -> Result<Flush> {
+    if bytes.len() != size_of::<FlushEvent>() {
+        bail!(
+            "ring buffer record of {} bytes, expected {}",
+            bytes.len(),
+            size_of::<FlushEvent>()
+        );
+    }
+    // SAFETY: the length matches and FlushEvent is plain old data valid for any bit pattern.
+    let ev: FlushEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if ev.queue as usize >= nr_queues {
+        bail!("event names system queue #{} of {nr_queues}", ev.queue);
+    }
+    let frames = (ev.stack_bytes.max(0) as usize / 8).min(MAX_FRAMES);
+    let comm_len = ev
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(ev.comm.len());
+    Ok(Flush {
+        time_ns: ev.time_ns,
+        wq: ev.wq,
+        pid: ev.pid,
+        tgid: ev.tgid,
+        cpu: ev.cpu,
+        queue: ev.queue as usize,
+        by_name: ev.flags & FLAG_BY_NAME != 0,
+        worker: (ev.flags & FLAG_WORKER_KNOWN != 0).then_some(ev.flags & FLAG_WORKER != 0),
+        comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
+        stack: ev.stack[..frames]
+            .iter()
+            .copied()
+            .take_while(|&a| a != 0)
+            .collect(),
+        stack_error: (ev.stack_bytes < 0).then_some(-ev.stack_bytes),
+    })
+}
+
+#[cfg(test)]
+pub(crate) fn encode(ev: &FlushEvent) -> Vec<u8> {
+    // SAFETY: FlushEvent is plain old data; viewing it as bytes is always valid.
+    unsafe {
+        std::slice::from_raw_parts(
+            (ev as *const FlushEvent).cast::<u8>(),
+            size_of::<FlushEvent>(),
+        )
+    }
+    .to_vec()
+}
+
+#[cfg(test)]
+pub(crate) fn sample_event(queue: u32, stack: &[u64]) -> FlushEvent {
+    let mut ev = FlushEvent {
+        time_ns: 42,
+        wq: 0xffff888003c1e000,
+        pid: 77,
+        tgid: 76,
+        cpu: 1,
+        queue,
+        flags: FLAG_WORKER_KNOWN,
+        stack_bytes: (stack.len() * 8) as i32,
+        comm: [0; 16],
+        stack: [0; MAX_FRAMES],
+    };
+    ev.comm[..2].copy_from_slice(b"sh");
+    ev.stack[..stack.len()].copy_from_slice(stack);
+    ev
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_record() {
+        let f = decode(
+            &encode(&sample_event(2, &[0xffffffff810b5e25, 0xffffffffc0a0101e])),
+            3,
+        )
+        .unwrap();
+        assert_eq!(
+            (f.pid, f.tgid, f.cpu, f.queue, f.comm.as_str()),
+            (77, 76, 1, 2, "sh")
+        );
+        assert_eq!(f.stack, [0xffffffff810b5e25, 0xffffffffc0a0101e]);
+        assert_eq!(
+            (f.worker, f.by_name, f.stack_error),
+            (Some(false), false, None)
+        );
+    }
+
+    #[test]
+    fn reports_flags_and_stack_errors() {
+        let mut ev = sample_event(0, &[]);
+        ev.flags = FLAG_BY_NAME | FLAG_WORKER | FLAG_WORKER_KNOWN;
+        ev.stack_bytes = -14;
+        let f = decode(&encode(&ev), 1).unwrap();
+        assert_eq!(
+            (f.worker, f.by_name, f.stack_error),
+            (Some(true), true, Some(14))
+        );
+        assert!(f.stack.is_empty());
+        ev.flags = 0;
+        assert_eq!(
+            decode(&encode(&ev), 1).unwrap().worker,
+            None,
+            "unknown without BTF"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        let bytes = encode(&sample_event(5, &[]));
+        assert!(decode(&bytes[..10], 9).is_err());
+        assert!(
+            decode(&bytes, 5)
+                .unwrap_err()
+                .to_string()
+                .contains("#5 of 5")
+        );
+        let mut ev = sample_event(0, &[]);
+        ev.stack_bytes = i32::MAX;
+        assert!(
+            decode(&encode(&ev), 1).unwrap().stack.is_empty(),
+            "length clamped, zeros dropped"
+        );
+    }
+}

@@ -1,0 +1,249 @@
+//! `/proc/kallsyms`: the kernel's and modules' symbols, for symbolizing stacks and for finding
+//! the `system_*wq` pointer variables.
+//!
+//! A kernel has ~150k symbols. They are kept as one sorted Vec of small records with the names in
+//! a single string arena, not as 150k Strings, so the daemon stays small.
+
+use std::ops::Range;
+
+use anyhow::{Context as _, Result, bail};
+
+pub const PATH: &str = "/proc/kallsyms";
+
+/// One text (code) symbol.
+#[derive(Clone, Copy, Debug)]
+struct Sym {
+    addr: u64,
+    name: (u32, u32),
+    /// Index into `Kallsyms::modules` + 1; 0 is the kernel image.
+    module: u16,
+}
+
+/// A data symbol kept because the caller's filter asked for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataSym {
+    pub name: String,
+    pub addr: u64,
+    pub module: Option<String>,
+}
+
+/// Where an address falls: `func+offset/size [module]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location<'a> {
+    pub func: &'a str,
+    pub offset: u64,
+    /// Distance to the next symbol: the function's size as far as kallsyms can tell.
+    pub size: u64,
+    pub module: Option<&'a str>,
+}
+
+#[derive(Debug, Default)]
+pub struct Kallsyms {
+    arena: String,
+    text: Vec<Sym>,
+    modules: Vec<String>,
+    data: Vec<DataSym>,
+    nonzero_addrs: bool,
+}
+
+impl Kallsyms {
+    /// Reads `/proc/kallsyms`, keeping the data symbols for which `keep_data(name)` is true.
+    pub fn load(keep_data: impl Fn(&str) -> bool) -> Result<Self> {
+        let text = std::fs::read_to_string(PATH).with_context(|| {
+            format!("cannot read {PATH}: wqflush needs it to find the system workqueues and to name callers (run as root)")
+        })?;
+        Self::parse(&text, keep_data).with_context(|| format!("parsing {PATH}"))
+    }
+
+    /// Parses kallsyms text: `<hex addr> <type> <name>[\t[<module>]]` per line.
+    pub fn parse(text: &str, keep_data: impl Fn(&str) -> bool) -> Result<Self> {
+        let mut ks = Kallsyms::default();
+        for (n, line) in text.lines().enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            ks.add_line(line, &keep_data)
+                .with_context(|| format!("line {}: {line:?}", n + 1))?;
+        }
+        ks.text.sort_unstable_by_key(|s| s.addr);
+        ks.text.shrink_to_fit();
+        ks.arena.shrink_to_fit();
+        Ok(ks)
+    }
+
+    fn add_line(&mut self, line: &str, keep_data: &impl Fn(&str) -> bool) -> Result<()> {
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(addr), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next())
+        else {
+            bail!("expected `<address> <type> <name> [[module]]`");
+        };
+        let addr = u64::from_str_radix(addr, 16).context("bad address")?;
+        let module = match fields.next() {
+            Some(m) if m.starts_with('[') && m.ends_with(']') => Some(&m[1..m.len() - 1]),
+            Some(_) => bail!("bad module field"),
+            None => None,
+        };
+        let kind = kind.chars().next().unwrap_or('?');
+        self.nonzero_addrs |= addr != 0;
+        match kind.to_ascii_lowercase() {
+            't' | 'w' => self.add_text(addr, name, module),
+            'd' | 'b' | 'r' | 'v' => {
+                if keep_data(name) {
+                    let module = module.map(str::to_owned);
+                    self.data.push(DataSym {
+                        name: name.to_owned(),
+                        addr,
+                        module,
+                    });
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn add_text(&mut self, addr: u64, name: &str, module: Option<&str>) {
+        let module = module.map_or(0, |m| self.module_index(m));
+        let start = self.arena.len() as u32;
+        self.arena.push_str(name);
+        self.text.push(Sym {
+            addr,
+            name: (start, self.arena.len() as u32),
+            module,
+        });
+    }
+
+    fn module_index(&mut self, name: &str) -> u16 {
+        // Module symbols come grouped per module, so the last one is almost always the hit.
+        if let Some(i) = self.modules.iter().rposition(|m| m == name) {
+            return i as u16 + 1;
+        }
+        self.modules.push(name.to_owned());
+        self.modules.len() as u16
+    }
+
+    /// True when every address is 0: `kernel.kptr_restrict` (or no CAP_SYSLOG) hides them.
+    pub fn addresses_hidden(&self) -> bool {
+        !self.nonzero_addrs
+    }
+
+    /// The data symbols the load filter kept, in file order.
+    pub fn data(&self) -> &[DataSym] {
+        &self.data
+    }
+
+    pub fn text_symbol_count(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Whether a text symbol of the kernel image has this name.
+    pub fn has_kernel_function(&self, name: &str) -> bool {
+        self.text
+            .iter()
+            .any(|s| s.module == 0 && self.name(s) == name)
+    }
+
+    /// The function containing `addr`, if any symbol precedes it.
+    pub fn locate(&self, addr: u64) -> Option<Location<'_>> {
+        let i = self
+            .text
+            .partition_point(|s| s.addr <= addr)
+            .checked_sub(1)?;
+        let sym = &self.text[i];
+        let next = self.text[i + 1..].iter().find(|s| s.addr > sym.addr);
+        Some(Location {
+            func: self.name(sym),
+            offset: addr - sym.addr,
+            size: next.map_or(0, |n| n.addr - sym.addr),
+            module: self.module_name(sym.module),
+        })
+    }
+
+    fn name(&self, sym: &Sym) -> &str {
+        let Range { start, end } = sym.name.0 as usize..sym.name.1 as usize;
+        &self.arena[start..end]
+    }
+
+    fn module_name(&self, index: u16) -> Option<&str> {
+        index
+            .checked_sub(1)
+            .map(|i| self.modules[i as usize].as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+ffffffff81000000 T _stext
+ffffffff810b5e20 T __flush_workqueue
+ffffffff810b6300 t flush_workqueue_prep_pwqs
+ffffffff82a5e2c0 D system_wq
+ffffffff82a5e2b8 D system_long_wq
+ffffffff82a60000 b system_freezable_wq
+ffffffff82b00000 D some_other_var
+ffffffffc0a01000 t wqflush_test_flush_long\t[wqflush_test]
+ffffffffc0a01040 t wqflush_test_flush_scheduled\t[wqflush_test]
+ffffffffc0a02000 d wq_mod_data\t[wqflush_test]
+ffffffffc0b00000 T e1000_probe\t[e1000]
+";
+
+    fn parse(keep: impl Fn(&str) -> bool) -> Kallsyms {
+        Kallsyms::parse(SAMPLE, keep).unwrap()
+    }
+
+    #[test]
+    fn locates_kernel_and_module_functions() {
+        let ks = parse(|_| false);
+        let loc = ks.locate(0xffffffff810b5e20 + 0x9a).unwrap();
+        assert_eq!(
+            (loc.func, loc.offset, loc.module),
+            ("__flush_workqueue", 0x9a, None)
+        );
+        assert_eq!(loc.size, 0xffffffff810b6300 - 0xffffffff810b5e20);
+        let loc = ks.locate(0xffffffffc0a01012).unwrap();
+        assert_eq!(loc.func, "wqflush_test_flush_long");
+        assert_eq!(
+            (loc.offset, loc.size, loc.module),
+            (0x12, 0x40, Some("wqflush_test"))
+        );
+        assert_eq!(ks.locate(0xffffffffc0b00010).unwrap().module, Some("e1000"));
+        assert!(ks.locate(0x1000).is_none(), "below the first symbol");
+    }
+
+    #[test]
+    fn keeps_only_requested_data_symbols() {
+        let ks = parse(|n| n.starts_with("system_"));
+        let names: Vec<_> = ks.data().iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["system_wq", "system_long_wq", "system_freezable_wq"]
+        );
+        assert_eq!(ks.data()[0].addr, 0xffffffff82a5e2c0);
+        assert!(!ks.addresses_hidden());
+        assert!(ks.has_kernel_function("__flush_workqueue"));
+        assert!(
+            !ks.has_kernel_function("wqflush_test_flush_long"),
+            "module, not kernel"
+        );
+    }
+
+    #[test]
+    fn notices_hidden_addresses() {
+        let ks = Kallsyms::parse(
+            "0000000000000000 T _stext\n0000000000000000 D system_wq\n",
+            |_| true,
+        )
+        .unwrap();
+        assert!(ks.addresses_hidden());
+    }
+
+    #[test]
+    fn rejects_malformed_lines_with_their_number() {
+        let err = Kallsyms::parse("ffffffff81000000 T _stext\nzzzz T x\n", |_| true).unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+        let err = Kallsyms::parse("ffffffff81000000 T\n", |_| true).unwrap_err();
+        assert!(format!("{err:#}").contains("expected"), "{err:#}");
+    }
+}

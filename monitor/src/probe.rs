@@ -1,0 +1,242 @@
+//! Loading the eBPF object and attaching it to the flush function, fentry first, kprobe second.
+//!
+//! Nothing here outlives the process: aya's links are file descriptors (BPF links for fentry,
+//! perf events for kprobes), so the kernel detaches them when wqflush exits, however it exits.
+
+use std::{fmt, io};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{FEntry, KProbe, ProgramError},
+};
+use monitor_ebpf::{LOST_RINGBUF, MAX_QUEUES, NAME_LEN};
+
+use crate::{btf::Offsets, kallsyms::Kallsyms, queues::SystemQueue};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wqflush"));
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attach {
+    /// fentry, falling back to kprobe
+    Auto,
+    Fentry,
+    Kprobe,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Fentry,
+    Kprobe,
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::Fentry => "fentry",
+            Method::Kprobe => "kprobe",
+        })
+    }
+}
+
+impl Attach {
+    pub fn methods(self) -> &'static [Method] {
+        match self {
+            Attach::Auto => &[Method::Fentry, Method::Kprobe],
+            Attach::Fentry => &[Method::Fentry],
+            Attach::Kprobe => &[Method::Kprobe],
+        }
+    }
+}
+
+/// What the probe attaches to and what it compares against.
+pub struct Target {
+    /// `__flush_workqueue` (5.19+) or `flush_workqueue` (older).
+    pub function: &'static str,
+    pub queues: Vec<SystemQueue>,
+    pub by_name: bool,
+    pub offsets: Option<Offsets>,
+}
+
+/// The function every workqueue flush passes through on this kernel.
+pub fn flush_function(ks: &Kallsyms) -> Result<&'static str> {
+    ["__flush_workqueue", "flush_workqueue"]
+        .into_iter()
+        .find(|f| ks.has_kernel_function(f))
+        .ok_or_else(|| anyhow!("neither __flush_workqueue nor flush_workqueue is in kallsyms"))
+}
+
+/// A live probe: dropping it detaches and unloads everything.
+pub struct Probe {
+    pub ebpf: Ebpf,
+    pub method: Method,
+}
+
+/// Attaches with the first method that works; the error lists every method's reason.
+pub fn attach(target: &Target, attach: Attach) -> Result<Probe> {
+    let mut reasons = Vec::new();
+    for &method in attach.methods() {
+        match attach_with(target, method) {
+            Ok(probe) => return Ok(probe),
+            Err(err) => reasons.push(format!("  {method}: {err:#}")),
+        }
+    }
+    Err(anyhow!(
+        "cannot probe {} on this kernel:\n{}\nRun `wqflush doctor` for details, or `cargo xtask demo` \
+         to see wqflush in a Debian kernel under QEMU.",
+        target.function,
+        reasons.join("\n")
+    ))
+}
+
+/// Loads and attaches one method in a fresh object, so a failed method leaves nothing behind.
+pub fn attach_with(target: &Target, method: Method) -> Result<Probe> {
+    let mut ebpf = load(target)?;
+    match method {
+        Method::Fentry => attach_fentry(&mut ebpf, target.function)?,
+        Method::Kprobe => attach_kprobe(&mut ebpf, target.function)?,
+    }
+    Ok(Probe { ebpf, method })
+}
+
+fn load(target: &Target) -> Result<Ebpf> {
+    let n = target.queues.len().min(MAX_QUEUES);
+    let mut addrs = [0u64; MAX_QUEUES];
+    let mut names = [[0u8; NAME_LEN]; MAX_QUEUES];
+    for (i, q) in target.queues.iter().take(n).enumerate() {
+        addrs[i] = q.addr;
+        let name = q.name.as_deref().unwrap_or("").as_bytes();
+        let len = name.len().min(NAME_LEN - 1);
+        names[i][..len].copy_from_slice(&name[..len]);
+    }
+    let offsets = target.offsets.unwrap_or_default();
+    let (nr, by_name) = (n as u32, u32::from(target.by_name));
+    EbpfLoader::new()
+        .override_global("NR_QUEUES", &nr, true)
+        .override_global("QUEUE_ADDRS", &addrs, true)
+        .override_global("MATCH_BY_NAME", &by_name, true)
+        .override_global("QUEUE_NAMES", &names, true)
+        .override_global("WQ_NAME_OFFSET", &offsets.wq_name, true)
+        .override_global("TASK_FLAGS_OFFSET", &offsets.task_flags, true)
+        .load(EBPF_OBJECT)
+        .map_err(|e| explain_errno(e, "creating the probe's maps"))
+}
+
+fn attach_fentry(ebpf: &mut Ebpf, function: &str) -> Result<()> {
+    let btf = Btf::from_sys_fs()
+        .context("fentry needs kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)")?;
+    let prog: &mut FEntry = program(ebpf, "flush_fentry")?;
+    prog.load(function, &btf)
+        .map_err(|e| explain(e, "loading"))?;
+    prog.attach().map_err(|e| explain(e, "attaching"))?;
+    Ok(())
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, function: &str) -> Result<()> {
+    if !kprobes_available() {
+        return Err(anyhow!(
+            "this kernel has no kprobes (CONFIG_KPROBES is off: no /sys/bus/event_source/devices/kprobe \
+             and no tracefs kprobe_events)"
+        ));
+    }
+    let prog: &mut KProbe = program(ebpf, "flush_kprobe")?;
+    prog.load().map_err(|e| explain(e, "loading"))?;
+    prog.attach(function, 0)
+        .map_err(|e| explain(e, "attaching"))?;
+    Ok(())
+}
+
+fn kprobes_available() -> bool {
+    [
+        "/sys/bus/event_source/devices/kprobe",
+        "/sys/kernel/tracing/kprobe_events",
+        "/sys/kernel/debug/tracing/kprobe_events",
+    ]
+    .iter()
+    .any(|p| std::path::Path::new(p).exists())
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?;
+    Ok(prog.try_into()?)
+}
+
+/// Adds what an errno means for this tool to aya's error.
+fn explain(err: ProgramError, doing: &str) -> anyhow::Error {
+    let hint = io_error(&err)
+        .and_then(|e| e.raw_os_error())
+        .and_then(errno_hint);
+    let verifier = match &err {
+        ProgramError::LoadError { verifier_log, .. } => format!("\nverifier log:\n{verifier_log}"),
+        _ => String::new(),
+    };
+    let hint = hint.map(|h| format!(" ({h})")).unwrap_or_default();
+    anyhow!(
+        "{doing} failed: {err}{hint}{}",
+        if hint.is_empty() {
+            verifier
+        } else {
+            String::new()
+        }
+    )
+}
+
+fn explain_errno(err: aya::EbpfError, doing: &str) -> anyhow::Error {
+    let hint = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .and_then(|e| e.raw_os_error())
+        .and_then(errno_hint)
+        .map(|h| format!(" ({h})"))
+        .unwrap_or_default();
+    anyhow!("{doing} failed: {err}{hint}")
+}
+
+fn io_error(err: &ProgramError) -> Option<&io::Error> {
+    match err {
+        ProgramError::LoadError { io_error, .. } => Some(io_error),
+        ProgramError::SyscallError(e) => Some(&e.io_error),
+        _ => std::error::Error::source(err).and_then(|s| s.downcast_ref::<io::Error>()),
+    }
+}
+
+/// The kernel-internal errno BPF returns for unsupported attach types.
+const ENOTSUPP: i32 = 524;
+
+fn errno_hint(errno: i32) -> Option<&'static str> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    Some(match errno {
+        libc::EPERM | libc::EACCES if !root => {
+            "permission denied: run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYSLOG"
+        }
+        libc::EPERM => {
+            "EPERM as root: this kernel does not allow tracing this function (lockdown, or a BPF restriction)"
+        }
+        libc::EACCES => "EACCES as root: the kernel refused (lockdown, or an LSM policy)",
+        libc::ENOENT => "ENOENT: the kernel has no such function or probe type",
+        libc::EOPNOTSUPP | ENOTSUPP => "not supported by this kernel",
+        libc::EINVAL => "EINVAL: the kernel rejected the request",
+        _ => return None,
+    })
+}
+
+/// The ring buffer the probe sends events through.
+pub fn events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>> {
+    let map = ebpf
+        .take_map("EVENTS")
+        .context("eBPF object has no EVENTS map")?;
+    Ok(RingBuf::try_from(map)?)
+}
+
+/// Events the probe dropped because the ring buffer was full, summed over CPUs.
+pub fn lost(ebpf: &Ebpf) -> Result<u64> {
+    let map = ebpf.map("LOST").context("eBPF object has no LOST map")?;
+    let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+    Ok(lost.get(&LOST_RINGBUF, 0)?.iter().sum())
+}

@@ -1,0 +1,159 @@
+//! The kernel-global ("system") workqueues: which ones this kernel has and how to recognize them.
+//!
+//! Found by pattern, not from a fixed list: every built-in `system_*wq` data symbol in kallsyms is
+//! a `struct workqueue_struct *` variable, so queues added by later kernels (6.9's BH queues,
+//! 6.17's `system_percpu_wq`/`system_dfl_wq`) need no code change. Names are not unique
+//! (`system_percpu_wq` and `system_wq` are both "events" since 6.17; Debian's 6.12 has that too),
+//! so matching is by pointer whenever kallsyms lists data symbols.
+
+use anyhow::{Result, bail};
+use monitor_ebpf::{MAX_QUEUES, NAME_LEN};
+
+use crate::kallsyms::Kallsyms;
+
+/// Variable -> workqueue name, for reports and for name mode. Kernel history:
+/// - events_freezable_power_efficient was truncated to 23 bytes before 6.9 (WQ_NAME_LEN 24) and
+///   renamed events_freezable_pwr_efficient in 6.9 (WQ_NAME_LEN 32); `name_mode` truncates to the
+///   length BTF reports, which covers both.
+/// - system_bh_wq / system_bh_highpri_wq: 6.9. system_percpu_wq / system_dfl_wq: 6.17 (Debian
+///   backported them to 6.12.y), named like system_wq / system_unbound_wq.
+pub const KNOWN: &[(&str, &str)] = &[
+    ("system_wq", "events"),
+    ("system_highpri_wq", "events_highpri"),
+    ("system_long_wq", "events_long"),
+    ("system_unbound_wq", "events_unbound"),
+    ("system_freezable_wq", "events_freezable"),
+    ("system_power_efficient_wq", "events_power_efficient"),
+    (
+        "system_freezable_power_efficient_wq",
+        "events_freezable_power_efficient",
+    ),
+    (
+        "system_freezable_power_efficient_wq",
+        "events_freezable_pwr_efficient",
+    ),
+    ("system_bh_wq", "events_bh"),
+    ("system_bh_highpri_wq", "events_bh_highpri"),
+    ("system_percpu_wq", "events"),
+    ("system_dfl_wq", "events_unbound"),
+];
+
+/// One system workqueue the probe recognizes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemQueue {
+    /// The pointer variable (`system_long_wq`); None in name mode, where names are ambiguous.
+    pub var: Option<String>,
+    /// The workqueue's name (`events_long`), when known.
+    pub name: Option<String>,
+    /// Address of the pointer variable (address mode), else 0.
+    pub addr: u64,
+}
+
+/// Whether a kallsyms data symbol is a system workqueue pointer variable.
+pub fn is_queue_var(name: &str) -> bool {
+    name.starts_with("system_") && name.ends_with("wq")
+}
+
+fn known_name(var: &str) -> Option<&'static str> {
+    KNOWN.iter().rev().find(|(v, _)| *v == var).map(|(_, n)| *n)
+}
+
+/// Address mode: one entry per built-in `system_*wq` data symbol, in address order.
+pub fn by_address(ks: &Kallsyms) -> Result<Vec<SystemQueue>> {
+    let mut queues: Vec<SystemQueue> = ks
+        .data()
+        .iter()
+        .filter(|d| d.module.is_none() && is_queue_var(&d.name))
+        .map(|d| SystemQueue {
+            var: Some(d.name.clone()),
+            name: known_name(&d.name).map(str::to_owned),
+            addr: d.addr,
+        })
+        .collect();
+    queues.sort_by_key(|q| q.addr);
+    queues.dedup_by_key(|q| q.addr);
+    if queues.len() > MAX_QUEUES {
+        bail!(
+            "this kernel has {} system_*wq variables; wqflush supports {MAX_QUEUES}",
+            queues.len()
+        );
+    }
+    Ok(queues)
+}
+
+/// Name mode: the distinct system queue names, cut to the kernel's `WQ_NAME_LEN - 1` bytes.
+pub fn by_name(wq_name_len: usize) -> Vec<SystemQueue> {
+    let keep = wq_name_len.clamp(1, NAME_LEN) - 1;
+    let mut names: Vec<&str> = KNOWN.iter().map(|(_, n)| &n[..n.len().min(keep)]).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| SystemQueue {
+            var: None,
+            name: Some(n.to_owned()),
+            addr: 0,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_every_system_wq_variable_by_pattern() {
+        let text = "\
+ffffffff82a5e2c0 D system_wq
+ffffffff82a5e2b0 D system_highpri_wq
+ffffffff82a5e2d0 d system_percpu_wq
+ffffffff82a5e2e0 D system_bh_highpri_wq
+ffffffff82a5e2f0 D system_future_wq
+ffffffff82a5e300 D system_state
+ffffffff82a5e308 D system_wq_count_not_a_queue
+ffffffffc0002000 d system_fake_wq\t[evil]
+";
+        let ks = Kallsyms::parse(text, is_queue_var).unwrap();
+        let qs = by_address(&ks).unwrap();
+        let vars: Vec<_> = qs.iter().map(|q| q.var.as_deref().unwrap()).collect();
+        assert_eq!(
+            vars,
+            [
+                "system_highpri_wq",
+                "system_wq",
+                "system_percpu_wq",
+                "system_bh_highpri_wq",
+                "system_future_wq"
+            ]
+        );
+        assert_eq!(qs[1].name.as_deref(), Some("events"));
+        assert_eq!(
+            qs[2].name.as_deref(),
+            Some("events"),
+            "6.17 reuses the name"
+        );
+        assert_eq!(
+            qs[4].name, None,
+            "unknown future queue is still matched by pointer"
+        );
+        assert_eq!(qs[0].addr, 0xffffffff82a5e2b0);
+    }
+
+    #[test]
+    fn name_mode_truncates_like_the_kernel() {
+        let old: Vec<_> = by_name(24).into_iter().map(|q| q.name.unwrap()).collect();
+        assert!(
+            old.contains(&"events_freezable_power_".to_owned()),
+            "{old:?}"
+        );
+        assert!(old.iter().all(|n| n.len() <= 23));
+        let new: Vec<_> = by_name(32).into_iter().map(|q| q.name.unwrap()).collect();
+        assert!(new.contains(&"events_freezable_pwr_efficient".to_owned()));
+        assert_eq!(
+            new.iter().filter(|n| *n == "events").count(),
+            1,
+            "deduplicated"
+        );
+        assert!(by_name(32).iter().all(|q| q.var.is_none()));
+    }
+}

@@ -1,0 +1,225 @@
+//! Kernel stacks to `func+0xoff [module]` frames, and which frame is the real caller.
+
+use std::fmt;
+
+use crate::kallsyms::{Kallsyms, Location};
+
+/// The workqueue flush core and its wrappers: frames a report should look through to find who
+/// asked for the flush. Per kernel version:
+/// - `__flush_workqueue`: the flush itself since 5.19 (c4f135d64382); `flush_workqueue` is then a
+///   macro and leaves no frame.
+/// - `flush_workqueue`: the flush itself before 5.19.
+/// - `flush_scheduled_work`: an inline function before 5.19 (a frame only when not inlined), a
+///   macro since.
+/// - `drain_workqueue`: calls the flush in a loop; its caller is the one to blame.
+const FLUSH_FUNCTIONS: &[&str] = &[
+    "__flush_workqueue",
+    "flush_workqueue",
+    "flush_scheduled_work",
+    "drain_workqueue",
+];
+
+/// One symbolized stack frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub addr: u64,
+    pub func: Option<String>,
+    pub offset: u64,
+    pub size: u64,
+    pub module: Option<String>,
+}
+
+impl Frame {
+    fn new(addr: u64, loc: Option<Location<'_>>) -> Self {
+        match loc {
+            Some(l) => Frame {
+                addr,
+                func: Some(l.func.to_owned()),
+                offset: l.offset,
+                size: l.size,
+                module: l.module.map(str::to_owned),
+            },
+            None => Frame {
+                addr,
+                func: None,
+                offset: 0,
+                size: 0,
+                module: None,
+            },
+        }
+    }
+
+    /// The function name without gcc's `.isra.0`/`.constprop.0`/`.cold` suffixes.
+    pub fn base_func(&self) -> Option<&str> {
+        self.func
+            .as_deref()
+            .map(|f| f.split('.').next().unwrap_or(f))
+    }
+
+    /// BPF programs and trampolines (kallsyms module `[bpf]`), or nothing kallsyms knows.
+    fn is_probe_machinery(&self) -> bool {
+        self.func.is_none() || self.module.as_deref() == Some("bpf")
+    }
+
+    fn is_flush_function(&self) -> bool {
+        self.module.is_none()
+            && self
+                .base_func()
+                .is_some_and(|f| FLUSH_FUNCTIONS.contains(&f))
+    }
+
+    /// Kernel `dump_stack` style, with the function size: `func+0x12/0x40 [module]`.
+    pub fn with_size(&self) -> String {
+        match &self.func {
+            Some(f) => {
+                let module = self
+                    .module
+                    .as_ref()
+                    .map(|m| format!(" [{m}]"))
+                    .unwrap_or_default();
+                format!("{f}+{:#x}/{:#x}{module}", self.offset, self.size)
+            }
+            None => format!("{:#x}", self.addr),
+        }
+    }
+}
+
+/// `func+0xoff [module]`, or the raw address when no symbol covers it.
+impl fmt::Display for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.func, &self.module) {
+            (Some(func), Some(m)) => write!(f, "{func}+{:#x} [{m}]", self.offset),
+            (Some(func), None) => write!(f, "{func}+{:#x}", self.offset),
+            (None, _) => write!(f, "{:#x}", self.addr),
+        }
+    }
+}
+
+/// Symbolizes a raw stack (innermost first), dropping the probe's own frames above the flush
+/// function so the stack starts where a kernel warning would.
+pub fn symbolize(ks: &Kallsyms, stack: &[u64]) -> Vec<Frame> {
+    let frames: Vec<Frame> = stack.iter().map(|&a| Frame::new(a, ks.locate(a))).collect();
+    let skip = frames.iter().take_while(|f| f.is_probe_machinery()).count();
+    frames.into_iter().skip(skip).collect()
+}
+
+/// The frame that asked for the flush: the first one past the flush core and its wrappers.
+/// It can be an unknown address (its module is not in kallsyms); it is never skipped, since the
+/// next frame up would blame the wrong function.
+pub fn caller(frames: &[Frame]) -> Option<&Frame> {
+    frames.iter().find(|f| !f.is_flush_function())
+}
+
+/// Symbolizes against kallsyms and re-reads it when modules came or went since, so a module
+/// loaded after wqflush started is named too.
+pub struct Symbolizer {
+    ks: Kallsyms,
+    modules: String,
+}
+
+const PROC_MODULES: &str = "/proc/modules";
+
+impl Symbolizer {
+    pub fn new(ks: Kallsyms) -> Self {
+        let modules = std::fs::read_to_string(PROC_MODULES).unwrap_or_default();
+        Symbolizer { ks, modules }
+    }
+
+    pub fn frames(&self, stack: &[u64]) -> Vec<Frame> {
+        symbolize(&self.ks, stack)
+    }
+
+    /// Re-reads kallsyms if /proc/modules changed; true when it did.
+    pub fn refresh(&mut self) -> anyhow::Result<bool> {
+        let modules = std::fs::read_to_string(PROC_MODULES).unwrap_or_default();
+        if modules == self.modules {
+            return Ok(false);
+        }
+        self.ks = Kallsyms::load(crate::queues::is_queue_var)?;
+        self.modules = modules;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KALLSYMS: &str = "\
+ffffffff810b5e20 T __flush_workqueue
+ffffffff810b6300 t drain_workqueue
+ffffffff810b6400 t worker_thread
+ffffffff810b6800 t kthread
+ffffffff812f0000 t mlx4_ib_cm_paravirt_clean.isra.0
+ffffffff812f0400 t next_fn
+ffffffffa0000000 t bpf_prog_6deef7357e7b4530_flush_fentry\t[bpf]
+ffffffffa0000800 t bpf_trampoline_6442455890\t[bpf]
+ffffffffa0001000 t something_else\t[bpf]
+ffffffffc0a01000 t wqflush_test_flush_long\t[wqflush_test]
+ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
+ffffffffc0a01100 t wqflush_test_flush_own\t[wqflush_test]
+";
+
+    fn ks() -> Kallsyms {
+        Kallsyms::parse(KALLSYMS, |_| false).unwrap()
+    }
+
+    #[test]
+    fn fentry_stack_starts_at_the_flush_and_names_the_module_caller() {
+        let stack = [
+            0xffffffffa0000010, // bpf prog
+            0xffffffffa0000820, // trampoline
+            0xffffffff810b5e25, // __flush_workqueue+0x5
+            0xffffffffc0a0101e, // wqflush_test_flush_long+0x1e
+            0xffffffffc0a01050,
+        ];
+        let frames = symbolize(&ks(), &stack);
+        let text: Vec<String> = frames.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "__flush_workqueue+0x5",
+                "wqflush_test_flush_long+0x1e [wqflush_test]",
+                "wqflush_test_write+0x10 [wqflush_test]"
+            ]
+        );
+        let c = caller(&frames).unwrap();
+        assert_eq!(
+            (c.func.as_deref(), c.module.as_deref()),
+            (Some("wqflush_test_flush_long"), Some("wqflush_test"))
+        );
+        assert_eq!(
+            c.with_size(),
+            "wqflush_test_flush_long+0x1e/0x40 [wqflush_test]"
+        );
+    }
+
+    #[test]
+    fn looks_through_wrappers_and_gcc_suffixes() {
+        let stack = [0xffffffff810b5e90, 0xffffffff810b6310, 0xffffffff812f0010];
+        let frames = symbolize(&ks(), &stack);
+        let c = caller(&frames).unwrap();
+        assert_eq!(c.func.as_deref(), Some("mlx4_ib_cm_paravirt_clean.isra.0"));
+        assert_eq!(c.base_func(), Some("mlx4_ib_cm_paravirt_clean"));
+        assert_eq!(c.module, None, "built in");
+    }
+
+    #[test]
+    fn unknown_addresses_are_shown_raw_and_flagged() {
+        let frames = symbolize(&ks(), &[0xffffffff810b5e25, 0x10]);
+        assert_eq!(frames[1].to_string(), "0x10");
+        assert_eq!(
+            caller(&frames).unwrap().func,
+            None,
+            "unknown, not the next frame up"
+        );
+    }
+
+    #[test]
+    fn a_module_function_named_like_the_core_is_a_caller() {
+        let text = "ffffffffc0000000 t flush_workqueue\t[evil]\n";
+        let ks = Kallsyms::parse(text, |_| false).unwrap();
+        let frames = symbolize(&ks, &[0xffffffffc0000004]);
+        assert_eq!(caller(&frames).unwrap().module.as_deref(), Some("evil"));
+    }
+}

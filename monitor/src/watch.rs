@@ -1,0 +1,213 @@
+//! The daemon: attach, stream events into call sites and reports, stop on a signal, a deadline
+//! or (for `check`) the end of the command, then print the summary.
+
+use std::{ffi::OsString, io::Write, path::PathBuf, process::ExitStatus, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    process::{Child, Command},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    btf,
+    events::decode,
+    kallsyms::Kallsyms,
+    probe::{self, Attach, Target},
+    queues,
+    report::Reporter,
+    sites::Sites,
+    symbolize::Symbolizer,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MatchMode {
+    /// by pointer when kallsyms lists data symbols, else by name
+    Auto,
+    /// compare the flushed pointer with each system_*wq variable (needs CONFIG_KALLSYMS_ALL)
+    Address,
+    /// compare workqueue_struct.name with the system queue names (needs kernel BTF)
+    Name,
+}
+
+pub struct Options {
+    pub json: bool,
+    pub duration: Option<Duration>,
+    pub attach: Attach,
+    pub match_mode: MatchMode,
+    pub ready_file: Option<PathBuf>,
+}
+
+pub struct Outcome {
+    pub flushes: u64,
+    /// The command's status, for `check`.
+    pub status: Option<ExitStatus>,
+}
+
+/// Reads kallsyms and BTF and decides what the probe attaches to and compares against.
+pub fn prepare(mode: MatchMode) -> Result<(Kallsyms, Target)> {
+    let ks = Kallsyms::load(queues::is_queue_var)?;
+    if ks.addresses_hidden() {
+        bail!(
+            "every address in {} is 0: kernel.kptr_restrict hides them from this user; run as root \
+             with `sysctl kernel.kptr_restrict=1` (or 0)",
+            crate::kallsyms::PATH
+        );
+    }
+    let function = probe::flush_function(&ks)?;
+    let offsets = btf::read_offsets();
+    let found = queues::by_address(&ks)?;
+    let by_name = match mode {
+        MatchMode::Auto => found.is_empty(),
+        MatchMode::Address => false,
+        MatchMode::Name => true,
+    };
+    let queues = if by_name {
+        let o = offsets
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context(
+                "kallsyms lists no system_*wq variables (CONFIG_KALLSYMS_ALL is off), so system \
+             workqueues can only be matched by name, and that needs kernel BTF \
+             (CONFIG_DEBUG_INFO_BTF)",
+            )?;
+        queues::by_name(o.wq_name_len as usize)
+    } else if found.is_empty() {
+        bail!(
+            "kallsyms lists no system_*wq variables (CONFIG_KALLSYMS_ALL is off), so they cannot \
+             be matched by address; use --match name (or auto)"
+        );
+    } else {
+        found
+    };
+    Ok((
+        ks,
+        Target {
+            function,
+            queues,
+            by_name,
+            offsets: offsets.ok(),
+        },
+    ))
+}
+
+struct State<W: Write> {
+    sym: Symbolizer,
+    sites: Sites,
+    reporter: Reporter<W>,
+    nr_queues: usize,
+}
+
+impl<W: Write> State<W> {
+    fn on_flush(&mut self, bytes: &[u8]) -> Result<()> {
+        let flush = decode(bytes, self.nr_queues)?;
+        let mut frames = self.sym.frames(&flush.stack);
+        // A new call site may be in a module loaded since kallsyms was read: re-read and retry.
+        if self.sites.is_new(flush.queue, &frames) && self.sym.refresh()? {
+            frames = self.sym.frames(&flush.stack);
+        }
+        if let Some(site) = self.sites.record(flush, frames) {
+            self.reporter.first_sighting(site)?;
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+        while let Some(item) = ring.next() {
+            self.on_flush(&item)?;
+        }
+        Ok(())
+    }
+}
+
+/// Watches until stopped; with `command`, runs it once the probe is live and stops when it ends.
+pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome> {
+    let (ks, target) = prepare(opts.match_mode)?;
+    let mut probe = probe::attach(&target, opts.attach)?;
+    let events = probe::events(&mut probe.ebpf)?;
+    // SAFETY: the ring buffer owns its fd, which stays open until the AsyncFd drops it.
+    let mut ring = unsafe { AsyncFd::register(events) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
+    announce(&target, probe.method, opts.ready_file.as_ref())?;
+    let mut state = State {
+        sym: Symbolizer::new(ks),
+        sites: Sites::default(),
+        reporter: Reporter::new(std::io::stdout(), opts.json, target.queues.clone()),
+        nr_queues: target.queues.len(),
+    };
+    let child = command.map(spawn).transpose()?;
+    let status = event_loop(&mut ring, &mut state, child, opts.duration).await?;
+    state.drain(ring.get_mut())?;
+    let lost = probe::lost(&probe.ebpf)?;
+    state.reporter.summary(&state.sites, lost)?;
+    Ok(Outcome {
+        flushes: state.sites.total(),
+        status,
+    })
+}
+
+fn announce(target: &Target, method: probe::Method, ready_file: Option<&PathBuf>) -> Result<()> {
+    let how = if target.by_name {
+        "by name"
+    } else {
+        "by address"
+    };
+    eprintln!(
+        "wqflush: attached ({method} on {}; {} system workqueues matched {how})",
+        target.function,
+        target.queues.len()
+    );
+    if target.by_name {
+        eprintln!(
+            "wqflush: note: kallsyms has no data symbols, so queues are recognized by name; a \
+             module's own queue named like a system queue would be reported too"
+        );
+    }
+    if let Some(path) = ready_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("creating the ready file {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn spawn(command: &[OsString]) -> Result<Child> {
+    let (program, args) = command.split_first().context("no command given")?;
+    Command::new(program)
+        .args(args)
+        .spawn()
+        .with_context(|| format!("cannot run {}", program.to_string_lossy()))
+}
+
+async fn event_loop<W: Write>(
+    ring: &mut AsyncFd<RingBuf<MapData>>,
+    state: &mut State<W>,
+    mut child: Option<Child>,
+    duration: Option<Duration>,
+) -> Result<Option<ExitStatus>> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                state.drain(guard.get_inner_mut())?;
+                guard.clear_ready();
+            }
+            _ = sigint.recv() => return Ok(None),
+            _ = sigterm.recv() => return Ok(None),
+            _ = &mut deadline, if duration.is_some() => return Ok(None),
+            status = wait(&mut child) => return Ok(Some(status?)),
+        }
+    }
+}
+
+async fn wait(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,40 @@
+//! QEMU test harness for wqflush.
+//!
+//! The pieces are independent so `xtask` and the integration tests can combine them:
+//! [`debian::prepare_kernel`] fetches a Debian kernel with its headers, [`module::build_module`]
+//! builds the `wqflush_test` module against it, [`initramfs::build_initramfs`] packs a busybox
+//! guest that runs a shell scenario, [`qemu::boot`] runs it under TCG and returns what the guest
+//! wrote, and [`oracle`] parses an independent tracefs kprobe record of every workqueue flush.
+
+pub mod debian;
+pub mod guest;
+pub mod initramfs;
+pub mod module;
+pub mod oracle;
+pub mod qemu;
+pub mod util;
+
+use std::path::PathBuf;
+
+pub use debian::{Kernel, Series, prepare_kernel};
+pub use initramfs::build_initramfs;
+pub use module::{MODULE_GUEST_PATH, build_module};
+pub use oracle::{FlushEvent, Oracle, parse_trace};
+pub use qemu::{VmRun, boot, boot_with, run_scenario};
+
+/// Where kernels, module builds and initramfs images are cached between runs.
+///
+/// `WQFLUSH_VM_CACHE` overrides it; the default lives inside the (gitignored) workspace
+/// `.cache/` so it survives `cargo clean` and is shared by xtask and the tests.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("WQFLUSH_VM_CACHE") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => workspace_root().join(".cache").join("vm"),
+    }
+}
+
+/// The Cargo workspace this crate belongs to (the parent of `tests/`).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}

@@ -1,0 +1,241 @@
+//! An oracle independent of wqflush: a tracefs kprobe event on `__flush_workqueue` that records
+//! the flushed queue, the current value of every `system_*wq` pointer and the kernel stack.
+//!
+//! In the guest: `oracle_start` before the workload, `oracle_stop` after it, `oracle_dump` to
+//! write sections `oracle-symbols` and `oracle-trace` to the data port. On the host:
+//! [`Oracle::from_run`] and the queries on it.
+
+use crate::qemu::VmRun;
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+
+/// Shell functions added to the guest helpers.
+///
+/// Argument names are derived from the symbol (`system_long_wq` -> `sys_long`, `system_wq` ->
+/// `sys`) because kprobe argument names are limited to 31 characters and
+/// `system_freezable_power_efficient_wq` has 35. The symbols come from the guest's own
+/// /proc/kallsyms so every kernel gets exactly the queues it has.
+pub const GUEST_FUNCTIONS: &str = r#"
+WQF_TRACING=/sys/kernel/tracing
+
+# Lines "<address> <type> <symbol>" for the kernel's system_*wq variables.
+oracle_symbols() {
+	awk 'NF == 3 && $3 ~ /^system_[a-z0-9_]*wq$/ { print $1, $2, $3 }' /proc/kallsyms | sort -u -k3
+}
+
+# oracle_start [BUFFER_KB]: starts recording every __flush_workqueue call (per-CPU buffer
+# BUFFER_KB, default 8192; raise it for floods, overruns show up as lost events).
+oracle_start() {
+	_or_def="p:wqf/flush __flush_workqueue wq=%di"
+	for _or_sym in $(oracle_symbols | awk '{ print $3 }'); do
+		_or_arg=sys${_or_sym#system}
+		_or_def="$_or_def ${_or_arg%_wq}=@$_or_sym:x64"
+	done
+	echo "${1:-8192}" > $WQF_TRACING/buffer_size_kb
+	if ! echo "$_or_def" >> $WQF_TRACING/kprobe_events; then
+		echo "oracle: kprobe_events rejected: $_or_def" >&2
+		cat $WQF_TRACING/error_log >&2
+		return 1
+	fi
+	echo stacktrace > $WQF_TRACING/events/wqf/flush/trigger
+	echo 1 > $WQF_TRACING/events/wqf/flush/enable
+	echo 1 > $WQF_TRACING/tracing_on
+}
+
+oracle_stop() {
+	echo 0 > $WQF_TRACING/events/wqf/flush/enable
+}
+
+oracle_dump() {
+	emit oracle-symbols oracle_symbols
+	emit oracle-trace cat $WQF_TRACING/trace
+}
+"#;
+
+/// One recorded `__flush_workqueue` call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushEvent {
+    /// `comm-pid` of the flushing task as tracefs prints it.
+    pub task: String,
+    /// The flushed `struct workqueue_struct *`.
+    pub wq: u64,
+    /// Every `system_*wq` variable whose value equalled `wq` at the time (names alias: on 6.12
+    /// `system_wq` and `system_percpu_wq` may both be "events").
+    pub system: Vec<String>,
+    /// Stack frames from the caller of `__flush_workqueue` outwards, as function names without
+    /// offsets or module tags (the kprobe/ftrace frames above it are dropped).
+    pub stack: Vec<String>,
+}
+
+impl FlushEvent {
+    pub fn called_from(&self, function: &str) -> bool {
+        self.stack.iter().any(|f| f == function)
+    }
+
+    pub fn flushes(&self, symbol: &str) -> bool {
+        self.system.iter().any(|s| s == symbol)
+    }
+}
+
+/// The oracle's view of one boot.
+#[derive(Debug, Clone)]
+pub struct Oracle {
+    /// `system_*wq` symbol -> kallsyms type letter, as the guest kernel reported them.
+    pub symbols: BTreeMap<String, char>,
+    pub events: Vec<FlushEvent>,
+}
+
+impl Oracle {
+    /// Parses the `oracle-symbols` and `oracle-trace` sections `oracle_dump` wrote.
+    pub fn from_run(run: &VmRun) -> Result<Oracle> {
+        let symbols = parse_symbols(run.section("oracle-symbols")?);
+        let events =
+            parse_trace(run.section("oracle-trace")?).context("parsing the oracle's trace")?;
+        Ok(Oracle { symbols, events })
+    }
+
+    /// Per queue ("system_long_wq", or "other" for queues that are no system queue) and
+    /// innermost caller, how many flushes the oracle saw: a compact form for logs and xtask.
+    pub fn summary_json(&self) -> serde_json::Value {
+        let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for e in &self.events {
+            let queue = e.system.first().map_or("other", String::as_str);
+            let caller = e.stack.first().map_or("?", String::as_str);
+            *counts
+                .entry(queue.to_string())
+                .or_default()
+                .entry(caller.to_string())
+                .or_default() += 1;
+        }
+        serde_json::json!({ "symbols": self.symbols, "flushes": counts })
+    }
+
+    /// Flushes of system queue `symbol` with `function` on the stack.
+    pub fn count(&self, symbol: &str, function: &str) -> usize {
+        self.from_function(function)
+            .filter(|e| e.flushes(symbol))
+            .count()
+    }
+
+    pub fn from_function<'a>(&'a self, function: &'a str) -> impl Iterator<Item = &'a FlushEvent> {
+        self.events.iter().filter(move |e| e.called_from(function))
+    }
+}
+
+fn parse_symbols(text: &str) -> BTreeMap<String, char> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_addr, kind, name) = (f.next()?, f.next()?, f.next()?);
+            Some((name.to_string(), kind.chars().next()?))
+        })
+        .collect()
+}
+
+/// Parses tracefs `trace` output of the `wqf/flush` event plus its stacktrace trigger.
+pub fn parse_trace(text: &str) -> Result<Vec<FlushEvent>> {
+    let mut events: Vec<FlushEvent> = Vec::new();
+    for line in text.lines() {
+        if let Some(frame) = line.trim_start().strip_prefix("=> ") {
+            if let Some(last) = events.last_mut() {
+                push_frame(&mut last.stack, frame_function(frame));
+            }
+        } else if line.contains(" flush: (") {
+            events.push(parse_event(line).with_context(|| format!("trace line {line:?}"))?);
+        }
+    }
+    Ok(events)
+}
+
+/// `  sh-93  [001] .....  5.1: flush: (__flush_workqueue+0x0/0x4a0) wq=0x... sys=0x... ...`
+fn parse_event(line: &str) -> Result<FlushEvent> {
+    let task = line
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let (_, args) = line
+        .split_once(") ")
+        .context("no ') ' after the probe location")?;
+    let mut wq = None;
+    let mut values = Vec::new();
+    for kv in args.split_whitespace() {
+        let (key, value) = kv.split_once('=').context("argument without '='")?;
+        let value = parse_hex(value)?;
+        match key {
+            "wq" => wq = Some(value),
+            _ => values.push((arg_symbol(key), value)),
+        }
+    }
+    let wq = wq.context("no wq= argument")?;
+    let system = values
+        .into_iter()
+        .filter(|(_, v)| *v == wq)
+        .map(|(s, _)| s)
+        .collect();
+    Ok(FlushEvent {
+        task,
+        wq,
+        system,
+        stack: Vec::new(),
+    })
+}
+
+/// Inverts the guest's naming: `sys_long` -> `system_long_wq`, `sys` -> `system_wq`.
+fn arg_symbol(arg: &str) -> String {
+    format!("system{}_wq", arg.strip_prefix("sys").unwrap_or(arg))
+}
+
+fn parse_hex(value: &str) -> Result<u64> {
+    let digits = value.strip_prefix("0x").unwrap_or(value);
+    u64::from_str_radix(digits, 16).with_context(|| format!("{value:?} is not hex"))
+}
+
+/// Appends `function`, first discarding the tracing machinery once the probed function shows up
+/// (`kprobe_trace_func`, `kprobe_dispatcher`, the ftrace trampoline, `__flush_workqueue`).
+fn push_frame(stack: &mut Vec<String>, function: String) {
+    if function == PROBED {
+        stack.clear();
+    } else {
+        stack.push(function);
+    }
+}
+
+/// The function the oracle's kprobe sits on.
+pub const PROBED: &str = "__flush_workqueue";
+
+/// `wqflush_test_flush_long+0x9/0x20 [wqflush_test]` -> `wqflush_test_flush_long`.
+fn frame_function(frame: &str) -> String {
+    let sym = frame.split_whitespace().next().unwrap_or_default();
+    sym.split('+').next().unwrap_or(sym).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "# tracer: nop\n\
+        \x20             sh-93      [001] .....    5.123456: flush: (__flush_workqueue+0x0/0x4a0) wq=0xffff1 sys=0xffff1 sys_long=0xffff2 sys_freezable_power_efficient=0xffff3\n\
+        \x20             sh-93      [001] .....    5.123460: <stack trace>\n\
+        \x20=> kprobe_dispatcher\n\
+        \x20=> 0xffffffffc032b0de\n\
+        \x20=> __flush_workqueue\n\
+        \x20=> wqflush_test_flush_scheduled+0x9/0x20 [wqflush_test]\n\
+        \x20=> wqflush_test_write+0x80/0x120 [wqflush_test]\n";
+
+    #[test]
+    fn parses_event_and_stack() {
+        let ev = parse_trace(SAMPLE).expect("sample parses");
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].task, "sh-93");
+        assert_eq!(ev[0].system, vec!["system_wq".to_string()]);
+        assert_eq!(
+            ev[0].stack,
+            ["wqflush_test_flush_scheduled", "wqflush_test_write"]
+        );
+        assert_eq!(
+            arg_symbol("sys_freezable_power_efficient"),
+            "system_freezable_power_efficient_wq"
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! Boots a kernel plus initramfs under QEMU (TCG) and collects what the guest wrote.
+
+use crate::debian::Kernel;
+use crate::guest::EXIT_MARKER;
+use crate::initramfs::build_initramfs;
+use crate::util::{tail, unique_dir};
+use anyhow::{Context, Result, bail};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kernel command line; `panic=-1` plus `-no-reboot` turns a guest panic into a QEMU exit.
+const APPEND: &str = "console=ttyS0 panic=-1 oops=panic loglevel=6";
+
+/// Output of one boot, with `\r` removed.
+#[derive(Debug, Clone)]
+pub struct VmRun {
+    /// Kernel log and the scenario's stdout/stderr (first serial port).
+    pub console: String,
+    /// Machine-readable output the scenario wrote to fd 3 (second serial port).
+    pub data: String,
+}
+
+impl VmRun {
+    /// Text between `@@BEGIN name` and `@@END name` (see the guest's `emit`), first occurrence.
+    pub fn section(&self, name: &str) -> Result<&str> {
+        let begin = format!("@@BEGIN {name}\n");
+        let start = self
+            .data
+            .find(&begin)
+            .map(|i| i + begin.len())
+            .with_context(|| {
+                format!(
+                    "guest never emitted section {name:?}; console tail:\n{}",
+                    self.console_tail()
+                )
+            })?;
+        let end = self.data[start..]
+            .find(&format!("@@END {name} "))
+            .with_context(|| format!("section {name:?} is not terminated (guest died?)"))?;
+        Ok(&self.data[start..start + end])
+    }
+
+    /// The scenario's exit status, if the guest got as far as reporting it.
+    pub fn exit_status(&self) -> Option<i32> {
+        let line = self
+            .data
+            .lines()
+            .find_map(|l| l.strip_prefix(EXIT_MARKER))?;
+        line.trim().parse().ok()
+    }
+
+    /// Fails unless the scenario exited 0 and the kernel logged no oops/BUG/WARNING.
+    pub fn ensure_success(&self) -> Result<()> {
+        if self.exit_status() != Some(0) {
+            bail!(
+                "scenario status {:?}; console tail:\n{}",
+                self.exit_status(),
+                self.console_tail()
+            );
+        }
+        for bad in ["Oops:", "BUG:", "Kernel panic", "WARNING: CPU:"] {
+            if self.console.contains(bad) {
+                bail!(
+                    "guest kernel logged {bad:?}; console tail:\n{}",
+                    self.console_tail()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn console_tail(&self) -> String {
+        tail(&self.console, 60)
+    }
+}
+
+/// Boots `kernel` with `initramfs` and waits for the guest to power off.
+pub fn boot(kernel: &Kernel, initramfs: &Path, timeout: Duration) -> Result<VmRun> {
+    boot_with(kernel, initramfs, timeout, "")
+}
+
+/// Like [`boot`] with extra kernel command line arguments.
+pub fn boot_with(
+    kernel: &Kernel,
+    initramfs: &Path,
+    timeout: Duration,
+    append: &str,
+) -> Result<VmRun> {
+    // Each boot gets its own directory so tests can boot in parallel.
+    let dir = unique_dir(&std::env::temp_dir(), "wqflush-vm")?;
+    let (console, data) = (dir.join("console.log"), dir.join("data.log"));
+    let mut child = qemu_command(kernel, initramfs, &console, &data, append, &dir)?
+        .spawn()
+        .context("cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+    let outcome = wait(&mut child, timeout);
+    let run = VmRun {
+        console: read_lossy(&console),
+        data: read_lossy(&data),
+    };
+    let qemu_log = read_lossy(&dir.join("qemu.log"));
+    if std::env::var_os("WQFLUSH_VM_KEEP").is_some() {
+        eprintln!(
+            "wqflush-vmtest: kept {} (WQFLUSH_VM_KEEP is set)",
+            dir.display()
+        );
+    } else {
+        let _ = fs::remove_dir_all(&dir);
+    }
+    match outcome? {
+        Some(true) => Ok(run),
+        Some(false) => bail!(
+            "QEMU failed: {qemu_log}\nconsole tail:\n{}",
+            run.console_tail()
+        ),
+        None => bail!(
+            "guest still running after {timeout:?}, killed; console tail:\n{}",
+            run.console_tail()
+        ),
+    }
+}
+
+/// Builds an initramfs for `script` in a scratch directory, boots it and cleans up.
+pub fn run_scenario(
+    kernel: &Kernel,
+    files: &[(PathBuf, String)],
+    script: &str,
+    timeout: Duration,
+) -> Result<VmRun> {
+    let scratch = unique_dir(&std::env::temp_dir(), "wqflush-initramfs")?;
+    let result = build_initramfs(kernel, files, script, &scratch)
+        .and_then(|image| boot(kernel, &image, timeout));
+    let _ = fs::remove_dir_all(&scratch);
+    result
+}
+
+fn qemu_command(
+    kernel: &Kernel,
+    initramfs: &Path,
+    console: &Path,
+    data: &Path,
+    append: &str,
+    dir: &Path,
+) -> Result<Command> {
+    let log = File::create(dir.join("qemu.log")).context("creating qemu.log")?;
+    let mut cmd = Command::new("qemu-system-x86_64");
+    // /dev/kvm exists on the CI machines but hangs guests, so always emulate.
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
+        .args(["-nodefaults", "-display", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", data.display()))
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        .arg("-append")
+        .arg(format!("{APPEND} {append}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().context("duplicating qemu.log handle")?)
+        .stderr(log);
+    Ok(cmd)
+}
+
+/// `Some(success)` when QEMU exited, `None` when it was killed at the timeout.
+fn wait(child: &mut Child, timeout: Duration) -> Result<Option<bool>> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().context("waiting for QEMU")? {
+            return Ok(Some(status.success()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(None)
+}
+
+fn read_lossy(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+        .unwrap_or_default()
+}

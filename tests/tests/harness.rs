@@ -1,0 +1,129 @@
+//! Proves the harness end to end: a Debian kernel boots with the test module and the oracle
+//! sees exactly the flushes each trigger fires.
+
+use anyhow::{Context, Result, ensure};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use wqflush_vmtest::{
+    MODULE_GUEST_PATH, Oracle, Series, VmRun, build_module, cache_dir, prepare_kernel, run_scenario,
+};
+
+const SCENARIO: &str = r#"
+load_test_module || exit 1
+oracle_start || exit 1
+echo "scheduled 3" > /proc/wqflush_test
+echo "long 2" > /proc/wqflush_test
+echo "pointer 4" > /proc/wqflush_test
+echo "own 5" > /proc/wqflush_test
+oracle_stop
+emit counts cat /proc/wqflush_test
+oracle_dump
+"#;
+
+/// Boots `series` with the module and the oracle and returns what the guest reported.
+fn boot_with_module(series: Series) -> Result<VmRun> {
+    let cache = cache_dir();
+    let t = Instant::now();
+    let kernel = prepare_kernel(series, &cache)?;
+    eprintln!(
+        "{series}: kernel {} ready in {:?}",
+        kernel.release,
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let ko = build_module(&kernel, &cache.join("module"))?;
+    eprintln!("{series}: module built in {:?}", t.elapsed());
+    let files = [(ko, MODULE_GUEST_PATH.to_string())];
+    let t = Instant::now();
+    let run = run_scenario(&kernel, &files, SCENARIO, Duration::from_secs(120))?;
+    eprintln!("{series}: boot and scenario took {:?}", t.elapsed());
+    run.ensure_success()?;
+    Ok(run)
+}
+
+fn module_counts(run: &VmRun) -> Result<BTreeMap<String, u64>> {
+    let mut counts = BTreeMap::new();
+    for line in run.section("counts")?.lines() {
+        let (name, n) = line.split_once(' ').context("count line without space")?;
+        counts.insert(name.to_string(), n.trim().parse()?);
+    }
+    Ok(counts)
+}
+
+fn check(series: Series, scheduled_wq: &str) -> Result<()> {
+    let run = boot_with_module(series)?;
+    let counts = module_counts(&run)?;
+    let want: BTreeMap<String, u64> = [("scheduled", 3), ("long", 2), ("pointer", 4), ("own", 5)]
+        .map(|(k, v)| (k.to_string(), v))
+        .into();
+    ensure!(counts == want, "module counts {counts:?}, want {want:?}");
+
+    let oracle = Oracle::from_run(&run)?;
+    eprintln!("{series}: oracle {}", oracle.summary_json());
+    for e in &oracle.events {
+        // The trigger function itself must be the caller: proves no tail call hid its frame.
+        if e.stack.iter().any(|f| f.starts_with("wqflush_test_flush_")) {
+            ensure!(
+                e.stack[0].starts_with("wqflush_test_flush_"),
+                "stack {:?}",
+                e.stack
+            );
+        }
+    }
+    let got = [
+        oracle.count(scheduled_wq, "wqflush_test_flush_scheduled"),
+        oracle.count("system_long_wq", "wqflush_test_flush_long"),
+        oracle.count("system_unbound_wq", "wqflush_test_flush_pointer"),
+    ];
+    ensure!(
+        got == [3, 2, 4],
+        "oracle counts {got:?}, want [3, 2, 4]; events: {:#?}",
+        oracle.events
+    );
+    let own: Vec<_> = oracle.from_function("wqflush_test_flush_own").collect();
+    ensure!(
+        own.len() == 5,
+        "oracle saw {} own-queue flushes, want 5",
+        own.len()
+    );
+    ensure!(
+        own.iter().all(|e| e.system.is_empty() && e.wq == own[0].wq),
+        "own flushes: {own:#?}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn debian_6_1_module_and_oracle() -> Result<()> {
+    check(Series::V6_1, "system_wq")
+}
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn debian_6_12_module_and_oracle() -> Result<()> {
+    check(Series::V6_12, "system_percpu_wq")
+}
+
+/// The background-job pattern scenarios use for the monitor: start, wait for a ready file,
+/// stop with SIGTERM (busybox sh ignores SIGINT in `&` jobs).
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn guest_helpers_background_job() -> Result<()> {
+    let kernel = prepare_kernel(Series::V6_1, &cache_dir())?;
+    let script = format!(
+        "sh -c 'sleep 1; touch /tmp/ready; exec sleep 100' &\npid=$!\n{}\
+         emit ready echo ok\nstop_bg $pid 5\nemit stopped echo $?\n",
+        wqflush_vmtest::guest::wait_for_file("/tmp/ready", 10)
+    );
+    let run = run_scenario(&kernel, &[], &script, Duration::from_secs(60))?;
+    run.ensure_success()?;
+    ensure!(run.section("ready")? == "ok\n");
+    // 143 = killed by SIGTERM.
+    ensure!(
+        run.section("stopped")? == "143\n",
+        "stop_bg status {:?}",
+        run.section("stopped")
+    );
+    Ok(())
+}
