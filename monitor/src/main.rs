@@ -15,7 +15,10 @@ use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{probe::Attach, watch::MatchMode};
+use crate::{
+    probe::Attach,
+    watch::{End, MatchMode},
+};
 
 /// Exit codes; documented in README.md ("Exit codes").
 mod exit {
@@ -145,12 +148,12 @@ async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
 async fn check(args: WatchArgs, command: Vec<OsString>) -> anyhow::Result<ExitCode> {
     let outcome = watch::run(&args.options(), Some(&command)).await?;
     let name = command[0].to_string_lossy();
-    let status = match outcome.status {
-        Some(s) if s.success() => "succeeded".to_owned(),
-        Some(s) => format!("failed ({s})"),
-        None => "was interrupted".to_owned(),
+    let (status, failed) = match &outcome.end {
+        End::Exited(s) if s.success() => ("succeeded".to_owned(), false),
+        End::Exited(s) => (format!("failed ({s})"), true),
+        End::NotStarted(e) => (format!("could not be started: {e}"), true),
+        End::Stopped => ("was interrupted".to_owned(), true),
     };
-    let failed = !outcome.status.is_some_and(|s| s.success());
     if outcome.flushes > 0 {
         eprintln!(
             "wqflush: check: {} flush(es) of system workqueues while `{name}` ran; it {status}",

@@ -15,7 +15,7 @@ use monitor_ebpf::{LOST_RINGBUF, MAX_QUEUES, NAME_LEN};
 
 use crate::{btf::Offsets, kallsyms::Kallsyms, queues::SystemQueue};
 
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wqflush"));
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wqflush-ebpf"));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Attach {

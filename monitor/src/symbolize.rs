@@ -95,11 +95,16 @@ impl fmt::Display for Frame {
     }
 }
 
-/// Symbolizes a raw stack (innermost first), dropping the probe's own frames above the flush
-/// function so the stack starts where a kernel warning would.
+/// Symbolizes a raw stack (innermost first) and drops the probe's own frames, so the stack
+/// starts at the flush function the way a kernel warning would. Those frames (BPF program,
+/// trampoline) are not reliably in kallsyms: JITed programs are listed only with
+/// net.core.bpf_jit_kallsyms=1, and otherwise resolve to whatever symbol precedes them.
 pub fn symbolize(ks: &Kallsyms, stack: &[u64]) -> Vec<Frame> {
     let frames: Vec<Frame> = stack.iter().map(|&a| Frame::new(a, ks.locate(a))).collect();
-    let skip = frames.iter().take_while(|f| f.is_probe_machinery()).count();
+    let skip = frames
+        .iter()
+        .position(Frame::is_flush_function)
+        .unwrap_or_else(|| frames.iter().take_while(|f| f.is_probe_machinery()).count());
     frames.into_iter().skip(skip).collect()
 }
 
@@ -191,6 +196,23 @@ ffffffffc0a01100 t wqflush_test_flush_own\t[wqflush_test]
         assert_eq!(
             c.with_size(),
             "wqflush_test_flush_long+0x1e/0x40 [wqflush_test]"
+        );
+    }
+
+    #[test]
+    fn drops_unlisted_bpf_frames_that_resolve_to_other_symbols() {
+        // Without bpf_jit_kallsyms the probe's frames land "inside" unrelated symbols.
+        let stack = [
+            0xffffffffc0a01110,
+            0xffffffff812f0500,
+            0xffffffff810b5e25,
+            0xffffffffc0a0101e,
+        ];
+        let frames = symbolize(&ks(), &stack);
+        assert_eq!(frames[0].func.as_deref(), Some("__flush_workqueue"));
+        assert_eq!(
+            caller(&frames).unwrap().func.as_deref(),
+            Some("wqflush_test_flush_long")
         );
     }
 

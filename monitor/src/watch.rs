@@ -42,8 +42,17 @@ pub struct Options {
 
 pub struct Outcome {
     pub flushes: u64,
-    /// The command's status, for `check`.
-    pub status: Option<ExitStatus>,
+    pub end: End,
+}
+
+/// Why watching stopped.
+pub enum End {
+    /// A signal or --duration.
+    Stopped,
+    /// `check`'s command exited.
+    Exited(ExitStatus),
+    /// `check`'s command could not be started.
+    NotStarted(String),
 }
 
 /// Reads kallsyms and BTF and decides what the probe attaches to and compares against.
@@ -137,14 +146,24 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         reporter: Reporter::new(std::io::stdout(), opts.json, target.queues.clone()),
         nr_queues: target.queues.len(),
     };
-    let child = command.map(spawn).transpose()?;
-    let status = event_loop(&mut ring, &mut state, child, opts.duration).await?;
+    let end = match command.map(spawn) {
+        Some(Err(e)) => End::NotStarted(format!("{e:#}")),
+        child => {
+            event_loop(
+                &mut ring,
+                &mut state,
+                child.and_then(Result::ok),
+                opts.duration,
+            )
+            .await?
+        }
+    };
     state.drain(ring.get_mut())?;
     let lost = probe::lost(&probe.ebpf)?;
     state.reporter.summary(&state.sites, lost)?;
     Ok(Outcome {
         flushes: state.sites.total(),
-        status,
+        end,
     })
 }
 
@@ -185,7 +204,7 @@ async fn event_loop<W: Write>(
     state: &mut State<W>,
     mut child: Option<Child>,
     duration: Option<Duration>,
-) -> Result<Option<ExitStatus>> {
+) -> Result<End> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
@@ -197,10 +216,10 @@ async fn event_loop<W: Write>(
                 state.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
             }
-            _ = sigint.recv() => return Ok(None),
-            _ = sigterm.recv() => return Ok(None),
-            _ = &mut deadline, if duration.is_some() => return Ok(None),
-            status = wait(&mut child) => return Ok(Some(status?)),
+            _ = sigint.recv() => return Ok(End::Stopped),
+            _ = sigterm.recv() => return Ok(End::Stopped),
+            _ = &mut deadline, if duration.is_some() => return Ok(End::Stopped),
+            status = wait(&mut child) => return Ok(End::Exited(status?)),
         }
     }
 }

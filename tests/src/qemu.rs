@@ -42,6 +42,14 @@ impl VmRun {
         Ok(&self.data[start..start + end])
     }
 
+    /// The status `emit NAME ...` recorded for its command.
+    pub fn section_status(&self, name: &str) -> Result<i32> {
+        let end = format!("@@END {name} ");
+        let line = self.data.lines().find_map(|l| l.strip_prefix(&end));
+        line.and_then(|l| l.trim().parse().ok())
+            .with_context(|| format!("no status for section {name:?}"))
+    }
+
     /// The scenario's exit status, if the guest got as far as reporting it.
     pub fn exit_status(&self) -> Option<i32> {
         let line = self

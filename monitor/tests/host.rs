@@ -1,0 +1,48 @@
+//! wqflush on the machine running the tests. This project's machines run a kernel that cannot
+//! be probed (fentry refused, no kprobes, no data symbols in kallsyms): there it must fail with
+//! one clear message per attach method, never a panic. Where the kernel can be probed, it must
+//! say it attached.
+
+use std::process::Command;
+
+fn wqflush(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wqflush")).args(args).output().expect("run wqflush");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn watch_attaches_or_explains_each_method() {
+    let (code, _, err) = wqflush(&["--duration", "1"]);
+    assert!(!err.contains("panicked"), "{err}");
+    if code == Some(0) {
+        assert!(err.contains("wqflush: attached ("), "{err}");
+        return;
+    }
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.starts_with("wqflush: error: "), "{err}");
+    if err.contains("cannot probe") {
+        assert!(err.contains("\n  fentry: ") && err.contains("\n  kprobe: "), "each method and why: {err}");
+        assert!(err.contains("cargo xtask demo"), "points at what to do: {err}");
+    }
+}
+
+#[test]
+fn doctor_agrees_with_watch() {
+    let (watch_code, _, _) = wqflush(&["--duration", "1"]);
+    let (code, out, err) = wqflush(&["doctor"]);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.starts_with("kernel:"), "{out}");
+    assert!(out.contains("\nverdict:"), "{out}");
+    assert_eq!(code == Some(0), watch_code == Some(0), "doctor:\n{out}");
+    if code != Some(0) && out.contains("attach methods") {
+        assert!(out.contains("  fentry: unavailable: ") && out.contains("  kprobe: unavailable: "), "{out}");
+    }
+}
+
+#[test]
+fn check_without_a_command_is_a_usage_error() {
+    let (code, _, err) = wqflush(&["check"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("CMD"), "{err}");
+}

@@ -1,0 +1,51 @@
+//! `cargo xtask demo`: wqflush inside a real Debian kernel, catching the test module's flushes.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::Result;
+use wqflush_vmtest::{
+    MODULE_GUEST_PATH, Series, build_module, cache_dir, prepare_kernel, run_scenario,
+};
+
+/// What the guest does; printed for the user before the results so they can follow along.
+const SCENARIO: &str = r#"load_test_module || exit 1
+emit doctor wqflush doctor
+wqflush --ready-file /tmp/ready >/tmp/wqflush.out 2>&1 &
+pid=$!
+wait_for_file /tmp/ready 60 || { cat /tmp/wqflush.out; exit 1; }
+echo "scheduled 3" > /proc/wqflush_test   # flush_scheduled_work()
+echo "long 2" > /proc/wqflush_test        # flush_workqueue(system_long_wq)
+echo "pointer 4" > /proc/wqflush_test     # flush_workqueue(h->wq), h->wq == system_unbound_wq
+echo "own 5" > /proc/wqflush_test         # flush_workqueue(own_wq): fine, not reported
+stop_bg $pid
+emit wqflush cat /tmp/wqflush.out
+"#;
+
+pub fn run(series: Series, wqflush: &Path) -> Result<()> {
+    let cache = cache_dir();
+    let kernel = prepare_kernel(series, &cache)?;
+    let ko = build_module(&kernel, &cache.join("module"))?;
+    let files = [
+        (ko, MODULE_GUEST_PATH.to_owned()),
+        (wqflush.to_path_buf(), "/bin/wqflush".to_owned()),
+    ];
+    eprintln!(
+        "xtask: booting Debian {} under QEMU (TCG) with this script:\n",
+        kernel.release
+    );
+    for line in SCENARIO.lines() {
+        eprintln!("    {line}");
+    }
+    let run = run_scenario(&kernel, &files, SCENARIO, Duration::from_secs(300))?;
+    run.ensure_success()?;
+    println!(
+        "\n# wqflush doctor (in the guest, Debian {})\n{}",
+        kernel.release,
+        run.section("doctor")?
+    );
+    println!(
+        "# wqflush (in the guest, stopped with SIGTERM after the triggers)\n{}",
+        run.section("wqflush")?
+    );
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! Installs what the build and the VM tests need, skipping whatever is already there, so every
+//! `cargo xtask` command can start with it on a fresh machine.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Debian packages: QEMU and the guest's userland, plus what building the test module against
+/// Debian's kernel headers needs (6.12's kbuild runs pahole for module BTF).
+const APT_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "dwarves",
+    "xz-utils",
+    "gcc",
+    "make",
+];
+
+/// The bpf-linker release known to build here with `--features llvm-22`.
+const BPF_LINKER: &str = "bpf-linker@0.13.0";
+
+pub fn all() -> Result<()> {
+    apt_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()
+}
+
+fn quiet(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-q"))
+        .context("apt-get update (run `cargo xtask` as root, or install the packages yourself)")?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let has_src = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("rust-src"))
+        });
+    if has_src {
+        return Ok(());
+    }
+    eprintln!("xtask: installing nightly rust-src (the eBPF programs build core from source)");
+    if quiet(Command::new("rustc").arg("+nightly").arg("--version")) {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    } else {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))
+    }
+}
+
+/// bpf-linker links against nightly's own libLLVM, found through a prefix folder of symlinks
+/// that stays in place (the linker's RUNPATH points into it).
+fn bpf_linker() -> Result<()> {
+    if quiet(Command::new("bpf-linker").arg("--version")) {
+        return Ok(());
+    }
+    let libllvm = nightly_libllvm()?;
+    let major = llvm_major(&libllvm)?;
+    let prefix = llvm_prefix()?;
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let file_name = libllvm.file_name().context("libLLVM path")?;
+    for link in [lib.join("libLLVM.so"), lib.join(file_name)] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    eprintln!(
+        "xtask: building {BPF_LINKER} against {} (about 90 s)",
+        libllvm.display()
+    );
+    run(Command::new("cargo")
+        .args([
+            "+stable",
+            "install",
+            BPF_LINKER,
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix))
+}
+
+fn nightly_libllvm() -> Result<PathBuf> {
+    let out = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .context("rustc +nightly --print sysroot")?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let lib = sysroot.join("lib");
+    std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}; is the nightly toolchain complete?",
+                lib.display()
+            )
+        })
+}
+
+/// `libLLVM.so.22.1-rust-1.97.0-nightly` -> 22
+fn llvm_major(libllvm: &Path) -> Result<u32> {
+    let name = libllvm
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    name.trim_start_matches("libLLVM.so.")
+        .split(['.', '-'])
+        .next()
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("cannot read the LLVM version from {name}"))
+}
+
+fn llvm_prefix() -> Result<PathBuf> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    Ok(cargo_home.join("wqflush-llvm"))
+}
