@@ -44,6 +44,8 @@ pub struct FlushEvent {
     /// Bytes of `stack` that `bpf_get_stack` filled, or its negative errno.
     pub stack_bytes: i32,
     pub comm: [u8; 16],
+    /// `wq->name`, NUL-terminated, when user space knew its offset (from BTF); else zeros.
+    pub name: [u8; NAME_LEN],
     /// Kernel return addresses, innermost first.
     pub stack: [u64; MAX_FRAMES],
 }

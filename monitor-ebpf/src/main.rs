@@ -28,8 +28,8 @@ mod probe {
     use aya_ebpf::{
         EbpfContext,
         helpers::{
-            bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_stack,
-            bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+            bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+            bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel,
         },
         macros::{fentry, kprobe, map},
         maps::{PerCpuArray, RingBuf},
@@ -176,11 +176,25 @@ mod probe {
             (*ev).queue = queue;
             (*ev).flags = flags | worker_flags();
             (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+            (*ev).name = queue_name(wq);
             let size = (MAX_FRAMES * 8) as u32;
             (*ev).stack_bytes =
                 bpf_get_stack(ctx.as_ptr(), (*ev).stack.as_mut_ptr().cast(), size, 0) as i32;
         }
         entry.submit(0);
+    }
+
+    /// The flushed queue's name, so reports show the kernel's own (names changed across
+    /// versions, and queues added later are in no table).
+    #[inline(always)]
+    fn queue_name(wq: u64) -> [u8; NAME_LEN] {
+        let off = global(&WQ_NAME_OFFSET);
+        if off == 0 {
+            return [0; NAME_LEN];
+        }
+        // SAFETY: probe_read tolerates any address.
+        unsafe { bpf_probe_read_kernel((wq + u64::from(off)) as *const [u8; NAME_LEN]) }
+            .unwrap_or([0; NAME_LEN])
     }
 
     /// Whether the current task is a workqueue worker, if BTF told us where its flags are.

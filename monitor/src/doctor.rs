@@ -69,7 +69,7 @@ fn print_btf() {
 fn print_kallsyms(ks: &Kallsyms) {
     let mode = if ks.addresses_hidden() {
         "addresses hidden (kernel.kptr_restrict): wqflush cannot work".to_owned()
-    } else if queues::by_address(ks).is_ok_and(|q| q.is_empty()) {
+    } else if queues::by_address(ks, None).is_ok_and(|q| q.is_empty()) {
         "no system_*wq variables (CONFIG_KALLSYMS_ALL off): queues matched by name".to_owned()
     } else {
         "system_*wq variables listed: queues matched by address".to_owned()

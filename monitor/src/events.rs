@@ -1,7 +1,9 @@
 //! Decoding the probe's ring buffer records (`monitor_ebpf::FlushEvent`).
 
 use anyhow::{Result, bail};
-use monitor_ebpf::{FLAG_BY_NAME, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent, MAX_FRAMES};
+use monitor_ebpf::{
+    FLAG_BY_NAME, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent, MAX_FRAMES, NAME_LEN,
+};
 
 /// One flush of a system workqueue, as user space sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,6 +18,8 @@ pub struct Flush {
     /// Whether the flushing task is a workqueue worker; None when BTF could not tell.
     pub worker: Option<bool>,
     pub comm: String,
+    /// The queue's name as the kernel has it (`wq->name`), when BTF gave its offset.
+    pub wq_name: Option<String>,
     /// Kernel return addresses, innermost first.
     pub stack: Vec<u64>,
     /// `bpf_get_stack`'s errno when it captured nothing.
@@ -52,7 +56,8 @@ pub fn decode(bytes: &[u8], nr_queues: usize) -> Result<Flush> {
         queue: ev.queue as usize,
         by_name: ev.flags & FLAG_BY_NAME != 0,
         worker: (ev.flags & FLAG_WORKER_KNOWN != 0).then_some(ev.flags & FLAG_WORKER != 0),
-        comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
+        comm: c_string(&ev.comm),
+        wq_name: Some(c_string(&ev.name)).filter(|n| !n.is_empty()),
         stack: ev.stack[..frames]
             .iter()
             .copied()
@@ -60,6 +65,12 @@ pub fn decode(bytes: &[u8], nr_queues: usize) -> Result<Flush> {
             .collect(),
         stack_error: (ev.stack_bytes < 0).then_some(-ev.stack_bytes),
     })
+}
+
+/// The bytes up to the first NUL (the kernel's fixed-size name arrays).
+fn c_string(bytes: &[u8]) -> String {
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..len]).into_owned()
 }
 
 #[cfg(test)]
@@ -86,9 +97,11 @@ pub(crate) fn sample_event(queue: u32, stack: &[u64]) -> FlushEvent {
         flags: FLAG_WORKER_KNOWN,
         stack_bytes: (stack.len() * 8) as i32,
         comm: [0; 16],
+        name: [0; NAME_LEN],
         stack: [0; MAX_FRAMES],
     };
     ev.comm[..2].copy_from_slice(b"sh");
+    ev.name[..11].copy_from_slice(b"events_long");
     ev.stack[..stack.len()].copy_from_slice(stack);
     ev
 }
@@ -109,6 +122,7 @@ mod tests {
             (77, 76, 1, 2, "sh")
         );
         assert_eq!(f.stack, [0xffffffff810b5e25, 0xffffffffc0a0101e]);
+        assert_eq!(f.wq_name.as_deref(), Some("events_long"));
         assert_eq!(
             (f.worker, f.by_name, f.stack_error),
             (Some(false), false, None)
@@ -120,12 +134,14 @@ mod tests {
         let mut ev = sample_event(0, &[]);
         ev.flags = FLAG_BY_NAME | FLAG_WORKER | FLAG_WORKER_KNOWN;
         ev.stack_bytes = -14;
+        ev.name = [0; NAME_LEN];
         let f = decode(&encode(&ev), 1).unwrap();
         assert_eq!(
             (f.worker, f.by_name, f.stack_error),
             (Some(true), true, Some(14))
         );
         assert!(f.stack.is_empty());
+        assert_eq!(f.wq_name, None, "no BTF offset, no name");
         ev.flags = 0;
         assert_eq!(
             decode(&encode(&ev), 1).unwrap().worker,

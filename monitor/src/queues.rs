@@ -54,19 +54,34 @@ pub fn is_queue_var(name: &str) -> bool {
     name.starts_with("system_") && name.ends_with("wq")
 }
 
-fn known_name(var: &str) -> Option<&'static str> {
-    KNOWN.iter().rev().find(|(v, _)| *v == var).map(|(_, n)| *n)
+/// The name a queue variable's workqueue has on a kernel whose WQ_NAME_LEN is `name_len` (from
+/// BTF; unknown without it). Reports prefer the name the probe reads from the kernel; this is
+/// for `doctor` and kernels without BTF. A renamed queue gets the newest name that fits, else the
+/// oldest one cut to fit, as the kernel cuts it.
+fn known_name(var: &str, name_len: Option<usize>) -> Option<String> {
+    let names: Vec<&str> = KNOWN
+        .iter()
+        .filter(|(v, _)| *v == var)
+        .map(|(_, n)| *n)
+        .collect();
+    let max = name_len.map_or(usize::MAX, |l| l.saturating_sub(1));
+    let name = names
+        .iter()
+        .rev()
+        .find(|n| n.len() <= max)
+        .or(names.first())?;
+    Some(name[..name.len().min(max)].to_owned())
 }
 
 /// Address mode: one entry per built-in `system_*wq` data symbol, in address order.
-pub fn by_address(ks: &Kallsyms) -> Result<Vec<SystemQueue>> {
+pub fn by_address(ks: &Kallsyms, name_len: Option<usize>) -> Result<Vec<SystemQueue>> {
     let mut queues: Vec<SystemQueue> = ks
         .data()
         .iter()
         .filter(|d| d.module.is_none() && is_queue_var(&d.name))
         .map(|d| SystemQueue {
             var: Some(d.name.clone()),
-            name: known_name(&d.name).map(str::to_owned),
+            name: known_name(&d.name, name_len),
             addr: d.addr,
         })
         .collect();
@@ -114,7 +129,7 @@ ffffffff82a5e308 D system_wq_count_not_a_queue
 ffffffffc0002000 d system_fake_wq\t[evil]
 ";
         let ks = Kallsyms::parse(text, is_queue_var).unwrap();
-        let qs = by_address(&ks).unwrap();
+        let qs = by_address(&ks, None).unwrap();
         let vars: Vec<_> = qs.iter().map(|q| q.var.as_deref().unwrap()).collect();
         assert_eq!(
             vars,
@@ -137,6 +152,23 @@ ffffffffc0002000 d system_fake_wq\t[evil]
             "unknown future queue is still matched by pointer"
         );
         assert_eq!(qs[0].addr, 0xffffffff82a5e2b0);
+    }
+
+    #[test]
+    fn renamed_queue_gets_the_name_its_kernel_uses() {
+        let var = "system_freezable_power_efficient_wq";
+        assert_eq!(
+            known_name(var, Some(24)).as_deref(),
+            Some("events_freezable_power_"),
+            "6.1"
+        );
+        assert_eq!(
+            known_name(var, Some(32)).as_deref(),
+            Some("events_freezable_pwr_efficient"),
+            "6.9+"
+        );
+        assert_eq!(known_name("system_wq", Some(24)).as_deref(), Some("events"));
+        assert_eq!(known_name("system_new_wq", Some(32)), None);
     }
 
     #[test]

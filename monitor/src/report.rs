@@ -106,7 +106,7 @@ fn record<'a>(
     SiteRecord {
         kind,
         wq: q.var.as_deref(),
-        wq_name: q.name.as_deref(),
+        wq_name: f.wq_name.as_deref().or(q.name.as_deref()),
         matched_by: if f.by_name { "name" } else { "address" },
         caller: caller.and_then(|c| c.func.as_deref()),
         call_site: caller.map(ToString::to_string).unwrap_or_default(),
@@ -125,7 +125,7 @@ fn record<'a>(
 impl<W: Write> Reporter<W> {
     fn queue_label(&self, site: &Site) -> String {
         let q = &self.queues[site.queue];
-        match (&q.var, &q.name) {
+        match (&q.var, site.first.wq_name.as_ref().or(q.name.as_ref())) {
             (Some(v), Some(n)) => format!("{v} ({n})"),
             (Some(v), None) => v.clone(),
             (None, Some(n)) => format!("\"{n}\" (matched by name)"),

@@ -67,7 +67,8 @@ pub fn prepare(mode: MatchMode) -> Result<(Kallsyms, Target)> {
     }
     let function = probe::flush_function(&ks)?;
     let offsets = btf::read_offsets();
-    let found = queues::by_address(&ks)?;
+    let name_len = offsets.as_ref().ok().map(|o| o.wq_name_len as usize);
+    let found = queues::by_address(&ks, name_len)?;
     let by_name = match mode {
         MatchMode::Auto => found.is_empty(),
         MatchMode::Address => false,

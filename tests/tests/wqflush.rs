@@ -195,21 +195,18 @@ fn check_window(series: Series, window: &str, fired: &[(&str, u64)], by_name: bo
 }
 
 fn check_queue(series: Series, trigger: &str, rec: &Value, by_name: bool) -> Result<()> {
+    // The probe reads wq->name from the kernel in both modes.
+    let name = match trigger {
+        "scheduled" => "events",
+        "long" => "events_long",
+        _ => "events_unbound",
+    };
+    ensure!(rec["wq_name"] == name, "{rec}");
     if by_name {
-        let want = if trigger == "long" {
-            "events_long"
-        } else {
-            "events_unbound"
-        };
-        ensure!(
-            rec["wq"].is_null() && rec["wq_name"] == want && rec["matched_by"] == "name",
-            "{rec}"
-        );
+        ensure!(rec["wq"].is_null() && rec["matched_by"] == "name", "{rec}");
     } else {
-        ensure!(
-            rec["wq"] == expected_wq(series, trigger) && rec["matched_by"] == "address",
-            "{rec}"
-        );
+        let wq = expected_wq(series, trigger);
+        ensure!(rec["wq"] == wq && rec["matched_by"] == "address", "{rec}");
     }
     Ok(())
 }

@@ -19,6 +19,8 @@ echo "pointer 4" > /proc/wqflush_test     # flush_workqueue(h->wq), h->wq == sys
 echo "own 5" > /proc/wqflush_test         # flush_workqueue(own_wq): fine, not reported
 stop_bg $pid
 emit wqflush cat /tmp/wqflush.out
+emit check wqflush check --json -- sh -c 'echo "pointer 1" > /proc/wqflush_test'
+true  # check exits 3 when something flushed a system queue; the demo goes on
 "#;
 
 pub fn run(series: Series, wqflush: &Path) -> Result<()> {
@@ -46,6 +48,11 @@ pub fn run(series: Series, wqflush: &Path) -> Result<()> {
     println!(
         "# wqflush (in the guest, stopped with SIGTERM after the triggers)\n{}",
         run.section("wqflush")?
+    );
+    println!(
+        "# wqflush check --json -- sh -c 'echo \"pointer 1\" > /proc/wqflush_test'   (exit code {})\n{}",
+        run.section_status("check")?,
+        run.section("check")?
     );
     Ok(())
 }

@@ -5,7 +5,10 @@ mod build;
 mod demo;
 mod setup;
 
-use std::process::{Command, ExitCode};
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, ExitCode, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -64,21 +67,92 @@ fn run(cmd: Cmd) -> Result<()> {
 
 fn test() -> Result<()> {
     let bin = build::wqflush()?;
-    // Unit tests and the host run first: they fail fast, before any VM boots.
-    cargo(&["test", "--workspace"], &[])?;
-    // The VM tests each boot a kernel; two at a time fits this project's 2-core machines.
     let bin = bin.to_str().context("non-UTF-8 path")?;
-    cargo(
-        &[
-            "test",
-            "-p",
-            "wqflush-vmtest",
-            "--",
-            "--include-ignored",
-            "--test-threads=2",
-        ],
-        &[("WQFLUSH_BIN", bin)],
-    )
+    // Unit tests and the host run first: they fail fast, before any VM boots. The VM tests each
+    // boot a kernel; two at a time fits this project's 2-core machines.
+    let runs: [(&[&str], &[(&str, &str)]); 2] = [
+        (
+            &[
+                "test",
+                "--workspace",
+                "--exclude",
+                "wqflush-vmtest",
+                "--lib",
+                "--bins",
+                "--tests",
+            ],
+            &[],
+        ),
+        (
+            &[
+                "test",
+                "-p",
+                "wqflush-vmtest",
+                "--tests",
+                "--",
+                "--include-ignored",
+                "--test-threads=2",
+            ],
+            &[("WQFLUSH_BIN", bin)],
+        ),
+    ];
+    let mut total = Tally::default();
+    let mut result = Ok(());
+    for (args, env) in runs {
+        result = cargo_test(args, env, &mut total);
+        if result.is_err() {
+            break;
+        }
+    }
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.ignored
+    );
+    result
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Runs `cargo test`, passing its output through and adding up its `test result:` lines.
+fn cargo_test(args: &[&str], env: &[(&str, &str)], total: &mut Tally) -> Result<()> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    let stdout = child.stdout.take().context("cargo's stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |what: &str| {
+                rest.split(';').find_map(|part| {
+                    part.trim()
+                        .strip_suffix(what)?
+                        .trim()
+                        .rsplit(' ')
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+            };
+            total.passed += count(" passed").unwrap_or(0);
+            total.failed += count(" failed").unwrap_or(0);
+            total.ignored += count(" ignored").unwrap_or(0);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
 }
 
 pub fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {

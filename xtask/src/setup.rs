@@ -24,6 +24,7 @@ const APT_PACKAGES: &[&str] = &[
 const BPF_LINKER: &str = "bpf-linker@0.13.0";
 
 pub fn all() -> Result<()> {
+    apt_lists()?;
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()
@@ -44,6 +45,25 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// The VM tests pick the newest Debian kernel from apt's lists; lists older than the archive
+/// name kernels the mirror no longer has, so stale lists are refreshed first.
+fn apt_lists() -> Result<()> {
+    const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+    let newest = std::fs::read_dir("/var/lib/apt/lists")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("_Packages"))
+        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .max();
+    if newest.is_some_and(|t| t.elapsed().unwrap_or_default() < MAX_AGE) {
+        return Ok(());
+    }
+    eprintln!("xtask: refreshing apt's package lists");
+    run(Command::new("apt-get").args(["update", "-q"]))
+        .context("apt-get update (run `cargo xtask` as root, or run it yourself)")
+}
+
 fn apt_packages() -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
@@ -54,10 +74,8 @@ fn apt_packages() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    run(Command::new("apt-get").arg("update").arg("-q"))
-        .context("apt-get update (run `cargo xtask` as root, or install the packages yourself)")?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(["install", "-y", "-q"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
