@@ -21,8 +21,31 @@ pub const FLAG_WORKER_KNOWN: u32 = 1 << 1;
 /// `FlushEvent::flags`: matched by workqueue name, not by pointer (no data symbols in kallsyms).
 pub const FLAG_BY_NAME: u32 = 1 << 2;
 
-/// Index into the `LOST` per-CPU array: ring buffer reservations that failed.
+/// Index into the `LOST` per-CPU array: first sightings the ring buffer had no room for (their
+/// flushes are still counted in `COUNTS`).
 pub const LOST_RINGBUF: u32 = 0;
+/// Index into the `LOST` per-CPU array: flushes not counted because `COUNTS` was full.
+pub const LOST_UNCOUNTED: u32 = 1;
+/// Slots in the `LOST` per-CPU array.
+pub const LOST_SLOTS: u32 = 2;
+
+/// Distinct (queue, call site) pairs the kernel counts; more are counted in `LOST_UNCOUNTED`.
+pub const MAX_SITES: u32 = 16384;
+
+/// Address ranges of the flush function and its wrappers; the frame after them is the caller.
+pub const MAX_FLUSH_RANGES: usize = 4;
+
+/// Key of the in-kernel per-call-site counters (`COUNTS` hash map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CountKey {
+    /// Index of the system queue in the table user space passed in.
+    pub queue: u32,
+    pub _pad: u32,
+    /// Return address in the caller: the first frame past the flush function and its
+    /// wrappers, 0 when the stack could not be read.
+    pub caller: u64,
+}
 
 /// One flush of a system workqueue, sent through the `EVENTS` ring buffer.
 #[repr(C)]
@@ -43,9 +66,15 @@ pub struct FlushEvent {
     pub flags: u32,
     /// Bytes of `stack` that `bpf_get_stack` filled, or its negative errno.
     pub stack_bytes: i32,
+    /// The call site this flush is counted under (`CountKey::caller`).
+    pub caller: u64,
     pub comm: [u8; 16],
     /// `wq->name`, NUL-terminated, when user space knew its offset (from BTF); else zeros.
     pub name: [u8; NAME_LEN],
     /// Kernel return addresses, innermost first.
     pub stack: [u64; MAX_FRAMES],
 }
+
+// SAFETY: CountKey is repr(C) plain data with its padding spelled out, valid for any bytes.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CountKey {}

@@ -12,9 +12,15 @@
 //! variable (addresses from kallsyms, via user space) captures a stack. Where kallsyms has no data
 //! symbols (CONFIG_KALLSYMS_ALL=n) user space switches to name mode: `wq->name` is compared with
 //! the system queue names, at an offset user space read from BTF (Rust eBPF has no CO-RE).
-//! Everything else (symbolizing, dedup, counting, reporting) happens in user space.
+//! A matching flush is counted in the kernel, per (queue, call site), so counts stay exact however
+//! busy the ring buffer or user space is; only a call site's first flush is sent, with its stack.
+//! Everything else (symbolizing, dedup, reporting) happens in user space.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF target has no atomic read-modify-write in `core::sync::atomic` (atomic_cas is off for
+// it), but LLVM lowers an unused atomic add to BPF's XADD, which every kernel supports.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {
@@ -27,17 +33,18 @@ mod probe {
 
     use aya_ebpf::{
         EbpfContext,
+        bindings::BPF_NOEXIST,
         helpers::{
             bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
             bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel,
         },
         macros::{fentry, kprobe, map},
-        maps::{PerCpuArray, RingBuf},
+        maps::{HashMap, PerCpuArray, RingBuf},
         programs::{FEntryContext, ProbeContext},
     };
     use monitor_ebpf::{
-        FLAG_BY_NAME, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent, LOST_RINGBUF, MAX_FRAMES,
-        MAX_QUEUES, NAME_LEN,
+        CountKey, FLAG_BY_NAME, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent, LOST_RINGBUF,
+        LOST_SLOTS, LOST_UNCOUNTED, MAX_FLUSH_RANGES, MAX_FRAMES, MAX_QUEUES, MAX_SITES, NAME_LEN,
     };
 
     /// `PF_WQ_WORKER` from include/linux/sched.h; unchanged since 2.6.36.
@@ -64,12 +71,25 @@ mod probe {
     #[unsafe(no_mangle)]
     static TASK_FLAGS_OFFSET: u32 = 0;
 
+    /// [start, end) of the flush function and of the wrappers around it (drain_workqueue, ...).
+    #[unsafe(no_mangle)]
+    static FLUSH_RANGES: [[u64; 2]; MAX_FLUSH_RANGES] = [[0; 2]; MAX_FLUSH_RANGES];
+
+    /// First sightings of a call site, with their stacks.
     #[map]
     static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-    /// Events dropped because the ring buffer was full, per CPU, so no loss goes uncounted.
+    /// Flushes per (queue, call site).
     #[map]
-    static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+    static COUNTS: HashMap<CountKey, u64> = HashMap::with_max_entries(MAX_SITES, 0);
+
+    /// Losses per CPU (`LOST_*` slots), so nothing is dropped without being counted.
+    #[map]
+    static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
+
+    /// The event being built: too big for the 512-byte BPF stack.
+    #[map]
+    static SCRATCH: PerCpuArray<FlushEvent> = PerCpuArray::with_max_entries(1, 0);
 
     #[fentry(function = "__flush_workqueue")]
     pub fn flush_fentry(ctx: FEntryContext) -> u32 {
@@ -155,33 +175,103 @@ mod probe {
         false
     }
 
+    /// Counts the flush under its call site; the site's first flush also goes to user space.
     #[inline(always)]
     fn send<C: EbpfContext>(ctx: &C, wq: u64, queue: u32, flags: u32) {
-        let Some(mut entry) = EVENTS.reserve::<FlushEvent>(0) else {
-            if let Some(lost) = LOST.get_ptr_mut(LOST_RINGBUF) {
-                // SAFETY: per-CPU slot, no concurrent writer.
-                unsafe { *lost += 1 };
-            }
+        let Some(ev) = SCRATCH.get_ptr_mut(0) else {
             return;
         };
-        let ev = entry.as_mut_ptr();
-        let pid_tgid = bpf_get_current_pid_tgid();
-        // SAFETY: `ev` points at a reserved, exclusively owned ring buffer record.
-        unsafe {
-            (*ev).time_ns = bpf_ktime_get_ns();
-            (*ev).wq = wq;
-            (*ev).pid = pid_tgid as u32;
-            (*ev).tgid = (pid_tgid >> 32) as u32;
-            (*ev).cpu = bpf_get_smp_processor_id();
-            (*ev).queue = queue;
-            (*ev).flags = flags | worker_flags();
-            (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-            (*ev).name = queue_name(wq);
-            let size = (MAX_FRAMES * 8) as u32;
-            (*ev).stack_bytes =
-                bpf_get_stack(ctx.as_ptr(), (*ev).stack.as_mut_ptr().cast(), size, 0) as i32;
+        // SAFETY: this CPU's scratch slot; BPF programs do not nest on a CPU here.
+        let ev = unsafe { &mut *ev };
+        let size = (MAX_FRAMES * 8) as u32;
+        // SAFETY: the helper writes at most `size` bytes into `ev.stack`.
+        ev.stack_bytes =
+            unsafe { bpf_get_stack(ctx.as_ptr(), ev.stack.as_mut_ptr().cast(), size, 0) } as i32;
+        let key = CountKey {
+            queue,
+            _pad: 0,
+            caller: caller(ev),
+        };
+        if count(&key) {
+            return;
         }
-        entry.submit(0);
+        match COUNTS.insert(&key, &1, u64::from(BPF_NOEXIST)) {
+            Ok(()) => {}
+            // Another CPU counted this site's first flush in the meantime.
+            Err(_) if count(&key) => return,
+            Err(_) => return lose(LOST_UNCOUNTED),
+        }
+        let pid_tgid = bpf_get_current_pid_tgid();
+        ev.time_ns = unsafe { bpf_ktime_get_ns() };
+        ev.wq = wq;
+        ev.pid = pid_tgid as u32;
+        ev.tgid = (pid_tgid >> 32) as u32;
+        ev.cpu = unsafe { bpf_get_smp_processor_id() };
+        ev.queue = queue;
+        ev.flags = flags | worker_flags();
+        ev.caller = key.caller;
+        ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        ev.name = queue_name(wq);
+        if EVENTS.output::<FlushEvent>(&*ev, 0).is_err() {
+            lose(LOST_RINGBUF);
+        }
+    }
+
+    /// Adds one to an existing counter; false when the call site has none yet.
+    #[inline(always)]
+    fn count(key: &CountKey) -> bool {
+        match COUNTS.get_ptr_mut(key) {
+            Some(n) => {
+                // SAFETY: a map value; the atomic add keeps concurrent CPUs exact.
+                unsafe {
+                    core::intrinsics::atomic_xadd::<
+                        u64,
+                        u64,
+                        { core::intrinsics::AtomicOrdering::Relaxed },
+                    >(n, 1)
+                };
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[inline(always)]
+    fn lose(slot: u32) {
+        if let Some(n) = LOST.get_ptr_mut(slot) {
+            // SAFETY: this CPU's slot.
+            unsafe { *n += 1 };
+        }
+    }
+
+    /// The first frame past the flush function and its wrappers; 0 when there is none.
+    #[inline(always)]
+    fn caller(ev: &FlushEvent) -> u64 {
+        let frames = (ev.stack_bytes.max(0) as usize / 8).min(MAX_FRAMES);
+        let mut inside = false;
+        for i in 0..MAX_FRAMES {
+            if i >= frames {
+                break;
+            }
+            let addr = ev.stack[i];
+            let flush = in_flush_ranges(addr);
+            if inside && !flush {
+                return addr;
+            }
+            inside |= flush;
+        }
+        0
+    }
+
+    #[inline(always)]
+    fn in_flush_ranges(addr: u64) -> bool {
+        for r in 0..MAX_FLUSH_RANGES {
+            let [start, end] = global(&FLUSH_RANGES[r]);
+            if start <= addr && addr < end {
+                return true;
+            }
+        }
+        false
     }
 
     /// The flushed queue's name, so reports show the kernel's own (names changed across

@@ -1,9 +1,7 @@
 //! Decoding the probe's ring buffer records (`monitor_ebpf::FlushEvent`).
 
 use anyhow::{Result, bail};
-use monitor_ebpf::{
-    FLAG_BY_NAME, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent, MAX_FRAMES, NAME_LEN,
-};
+use monitor_ebpf::{FLAG_BY_NAME, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent, MAX_FRAMES};
 
 /// One flush of a system workqueue, as user space sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +18,8 @@ pub struct Flush {
     pub comm: String,
     /// The queue's name as the kernel has it (`wq->name`), when BTF gave its offset.
     pub wq_name: Option<String>,
+    /// The call site the kernel counts this flush under (return address in the caller).
+    pub caller: u64,
     /// Kernel return addresses, innermost first.
     pub stack: Vec<u64>,
     /// `bpf_get_stack`'s errno when it captured nothing.
@@ -42,11 +42,6 @@ pub fn decode(bytes: &[u8], nr_queues: usize) -> Result<Flush> {
         bail!("event names system queue #{} of {nr_queues}", ev.queue);
     }
     let frames = (ev.stack_bytes.max(0) as usize / 8).min(MAX_FRAMES);
-    let comm_len = ev
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(ev.comm.len());
     Ok(Flush {
         time_ns: ev.time_ns,
         wq: ev.wq,
@@ -58,6 +53,7 @@ pub fn decode(bytes: &[u8], nr_queues: usize) -> Result<Flush> {
         worker: (ev.flags & FLAG_WORKER_KNOWN != 0).then_some(ev.flags & FLAG_WORKER != 0),
         comm: c_string(&ev.comm),
         wq_name: Some(c_string(&ev.name)).filter(|n| !n.is_empty()),
+        caller: ev.caller,
         stack: ev.stack[..frames]
             .iter()
             .copied()
@@ -96,8 +92,9 @@ pub(crate) fn sample_event(queue: u32, stack: &[u64]) -> FlushEvent {
         queue,
         flags: FLAG_WORKER_KNOWN,
         stack_bytes: (stack.len() * 8) as i32,
+        caller: 0,
         comm: [0; 16],
-        name: [0; NAME_LEN],
+        name: [0; monitor_ebpf::NAME_LEN],
         stack: [0; MAX_FRAMES],
     };
     ev.comm[..2].copy_from_slice(b"sh");
@@ -134,7 +131,7 @@ mod tests {
         let mut ev = sample_event(0, &[]);
         ev.flags = FLAG_BY_NAME | FLAG_WORKER | FLAG_WORKER_KNOWN;
         ev.stack_bytes = -14;
-        ev.name = [0; NAME_LEN];
+        ev.name = [0; monitor_ebpf::NAME_LEN];
         let f = decode(&encode(&ev), 1).unwrap();
         assert_eq!(
             (f.worker, f.by_name, f.stack_error),

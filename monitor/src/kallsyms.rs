@@ -138,9 +138,21 @@ impl Kallsyms {
 
     /// Whether a text symbol of the kernel image has this name.
     pub fn has_kernel_function(&self, name: &str) -> bool {
-        self.text
+        self.kernel_function(name).is_some()
+    }
+
+    /// [start, end) of a function of the kernel image, its end being the next symbol.
+    pub fn kernel_function(&self, name: &str) -> Option<(u64, u64)> {
+        let i = self
+            .text
             .iter()
-            .any(|s| s.module == 0 && self.name(s) == name)
+            .position(|s| s.module == 0 && self.name(s) == name)?;
+        let start = self.text[i].addr;
+        let end = self.text[i + 1..]
+            .iter()
+            .find(|s| s.addr > start)
+            .map_or(start + 1, |s| s.addr);
+        Some((start, end))
     }
 
     /// The function containing `addr`, if any symbol precedes it.
@@ -223,6 +235,10 @@ ffffffffc0b00000 T e1000_probe\t[e1000]
         assert_eq!(ks.data()[0].addr, 0xffffffff82a5e2c0);
         assert!(!ks.addresses_hidden());
         assert!(ks.has_kernel_function("__flush_workqueue"));
+        assert_eq!(
+            ks.kernel_function("__flush_workqueue"),
+            Some((0xffffffff810b5e20, 0xffffffff810b6300))
+        );
         assert!(
             !ks.has_kernel_function("wqflush_test_flush_long"),
             "module, not kernel"

@@ -3,7 +3,10 @@
 mod btf;
 mod doctor;
 mod events;
+mod ignore;
 mod kallsyms;
+mod kmsg;
+mod metrics;
 mod probe;
 mod queues;
 mod report;
@@ -79,6 +82,19 @@ struct WatchArgs {
     /// Create this file once the probe is live
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
+    /// Count but do not warn about call sites listed in FILE (`caller`, `module:caller`, globs)
+    #[arg(long, value_name = "FILE")]
+    ignore: Option<PathBuf>,
+    /// Also write each warning to the kernel log (/dev/kmsg), as the kernel's WARN() would
+    #[arg(long)]
+    kmsg: bool,
+    /// Serve Prometheus metrics on [ADDR:]PORT (a bare port binds 127.0.0.1)
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_metrics_addr)]
+    metrics: Option<std::net::SocketAddr>,
+}
+
+fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    metrics::parse_addr(s).map_err(|e| format!("{e:#}"))
 }
 
 impl WatchArgs {
@@ -89,6 +105,9 @@ impl WatchArgs {
             attach: self.attach,
             match_mode: self.match_mode,
             ready_file: self.ready_file,
+            ignore: self.ignore,
+            kmsg: self.kmsg,
+            metrics: self.metrics,
         }
     }
 }

@@ -8,10 +8,12 @@ use std::{fmt, io};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{FEntry, KProbe, ProgramError},
 };
-use monitor_ebpf::{LOST_RINGBUF, MAX_QUEUES, NAME_LEN};
+use monitor_ebpf::{
+    CountKey, LOST_RINGBUF, LOST_UNCOUNTED, MAX_FLUSH_RANGES, MAX_QUEUES, NAME_LEN,
+};
 
 use crate::{btf::Offsets, kallsyms::Kallsyms, queues::SystemQueue};
 
@@ -57,6 +59,8 @@ pub struct Target {
     pub queues: Vec<SystemQueue>,
     pub by_name: bool,
     pub offsets: Option<Offsets>,
+    /// [start, end) of the flush function and its wrappers, from kallsyms.
+    pub flush_ranges: Vec<(u64, u64)>,
 }
 
 /// The function every workqueue flush passes through on this kernel.
@@ -110,6 +114,10 @@ fn load(target: &Target) -> Result<Ebpf> {
         let len = name.len().min(NAME_LEN - 1);
         names[i][..len].copy_from_slice(&name[..len]);
     }
+    let mut ranges = [[0u64; 2]; MAX_FLUSH_RANGES];
+    for (slot, &(start, end)) in ranges.iter_mut().zip(&target.flush_ranges) {
+        *slot = [start, end];
+    }
     let offsets = target.offsets.unwrap_or_default();
     let (nr, by_name) = (n as u32, u32::from(target.by_name));
     EbpfLoader::new()
@@ -119,6 +127,7 @@ fn load(target: &Target) -> Result<Ebpf> {
         .override_global("QUEUE_NAMES", &names, true)
         .override_global("WQ_NAME_OFFSET", &offsets.wq_name, true)
         .override_global("TASK_FLAGS_OFFSET", &offsets.task_flags, true)
+        .override_global("FLUSH_RANGES", &ranges, true)
         .load(EBPF_OBJECT)
         .map_err(|e| explain_errno(e, "creating the probe's maps"))
 }
@@ -234,9 +243,33 @@ pub fn events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>> {
     Ok(RingBuf::try_from(map)?)
 }
 
-/// Events the probe dropped because the ring buffer was full, summed over CPUs.
-pub fn lost(ebpf: &Ebpf) -> Result<u64> {
+/// What the kernel side could not deliver or count, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lost {
+    /// First sightings the ring buffer had no room for; their flushes are still counted.
+    pub events: u64,
+    /// Flushes not counted because the per-call-site counter map was full.
+    pub uncounted: u64,
+}
+
+pub fn lost(ebpf: &Ebpf) -> Result<Lost> {
     let map = ebpf.map("LOST").context("eBPF object has no LOST map")?;
     let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-    Ok(lost.get(&LOST_RINGBUF, 0)?.iter().sum())
+    let sum = |slot| -> Result<u64> { Ok(lost.get(&slot, 0)?.iter().sum()) };
+    Ok(Lost {
+        events: sum(LOST_RINGBUF)?,
+        uncounted: sum(LOST_UNCOUNTED)?,
+    })
+}
+
+/// The kernel's per-call-site flush counters.
+pub fn counts(ebpf: &Ebpf) -> Result<Vec<(CountKey, u64)>> {
+    let map = ebpf
+        .map("COUNTS")
+        .context("eBPF object has no COUNTS map")?;
+    let counts: HashMap<_, CountKey, u64> = HashMap::try_from(map)?;
+    counts
+        .iter()
+        .map(|r| r.context("reading the flush counters"))
+        .collect()
 }

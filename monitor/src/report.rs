@@ -1,5 +1,6 @@
 //! What the user reads: a kernel-style warning per new call site and a summary at the end, as
-//! text or as JSON lines (one object per line; the contract is in README.md).
+//! text or as JSON lines (one object per line; the contract is in README.md), and optionally the
+//! same warning in the kernel log.
 
 use std::io::Write;
 
@@ -7,14 +8,24 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
+    ignore::IgnoreList,
+    kmsg::{self, Kmsg},
+    probe::Lost,
     queues::SystemQueue,
     sites::{Site, Sites},
 };
+
+/// The remedy, from Tetsuo Handa's 2022 announcement to module maintainers.
+pub const FIX_HINT: &str = "flush or cancel only the work items this code queued (flush_work(), \
+    cancel_work_sync(), flush_delayed_work()), or queue them on a workqueue of its own \
+    (alloc_workqueue() at init, destroy_workqueue() at exit) and flush that one";
 
 pub struct Reporter<W: Write> {
     out: W,
     json: bool,
     queues: Vec<SystemQueue>,
+    ignore: IgnoreList,
+    kmsg: Option<Kmsg>,
 }
 
 #[derive(Serialize)]
@@ -30,13 +41,17 @@ struct SiteRecord<'a> {
     module: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stack: Option<Vec<String>>,
-    pid: u32,
-    tgid: u32,
-    comm: &'a str,
-    cpu: u32,
+    // The task of the first sighting; null when that event was lost (ring buffer full).
+    pid: Option<u32>,
+    tgid: Option<u32>,
+    comm: Option<&'a str>,
+    cpu: Option<u32>,
     worker: Option<bool>,
-    wq_addr: String,
+    wq_addr: Option<String>,
     count: u64,
+    ignored: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -45,12 +60,31 @@ struct SummaryRecord<'a> {
     kind: &'static str,
     sites: Vec<SiteRecord<'a>>,
     flushes: u64,
+    /// First sightings the ring buffer had no room for (their flushes are counted).
     lost: u64,
+    /// Flushes not counted because the kernel's counter map was full.
+    uncounted: u64,
 }
 
 impl<W: Write> Reporter<W> {
     pub fn new(out: W, json: bool, queues: Vec<SystemQueue>) -> Self {
-        Reporter { out, json, queues }
+        Reporter {
+            out,
+            json,
+            queues,
+            ignore: IgnoreList::default(),
+            kmsg: None,
+        }
+    }
+
+    pub fn with_ignore(mut self, ignore: IgnoreList) -> Self {
+        self.ignore = ignore;
+        self
+    }
+
+    pub fn with_kmsg(mut self, kmsg: Kmsg) -> Self {
+        self.kmsg = Some(kmsg);
+        self
     }
 
     #[cfg(test)]
@@ -58,117 +92,70 @@ impl<W: Write> Reporter<W> {
         self.out
     }
 
-    /// Reports a call site the first time it flushes.
+    pub fn is_ignored(&self, site: &Site) -> bool {
+        site.caller()
+            .and_then(|c| Some((c.module.as_deref(), c.func.as_deref()?)))
+            .is_some_and(|(module, func)| self.ignore.matches(module, func))
+    }
+
+    /// Warns about a call site the first time it flushes, unless the ignore list covers it.
     pub fn first_sighting(&mut self, site: &Site) -> Result<()> {
+        if self.is_ignored(site) {
+            return Ok(());
+        }
+        if let Some(kmsg) = &mut self.kmsg {
+            kmsg.warn(&kernel_warning(&self.queues, site))?;
+        }
         if self.json {
-            let rec = record(&self.queues, site, Some("flush"), true);
+            let rec = record(&self.queues, site, Some("flush"), true, false);
             line(&mut self.out, &rec)?;
         } else {
-            self.warning(site)?;
+            let text = warning(&self.queues, site);
+            write!(self.out, "{text}").context("writing the report")?;
         }
         self.out.flush().context("writing the report")
     }
 
     /// Reports every site, highest count first, and the totals.
-    pub fn summary(&mut self, sites: &Sites, lost: u64) -> Result<()> {
-        let flushes = sites.total();
-        if self.json {
-            let sites = sites
-                .by_count()
-                .into_iter()
-                .map(|s| record(&self.queues, s, None, false))
-                .collect();
-            line(
-                &mut self.out,
-                &SummaryRecord {
-                    kind: "summary",
-                    sites,
-                    flushes,
-                    lost,
-                },
-            )?;
+    pub fn summary(&mut self, sites: &Sites, lost: Lost) -> Result<()> {
+        let text = if self.json {
+            self.summary_json(sites, lost)?
         } else {
-            self.table(sites, lost)?;
-        }
+            self.table(sites, lost)
+        };
+        write!(self.out, "{text}").context("writing the report")?;
         self.out.flush().context("writing the report")
     }
-}
 
-fn record<'a>(
-    queues: &'a [SystemQueue],
-    site: &'a Site,
-    kind: Option<&'static str>,
-    stack: bool,
-) -> SiteRecord<'a> {
-    let q = &queues[site.queue];
-    let caller = site.caller();
-    let f = &site.first;
-    SiteRecord {
-        kind,
-        wq: q.var.as_deref(),
-        wq_name: f.wq_name.as_deref().or(q.name.as_deref()),
-        matched_by: if f.by_name { "name" } else { "address" },
-        caller: caller.and_then(|c| c.func.as_deref()),
-        call_site: caller.map(ToString::to_string).unwrap_or_default(),
-        module: caller.and_then(|c| c.module.as_deref()),
-        stack: stack.then(|| site.frames.iter().map(ToString::to_string).collect()),
-        pid: f.pid,
-        tgid: f.tgid,
-        comm: &f.comm,
-        cpu: f.cpu,
-        worker: f.worker,
-        wq_addr: format!("{:#x}", f.wq),
-        count: site.count,
-    }
-}
-
-impl<W: Write> Reporter<W> {
-    fn queue_label(&self, site: &Site) -> String {
-        let q = &self.queues[site.queue];
-        match (&q.var, site.first.wq_name.as_ref().or(q.name.as_ref())) {
-            (Some(v), Some(n)) => format!("{v} ({n})"),
-            (Some(v), None) => v.clone(),
-            (None, Some(n)) => format!("\"{n}\" (matched by name)"),
-            (None, None) => "?".to_owned(),
-        }
-    }
-
-    fn warning(&mut self, site: &Site) -> Result<()> {
-        let caller = site
-            .caller()
-            .map_or("an unknown function".to_owned(), |c| c.with_size());
-        let f = &site.first;
-        let worker = match f.worker {
-            Some(true) => "yes",
-            Some(false) => "no",
-            None => "unknown",
+    fn summary_json(&self, sites: &Sites, lost: Lost) -> Result<String> {
+        let records = sites
+            .by_count()
+            .into_iter()
+            .map(|s| record(&self.queues, s, None, false, self.is_ignored(s)))
+            .collect();
+        let summary = SummaryRecord {
+            kind: "summary",
+            sites: records,
+            flushes: sites.total(),
+            lost: lost.events,
+            uncounted: lost.uncounted,
         };
-        let mut text = format!(
-            "WARNING: wqflush: flush of system workqueue {} from {caller}\n\
-             comm: {} pid: {} tgid: {} cpu: {} workqueue worker: {worker}\nCall Trace:\n",
-            self.queue_label(site),
-            f.comm,
-            f.pid,
-            f.tgid,
-            f.cpu
-        );
-        for frame in &site.frames {
-            text.push_str(&format!(" {}\n", frame.with_size()));
-        }
-        if let Some(err) = f.stack_error {
-            text.push_str(&format!(
-                " (no stack: bpf_get_stack failed with errno {err})\n"
-            ));
-        }
-        write!(self.out, "{text}").context("writing the report")
+        Ok(serde_json::to_string(&summary)? + "\n")
     }
 
-    fn table(&mut self, sites: &Sites, lost: u64) -> Result<()> {
+    fn table(&self, sites: &Sites, lost: Lost) -> String {
         let mut text = format!(
-            "wqflush: {} call site(s), {} flush(es) of system workqueues, {lost} event(s) lost\n",
+            "wqflush: {} call site(s), {} flush(es) of system workqueues\n",
             sites.len(),
             sites.total()
         );
+        if lost != Lost::default() {
+            text.push_str(&format!(
+                "wqflush: {} first sighting(s) lost (ring buffer full; still counted), {} flush(es) \
+                 not counted (counter map full)\n",
+                lost.events, lost.uncounted
+            ));
+        }
         if sites.len() > 0 {
             text.push_str(&format!(
                 "{:>10}  {:<40}  {}\n",
@@ -180,14 +167,129 @@ impl<W: Write> Reporter<W> {
                 .caller()
                 .map(ToString::to_string)
                 .unwrap_or_else(|| "?".into());
+            let ignored = if self.is_ignored(site) {
+                "  (ignored)"
+            } else {
+                ""
+            };
+            let label = queue_label(&self.queues, site);
             text.push_str(&format!(
-                "{:>10}  {:<40}  {call_site}\n",
-                site.count,
-                self.queue_label(site)
+                "{:>10}  {label:<40}  {call_site}{ignored}\n",
+                site.count
             ));
         }
-        write!(self.out, "{text}").context("writing the report")
+        text
     }
+}
+
+fn record<'a>(
+    queues: &'a [SystemQueue],
+    site: &'a Site,
+    kind: Option<&'static str>,
+    stack: bool,
+    ignored: bool,
+) -> SiteRecord<'a> {
+    let q = &queues[site.queue];
+    let caller = site.caller();
+    let f = site.first.as_ref();
+    SiteRecord {
+        kind,
+        wq: q.var.as_deref(),
+        wq_name: f.and_then(|f| f.wq_name.as_deref()).or(q.name.as_deref()),
+        matched_by: if q.var.is_none() { "name" } else { "address" },
+        caller: caller.and_then(|c| c.func.as_deref()),
+        call_site: caller.map(ToString::to_string).unwrap_or_default(),
+        module: caller.and_then(|c| c.module.as_deref()),
+        stack: stack.then(|| site.frames.iter().map(ToString::to_string).collect()),
+        pid: f.map(|f| f.pid),
+        tgid: f.map(|f| f.tgid),
+        comm: f.map(|f| f.comm.as_str()),
+        cpu: f.map(|f| f.cpu),
+        worker: f.and_then(|f| f.worker),
+        wq_addr: f.map(|f| format!("{:#x}", f.wq)),
+        count: site.count,
+        ignored,
+        hint: stack.then_some(FIX_HINT),
+    }
+}
+
+fn queue_label(queues: &[SystemQueue], site: &Site) -> String {
+    let q = &queues[site.queue];
+    let kernel_name = site.first.as_ref().and_then(|f| f.wq_name.as_ref());
+    match (&q.var, kernel_name.or(q.name.as_ref())) {
+        (Some(v), Some(n)) => format!("{v} ({n})"),
+        (Some(v), None) => v.clone(),
+        (None, Some(n)) => format!("\"{n}\" (matched by name)"),
+        (None, None) => "?".to_owned(),
+    }
+}
+
+fn caller_text(site: &Site) -> String {
+    site.caller()
+        .map_or("an unknown function".to_owned(), |c| c.with_size())
+}
+
+fn call_trace(site: &Site) -> String {
+    let mut text = String::from("Call Trace:\n");
+    for frame in &site.frames {
+        text.push_str(&format!(" {}\n", frame.with_size()));
+    }
+    if let Some(err) = site.first.as_ref().and_then(|f| f.stack_error) {
+        text.push_str(&format!(
+            " (no stack: bpf_get_stack failed with errno {err})\n"
+        ));
+    }
+    text
+}
+
+/// wqflush's own warning, for stdout.
+fn warning(queues: &[SystemQueue], site: &Site) -> String {
+    let (comm, pid, tgid, cpu, worker) = match &site.first {
+        Some(f) => (f.comm.as_str(), f.pid, f.tgid, f.cpu, f.worker),
+        None => ("?", 0, 0, 0, None),
+    };
+    let worker = match worker {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown",
+    };
+    format!(
+        "WARNING: wqflush: flush of system workqueue {} from {}\n\
+         comm: {comm} pid: {pid} tgid: {tgid} cpu: {cpu} workqueue worker: {worker}\n{}\
+         Fix: {FIX_HINT}\n",
+        queue_label(queues, site),
+        caller_text(site),
+        call_trace(site),
+    )
+}
+
+/// The same warning laid out like the kernel's own `WARN()` (`__warn()`), so tools that scrape
+/// dmesg for "WARNING: CPU: N PID: N at ..." between "cut here" and "end trace" catch it. Short
+/// enough for the kernel's /dev/kmsg burst: the stack stops at the caller's callers.
+fn kernel_warning(queues: &[SystemQueue], site: &Site) -> Vec<String> {
+    let (cpu, pid, comm) = match &site.first {
+        Some(f) => (f.cpu, f.pid, f.comm.as_str()),
+        None => (0, 0, "?"),
+    };
+    let mut lines = vec![
+        "------------[ cut here ]------------".to_owned(),
+        format!("WARNING: CPU: {cpu} PID: {pid} at {}", caller_text(site)),
+        format!(
+            "wqflush: {comm} flushed system workqueue {}; fix: flush_work()/cancel_work_sync() \
+             your own work items, or flush your own alloc_workqueue() queue",
+            queue_label(queues, site)
+        ),
+        "Call Trace:".to_owned(),
+    ];
+    let room = kmsg::MAX_LINES - lines.len() - 1;
+    lines.extend(
+        site.frames
+            .iter()
+            .take(room)
+            .map(|f| format!(" {}", f.with_size())),
+    );
+    lines.push("---[ end trace 0000000000000000 ]---".to_owned());
+    lines
 }
 
 fn line(out: &mut impl Write, value: &impl Serialize) -> Result<()> {
@@ -278,15 +380,26 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
     #[test]
     fn json_summary_has_counts_and_lost() {
         let mut r = Reporter::new(Vec::new(), true, queues());
-        r.summary(&sites(3), 2).unwrap();
+        r.summary(
+            &sites(3),
+            Lost {
+                events: 2,
+                uncounted: 1,
+            },
+        )
+        .unwrap();
         let v = &lines(r.into_inner())[0];
         assert_eq!(v["type"], "summary");
         assert_eq!(v["sites"][0]["count"], 3);
         assert_eq!(v["sites"][0]["wq"], "system_long_wq");
         assert!(v["sites"][0].get("stack").is_none());
         assert_eq!(
-            (v["flushes"].as_u64(), v["lost"].as_u64()),
-            (Some(3), Some(2))
+            (
+                v["flushes"].as_u64(),
+                v["lost"].as_u64(),
+                v["uncounted"].as_u64()
+            ),
+            (Some(3), Some(2), Some(1))
         );
     }
 
@@ -295,7 +408,7 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
         let sites = sites(1);
         let mut r = Reporter::new(Vec::new(), false, queues());
         r.first_sighting(sites.by_count()[0]).unwrap();
-        r.summary(&sites, 0).unwrap();
+        r.summary(&sites, Lost::default()).unwrap();
         let text = String::from_utf8(r.into_inner()).unwrap();
         assert!(
             text.starts_with(
@@ -326,6 +439,6 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
             }
         }
         let mut r = Reporter::new(Closed, true, queues());
-        assert!(r.summary(&sites(1), 0).is_err());
+        assert!(r.summary(&sites(1), Lost::default()).is_err());
     }
 }

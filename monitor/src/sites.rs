@@ -1,6 +1,8 @@
-//! Call sites: flushes grouped by (system queue, calling frame), counted.
+//! Call sites: flushes grouped by (system queue, calling frame), with the kernel's exact counts.
 
 use std::collections::HashMap;
+
+use monitor_ebpf::CountKey;
 
 use crate::{
     events::Flush,
@@ -11,12 +13,13 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Site {
     pub queue: usize,
-    /// The symbolized stack of the first sighting.
+    /// The symbolized stack of the first sighting; only the caller's frame when that sighting
+    /// never reached user space (ring buffer full).
     pub frames: Vec<Frame>,
     /// Index into `frames` of the caller, if the stack had one.
     pub caller: Option<usize>,
-    /// The first flush seen here.
-    pub first: Flush,
+    /// The first flush seen here, if its event arrived.
+    pub first: Option<Flush>,
     pub count: u64,
 }
 
@@ -28,12 +31,15 @@ impl Site {
 
 #[derive(Default)]
 pub struct Sites {
+    /// (queue, caller frame as text) -> site: the text, not the address, identifies a call site,
+    /// so a module reloaded at another address keeps its sites.
     index: HashMap<(usize, String), usize>,
+    /// The kernel's counter keys -> site.
+    by_key: HashMap<CountKey, usize>,
     list: Vec<Site>,
 }
 
-fn key(queue: usize, frames: &[Frame]) -> (usize, String) {
-    // The return address inside the caller identifies the call site, across module reloads too.
+fn text_key(queue: usize, frames: &[Frame]) -> (usize, String) {
     (
         queue,
         symbolize::caller(frames)
@@ -44,27 +50,75 @@ fn key(queue: usize, frames: &[Frame]) -> (usize, String) {
 
 impl Sites {
     pub fn is_new(&self, queue: usize, frames: &[Frame]) -> bool {
-        !self.index.contains_key(&key(queue, frames))
+        !self.index.contains_key(&text_key(queue, frames))
     }
 
-    /// Counts a flush; returns the site when this was its first sighting.
+    /// Takes a first sighting from the kernel; returns the site when it is new to the report.
     pub fn record(&mut self, flush: Flush, frames: Vec<Frame>) -> Option<&Site> {
-        let k = key(flush.queue, &frames);
+        let key = count_key(flush.queue, flush.caller);
+        let k = text_key(flush.queue, &frames);
         if let Some(&i) = self.index.get(&k) {
+            self.by_key.insert(key, i);
             self.list[i].count += 1;
             return None;
         }
         let caller =
             symbolize::caller(&frames).map(|c| frames.iter().position(|f| f == c).unwrap_or(0));
-        self.index.insert(k, self.list.len());
-        self.list.push(Site {
-            queue: flush.queue,
-            frames,
-            caller,
-            first: flush,
-            count: 1,
-        });
+        let queue = flush.queue;
+        let i = self.add(
+            k,
+            Site {
+                queue,
+                frames,
+                caller,
+                first: Some(flush),
+                count: 1,
+            },
+        );
+        self.by_key.insert(key, i);
         self.list.last()
+    }
+
+    fn add(&mut self, k: (usize, String), site: Site) -> usize {
+        self.index.insert(k, self.list.len());
+        self.list.push(site);
+        self.list.len() - 1
+    }
+
+    /// Replaces every count with the kernel's. A counter whose first sighting never arrived (the
+    /// ring buffer was full) becomes a site of its own, named by its caller address alone.
+    pub fn apply_counts(&mut self, counts: &[(CountKey, u64)], frame: impl Fn(u64) -> Frame) {
+        for site in &mut self.list {
+            site.count = 0;
+        }
+        for (key, n) in counts {
+            let i = match self.by_key.get(key) {
+                Some(&i) => i,
+                None => self.add_unseen(*key, frame(key.caller)),
+            };
+            self.list[i].count += n;
+        }
+    }
+
+    fn add_unseen(&mut self, key: CountKey, caller: Frame) -> usize {
+        let queue = key.queue as usize;
+        let frames = vec![caller];
+        let k = text_key(queue, &frames);
+        let i = match self.index.get(&k) {
+            Some(&i) => i,
+            None => self.add(
+                k,
+                Site {
+                    queue,
+                    frames,
+                    caller: Some(0),
+                    first: None,
+                    count: 0,
+                },
+            ),
+        };
+        self.by_key.insert(key, i);
+        i
     }
 
     /// Sites by count, highest first; ties in order of first sighting.
@@ -83,6 +137,14 @@ impl Sites {
     }
 }
 
+pub fn count_key(queue: usize, caller: u64) -> CountKey {
+    CountKey {
+        queue: queue as u32,
+        _pad: 0,
+        caller,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,32 +160,30 @@ ffffffffc0a01000 t wqflush_test_flush_long\t[wqflush_test]
 ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
 ";
 
+    fn ks() -> Kallsyms {
+        Kallsyms::parse(KALLSYMS, |_| false).unwrap()
+    }
+
     fn flush(queue: u32, stack: &[u64]) -> (Flush, Vec<Frame>) {
-        let ks = Kallsyms::parse(KALLSYMS, |_| false).unwrap();
-        let f = decode(&encode(&sample_event(queue, stack)), 4).unwrap();
-        let frames = symbolize::symbolize(&ks, &f.stack);
+        let mut ev = sample_event(queue, stack);
+        ev.caller = stack.get(1).copied().unwrap_or(0);
+        let f = decode(&encode(&ev), 4).unwrap();
+        let frames = symbolize::symbolize(&ks(), &f.stack);
         (f, frames)
     }
 
     #[test]
-    fn dedups_by_queue_and_call_site_and_counts_exactly() {
+    fn dedups_by_queue_and_call_site_and_takes_the_kernels_counts() {
         let mut sites = Sites::default();
         let a = [0xffffffff810b5e25, 0xffffffffc0a0101e, 0xffffffffc0a01050];
-        let a_other_path = [0xffffffff810b5e25, 0xffffffffc0a0101e, 0xffffffff810b6310];
         let b = [0xffffffff810b5e25, 0xffffffffc0a01022];
         let (f, fr) = flush(1, &a);
         assert!(sites.is_new(1, &fr));
+        let site = sites.record(f, fr).unwrap();
         assert_eq!(
-            sites.record(f, fr).unwrap().caller().unwrap().to_string(),
+            site.caller().unwrap().to_string(),
             "wqflush_test_flush_long+0x1e [wqflush_test]"
         );
-        for _ in 0..4 {
-            let (f, fr) = flush(1, &a_other_path);
-            assert!(
-                sites.record(f, fr).is_none(),
-                "same call site, other path above it"
-            );
-        }
         let (f, fr) = flush(1, &b);
         assert!(
             sites.record(f, fr).is_some(),
@@ -131,8 +191,55 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
         );
         let (f, fr) = flush(2, &a);
         assert!(sites.record(f, fr).is_some(), "same site, other queue");
-        assert_eq!((sites.len(), sites.total()), (3, 7));
+        let counts = [
+            (count_key(1, 0xffffffffc0a0101e), 5),
+            (count_key(1, 0xffffffffc0a01022), 1),
+            (count_key(2, 0xffffffffc0a0101e), 7),
+        ];
+        sites.apply_counts(&counts, |_| unreachable!("every key was sighted"));
+        assert_eq!((sites.len(), sites.total()), (3, 13));
         let counts: Vec<u64> = sites.by_count().iter().map(|s| s.count).collect();
-        assert_eq!(counts, [5, 1, 1]);
+        assert_eq!(counts, [7, 5, 1]);
+    }
+
+    #[test]
+    fn counters_without_a_sighting_become_sites_named_by_their_caller() {
+        let mut sites = Sites::default();
+        let ks = ks();
+        let frame = |a| symbolize::symbolize(&ks, &[a]).remove(0);
+        let counts = [
+            (count_key(0, 0xffffffffc0a0101e), 200_000),
+            (count_key(0, 0xffffffffc0a01024), 3),
+        ];
+        sites.apply_counts(&counts, frame);
+        sites.apply_counts(&counts, frame);
+        assert_eq!(
+            (sites.len(), sites.total()),
+            (2, 200_003),
+            "applying twice does not double"
+        );
+        let top = sites.by_count()[0];
+        assert!(top.first.is_none());
+        assert_eq!(
+            top.caller().unwrap().func.as_deref(),
+            Some("wqflush_test_flush_long")
+        );
+    }
+
+    #[test]
+    fn a_reloaded_module_keeps_its_site() {
+        let mut sites = Sites::default();
+        let (f, fr) = flush(1, &[0xffffffff810b5e25, 0xffffffffc0a0101e]);
+        sites.record(f, fr);
+        // Same text after a reload at another address: one site, two kernel keys.
+        let (mut f, fr) = flush(1, &[0xffffffff810b5e25, 0xffffffffc0a0101e]);
+        f.caller = 0xffffffffc0b0101e;
+        assert!(sites.record(f, fr).is_none());
+        let counts = [
+            (count_key(1, 0xffffffffc0a0101e), 2),
+            (count_key(1, 0xffffffffc0b0101e), 3),
+        ];
+        sites.apply_counts(&counts, |_| unreachable!());
+        assert_eq!((sites.len(), sites.total()), (1, 5));
     }
 }

@@ -12,7 +12,7 @@ use crate::kallsyms::{Kallsyms, Location};
 /// - `flush_scheduled_work`: an inline function before 5.19 (a frame only when not inlined), a
 ///   macro since.
 /// - `drain_workqueue`: calls the flush in a loop; its caller is the one to blame.
-const FLUSH_FUNCTIONS: &[&str] = &[
+pub const FLUSH_FUNCTIONS: &[&str] = &[
     "__flush_workqueue",
     "flush_workqueue",
     "flush_scheduled_work",
@@ -132,6 +132,11 @@ impl Symbolizer {
 
     pub fn frames(&self, stack: &[u64]) -> Vec<Frame> {
         symbolize(&self.ks, stack)
+    }
+
+    /// One address, as it is (no frames dropped).
+    pub fn frame(&self, addr: u64) -> Frame {
+        Frame::new(addr, self.ks.locate(addr))
     }
 
     /// Re-reads kallsyms if /proc/modules changed; true when it did.

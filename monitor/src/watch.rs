@@ -4,7 +4,10 @@
 use std::{ffi::OsString, io::Write, path::PathBuf, process::ExitStatus, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{MapData, RingBuf};
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
 use tokio::{
     io::unix::AsyncFd,
     process::{Child, Command},
@@ -14,12 +17,15 @@ use tokio::{
 use crate::{
     btf,
     events::decode,
+    ignore::IgnoreList,
     kallsyms::Kallsyms,
-    probe::{self, Attach, Target},
+    kmsg::Kmsg,
+    metrics,
+    probe::{self, Attach, Lost, Target},
     queues,
     report::Reporter,
     sites::Sites,
-    symbolize::Symbolizer,
+    symbolize::{self, Symbolizer},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -34,6 +40,9 @@ pub enum MatchMode {
 
 pub struct Options {
     pub json: bool,
+    pub ignore: Option<PathBuf>,
+    pub kmsg: bool,
+    pub metrics: Option<std::net::SocketAddr>,
     pub duration: Option<Duration>,
     pub attach: Attach,
     pub match_mode: MatchMode,
@@ -92,27 +101,30 @@ pub fn prepare(mode: MatchMode) -> Result<(Kallsyms, Target)> {
     } else {
         found
     };
-    Ok((
-        ks,
-        Target {
-            function,
-            queues,
-            by_name,
-            offsets: offsets.ok(),
-        },
-    ))
+    let flush_ranges = symbolize::FLUSH_FUNCTIONS
+        .iter()
+        .filter_map(|f| ks.kernel_function(f))
+        .collect();
+    let target = Target {
+        function,
+        queues,
+        by_name,
+        offsets: offsets.ok(),
+        flush_ranges,
+    };
+    Ok((ks, target))
 }
 
 struct State<W: Write> {
     sym: Symbolizer,
     sites: Sites,
     reporter: Reporter<W>,
-    nr_queues: usize,
+    queues: Vec<queues::SystemQueue>,
 }
 
 impl<W: Write> State<W> {
     fn on_flush(&mut self, bytes: &[u8]) -> Result<()> {
-        let flush = decode(bytes, self.nr_queues)?;
+        let flush = decode(bytes, self.queues.len())?;
         let mut frames = self.sym.frames(&flush.stack);
         // A new call site may be in a module loaded since kallsyms was read: re-read and retry.
         if self.sites.is_new(flush.queue, &frames) && self.sym.refresh()? {
@@ -130,42 +142,129 @@ impl<W: Write> State<W> {
         }
         Ok(())
     }
+
+    /// Takes the kernel's exact counts; returns what was lost.
+    fn refresh_counts(&mut self, ebpf: &Ebpf) -> Result<Lost> {
+        let counts = probe::counts(ebpf)?;
+        let sym = &self.sym;
+        self.sites.apply_counts(&counts, |addr| sym.frame(addr));
+        probe::lost(ebpf)
+    }
+
+    /// Flushes at call sites the ignore list does not cover.
+    fn offending(&self) -> u64 {
+        let sites = self.sites.by_count();
+        sites
+            .iter()
+            .filter(|s| !self.reporter.is_ignored(s))
+            .map(|s| s.count)
+            .sum()
+    }
+
+    fn snapshot(&self, lost: Lost) -> metrics::Snapshot {
+        let sites = self.sites.by_count().into_iter().map(|s| {
+            let q = &self.queues[s.queue];
+            let caller = s.caller();
+            metrics::SiteMetric {
+                wq: q.var.clone().or_else(|| q.name.clone()).unwrap_or_default(),
+                caller: caller.and_then(|c| c.func.clone()).unwrap_or_default(),
+                module: caller.and_then(|c| c.module.clone()).unwrap_or_default(),
+                count: s.count,
+            }
+        });
+        metrics::Snapshot {
+            sites: sites.collect(),
+            lost: lost.events,
+        }
+    }
+}
+
+/// What watching writes to besides stdout, all checked before the probe is attached.
+struct Sinks {
+    ignore: IgnoreList,
+    kmsg: Option<Kmsg>,
+    metrics: Option<tokio::net::TcpListener>,
+}
+
+async fn open_sinks(opts: &Options) -> Result<Sinks> {
+    let ignore = match &opts.ignore {
+        Some(path) => {
+            let list = IgnoreList::load(path)?;
+            eprintln!("wqflush: {} ignore entries from {}", list.len(), path.display());
+            list
+        }
+        None => IgnoreList::default(),
+    };
+    let kmsg = if opts.kmsg { Some(Kmsg::open()?) } else { None };
+    let metrics = match opts.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+    Ok(Sinks {
+        ignore,
+        kmsg,
+        metrics,
+    })
 }
 
 /// Watches until stopped; with `command`, runs it once the probe is live and stops when it ends.
 pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome> {
+    let sinks = open_sinks(opts).await?;
     let (ks, target) = prepare(opts.match_mode)?;
     let mut probe = probe::attach(&target, opts.attach)?;
     let events = probe::events(&mut probe.ebpf)?;
     // SAFETY: the ring buffer owns its fd, which stays open until the AsyncFd drops it.
     let mut ring = unsafe { AsyncFd::register(events) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
-    announce(&target, probe.method, opts.ready_file.as_ref())?;
+    let mut reporter = Reporter::new(std::io::stdout(), opts.json, target.queues.clone())
+        .with_ignore(sinks.ignore);
+    if let Some(kmsg) = sinks.kmsg {
+        reporter = reporter.with_kmsg(kmsg);
+    }
     let mut state = State {
         sym: Symbolizer::new(ks),
         sites: Sites::default(),
-        reporter: Reporter::new(std::io::stdout(), opts.json, target.queues.clone()),
-        nr_queues: target.queues.len(),
+        reporter,
+        queues: target.queues.clone(),
+    };
+    let shared = metrics::Shared::default();
+    let server = sinks.metrics.map(|listener| {
+        let info = metrics_info(&target, probe.method);
+        tokio::spawn(metrics::serve(listener, info, shared.clone()))
+    });
+    announce(&target, probe.method, opts.ready_file.as_ref())?;
+    let looped = Loop {
+        ebpf: &probe.ebpf,
+        shared: &shared,
+        duration: opts.duration,
     };
     let end = match command.map(spawn) {
         Some(Err(e)) => End::NotStarted(format!("{e:#}")),
         child => {
-            event_loop(
-                &mut ring,
-                &mut state,
-                child.and_then(Result::ok),
-                opts.duration,
-            )
-            .await?
+            looped
+                .run(&mut ring, &mut state, child.and_then(Result::ok))
+                .await?
         }
     };
     state.drain(ring.get_mut())?;
-    let lost = probe::lost(&probe.ebpf)?;
+    let lost = state.refresh_counts(&probe.ebpf)?;
     state.reporter.summary(&state.sites, lost)?;
+    if let Some(server) = server {
+        server.abort();
+    }
     Ok(Outcome {
-        flushes: state.sites.total(),
+        flushes: state.offending(),
         end,
     })
+}
+
+fn metrics_info(target: &Target, method: probe::Method) -> metrics::Info {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    metrics::Info {
+        attach: method.to_string(),
+        kernel: kernel.trim().to_owned(),
+        kallsyms_mode: if target.by_name { "name" } else { "address" }.to_owned(),
+    }
 }
 
 fn announce(target: &Target, method: probe::Method, ready_file: Option<&PathBuf>) -> Result<()> {
@@ -200,27 +299,43 @@ fn spawn(command: &[OsString]) -> Result<Child> {
         .with_context(|| format!("cannot run {}", program.to_string_lossy()))
 }
 
-async fn event_loop<W: Write>(
-    ring: &mut AsyncFd<RingBuf<MapData>>,
-    state: &mut State<W>,
-    mut child: Option<Child>,
+/// The event loop's fixed inputs.
+struct Loop<'a> {
+    ebpf: &'a Ebpf,
+    shared: &'a metrics::Shared,
     duration: Option<Duration>,
-) -> Result<End> {
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let deadline = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                state.drain(guard.get_inner_mut())?;
-                guard.clear_ready();
+}
+
+impl Loop<'_> {
+    /// Streams events until a signal, the deadline or the command's exit; keeps the metrics
+    /// snapshot current once a second.
+    async fn run<W: Write>(
+        &self,
+        ring: &mut AsyncFd<RingBuf<MapData>>,
+        state: &mut State<W>,
+        mut child: Option<Child>,
+    ) -> Result<End> {
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let deadline = tokio::time::sleep(self.duration.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    state.drain(guard.get_inner_mut())?;
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => {
+                    let lost = state.refresh_counts(self.ebpf)?;
+                    *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = state.snapshot(lost);
+                }
+                _ = sigint.recv() => return Ok(End::Stopped),
+                _ = sigterm.recv() => return Ok(End::Stopped),
+                _ = &mut deadline, if self.duration.is_some() => return Ok(End::Stopped),
+                status = wait(&mut child) => return Ok(End::Exited(status?)),
             }
-            _ = sigint.recv() => return Ok(End::Stopped),
-            _ = sigterm.recv() => return Ok(End::Stopped),
-            _ = &mut deadline, if duration.is_some() => return Ok(End::Stopped),
-            status = wait(&mut child) => return Ok(End::Exited(status?)),
         }
     }
 }
