@@ -20,6 +20,16 @@ pub const FLAG_WORKER: u32 = 1 << 0;
 pub const FLAG_WORKER_KNOWN: u32 = 1 << 1;
 /// `FlushEvent::flags`: matched by workqueue name, not by pointer (no data symbols in kallsyms).
 pub const FLAG_BY_NAME: u32 = 1 << 2;
+/// `FlushEvent::flags`: `running_*` describe the work item the flushing worker is running.
+pub const FLAG_RUNNING_KNOWN: u32 = 1 << 3;
+
+/// `FlushEvent::running_queue` when the running work's queue is no system queue.
+pub const NO_QUEUE: u32 = u32::MAX;
+
+/// Offsets (from BTF) of the pointer chain from a worker task to the workqueue of the work item
+/// it runs: task_struct.worker_private (5.17+; set_child_tid before) -> struct kthread.data ->
+/// struct worker.current_pwq -> struct pool_workqueue.wq.
+pub const WORKER_CHAIN: usize = 4;
 
 /// Index into the `LOST` per-CPU array: first sightings the ring buffer had no room for (their
 /// flushes are still counted in `COUNTS`).
@@ -71,6 +81,12 @@ pub struct FlushEvent {
     pub comm: [u8; 16],
     /// `wq->name`, NUL-terminated, when user space knew its offset (from BTF); else zeros.
     pub name: [u8; NAME_LEN],
+    /// For a worker: the queue of the work item it is running (`FLAG_RUNNING_KNOWN`).
+    pub running_wq: u64,
+    /// Index of that queue in the system queue table, or `NO_QUEUE`.
+    pub running_queue: u32,
+    pub _pad: u32,
+    pub running_name: [u8; NAME_LEN],
     /// Kernel return addresses, innermost first.
     pub stack: [u64; MAX_FRAMES],
 }

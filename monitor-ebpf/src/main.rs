@@ -43,8 +43,9 @@ mod probe {
         programs::{FEntryContext, ProbeContext},
     };
     use monitor_ebpf::{
-        CountKey, FLAG_BY_NAME, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent, LOST_RINGBUF,
-        LOST_SLOTS, LOST_UNCOUNTED, MAX_FLUSH_RANGES, MAX_FRAMES, MAX_QUEUES, MAX_SITES, NAME_LEN,
+        CountKey, FLAG_BY_NAME, FLAG_RUNNING_KNOWN, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent,
+        LOST_RINGBUF, LOST_SLOTS, LOST_UNCOUNTED, MAX_FLUSH_RANGES, MAX_FRAMES, MAX_QUEUES,
+        MAX_SITES, NAME_LEN, NO_QUEUE, WORKER_CHAIN,
     };
 
     /// `PF_WQ_WORKER` from include/linux/sched.h; unchanged since 2.6.36.
@@ -70,6 +71,10 @@ mod probe {
     /// offsetof(struct task_struct, flags), from BTF; 0 when unknown.
     #[unsafe(no_mangle)]
     static TASK_FLAGS_OFFSET: u32 = 0;
+
+    /// The worker -> running workqueue offsets (`WORKER_CHAIN`); zeros when BTF lacks them.
+    #[unsafe(no_mangle)]
+    static WORKER_OFFSETS: [u32; WORKER_CHAIN] = [0; WORKER_CHAIN];
 
     /// [start, end) of the flush function and of the wrappers around it (drain_workqueue, ...).
     #[unsafe(no_mangle)]
@@ -113,15 +118,24 @@ mod probe {
         if wq == 0 {
             return 0;
         }
-        let matched = if global(&MATCH_BY_NAME) != 0 {
-            match_by_name(wq).map(|i| (i, FLAG_BY_NAME))
-        } else {
-            match_by_address(wq).map(|i| (i, 0))
-        };
-        if let Some((queue, flags)) = matched {
-            send(ctx, wq, queue, flags);
+        if let Some(queue) = system_queue(wq) {
+            let by_name = if global(&MATCH_BY_NAME) != 0 {
+                FLAG_BY_NAME
+            } else {
+                0
+            };
+            send(ctx, wq, queue, by_name);
         }
         0
+    }
+
+    #[inline(always)]
+    fn system_queue(wq: u64) -> Option<u32> {
+        if global(&MATCH_BY_NAME) != 0 {
+            match_by_name(wq)
+        } else {
+            match_by_address(wq)
+        }
     }
 
     /// Index of the system queue whose pointer variable currently holds `wq`.
@@ -209,6 +223,7 @@ mod probe {
         ev.cpu = unsafe { bpf_get_smp_processor_id() };
         ev.queue = queue;
         ev.flags = flags | worker_flags();
+        running(ev);
         ev.caller = key.caller;
         ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
         ev.name = queue_name(wq);
@@ -285,6 +300,28 @@ mod probe {
         // SAFETY: probe_read tolerates any address.
         unsafe { bpf_probe_read_kernel((wq + u64::from(off)) as *const [u8; NAME_LEN]) }
             .unwrap_or([0; NAME_LEN])
+    }
+
+    /// For a worker, the queue of the work item it runs: flushing that queue waits for itself.
+    #[inline(always)]
+    fn running(ev: &mut FlushEvent) {
+        ev.running_queue = NO_QUEUE;
+        if ev.flags & FLAG_WORKER == 0 {
+            return;
+        }
+        let mut p = unsafe { bpf_get_current_task() };
+        for i in 0..WORKER_CHAIN {
+            let off = global(&WORKER_OFFSETS[i]);
+            // SAFETY: probe_read tolerates any address; a zero offset means "unknown".
+            match unsafe { bpf_probe_read_kernel((p + u64::from(off)) as *const u64) } {
+                Ok(next) if off != 0 && next != 0 => p = next,
+                _ => return,
+            }
+        }
+        ev.running_wq = p;
+        ev.running_queue = system_queue(p).unwrap_or(NO_QUEUE);
+        ev.running_name = queue_name(p);
+        ev.flags |= FLAG_RUNNING_KNOWN;
     }
 
     /// Whether the current task is a workqueue worker, if BTF told us where its flags are.

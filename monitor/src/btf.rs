@@ -3,6 +3,7 @@
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
+use monitor_ebpf::WORKER_CHAIN;
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -15,6 +16,9 @@ pub struct Offsets {
     pub wq_name_len: u32,
     /// offsetof(struct task_struct, flags)
     pub task_flags: u32,
+    /// From a worker task to the workqueue of the work item it runs (see
+    /// `monitor_ebpf::WORKER_CHAIN`); None when this kernel's BTF lacks a link.
+    pub worker_chain: Option<[u32; WORKER_CHAIN]>,
 }
 
 pub fn read_offsets() -> Result<Offsets> {
@@ -25,24 +29,43 @@ pub fn read_offsets() -> Result<Offsets> {
         bail!("workqueue_struct.name is not an array");
     };
     let (task_flags, _) = member(&btf, "task_struct", "flags")?;
+    let worker_chain = worker_chain(&btf).ok();
     Ok(Offsets {
         wq_name,
         wq_name_len: array.len() as u32,
         task_flags,
+        worker_chain,
     })
 }
 
-/// Byte offset and type of `strukt.field`, looking into anonymous struct/union members.
+/// Kernel history: struct kthread hangs off task_struct.worker_private since 5.17, off
+/// set_child_tid before; kthread.data is the struct worker of a workqueue worker
+/// (kernel/workqueue_internal.h), whose current_pwq->wq is the queue of the running work item.
+fn worker_chain(btf: &Btf) -> Result<[u32; WORKER_CHAIN]> {
+    let task = member(btf, "task_struct", "worker_private")
+        .or_else(|_| member(btf, "task_struct", "set_child_tid"))?;
+    Ok([
+        task.0,
+        member(btf, "kthread", "data")?.0,
+        member(btf, "worker", "current_pwq")?.0,
+        member(btf, "pool_workqueue", "wq")?.0,
+    ])
+}
+
+/// Byte offset and type of `strukt.field`, looking into anonymous struct/union members. Several
+/// compilation units may define a struct of the same name; the first with the field wins.
 fn member(btf: &Btf, strukt: &str, field: &str) -> Result<(u32, Type)> {
-    let ty = btf
+    let types = btf
         .resolve_types_by_name(strukt)
-        .with_context(|| format!("struct {strukt} not in kernel BTF"))?
-        .into_iter()
-        .find(|t| matches!(t, Type::Struct(_)))
-        .ok_or_else(|| anyhow!("struct {strukt} not in kernel BTF"))?;
-    find_member(btf, &ty, field)?
-        .map(|(bits, t)| (bits / 8, t))
-        .ok_or_else(|| anyhow!("struct {strukt} has no member {field}"))
+        .with_context(|| format!("struct {strukt} not in kernel BTF"))?;
+    for ty in types.iter().filter(|t| matches!(t, Type::Struct(_))) {
+        if let Some((bits, t)) = find_member(btf, ty, field)? {
+            return Ok((bits / 8, t));
+        }
+    }
+    Err(anyhow!(
+        "no struct {strukt} with a member {field} in kernel BTF"
+    ))
 }
 
 fn find_member(btf: &Btf, ty: &Type, field: &str) -> Result<Option<(u32, Type)>> {
@@ -71,4 +94,23 @@ fn resolve(btf: &Btf, mut ty: Type) -> Result<Type> {
         ty = btf.resolve_chained_type(inner)?;
     }
     Ok(ty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This machine's own kernel BTF (every kernel wqflush supports has these structs).
+    #[test]
+    fn reads_the_offsets_the_probe_needs_from_this_kernel() {
+        if !std::path::Path::new(VMLINUX).exists() {
+            eprintln!("no {VMLINUX} here; the VM tests cover BTF");
+            return;
+        }
+        let o = read_offsets().unwrap();
+        assert!(o.wq_name > 0 && [24, 32].contains(&o.wq_name_len), "{o:?}");
+        assert!(o.task_flags > 0, "{o:?}");
+        let chain = o.worker_chain.expect("worker chain");
+        assert!(chain.iter().all(|&off| off > 0), "{chain:?}");
+    }
 }

@@ -1,7 +1,9 @@
 //! Decoding the probe's ring buffer records (`monitor_ebpf::FlushEvent`).
 
 use anyhow::{Result, bail};
-use monitor_ebpf::{FLAG_BY_NAME, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent, MAX_FRAMES};
+use monitor_ebpf::{
+    FLAG_BY_NAME, FLAG_RUNNING_KNOWN, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent, MAX_FRAMES,
+};
 
 /// One flush of a system workqueue, as user space sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,12 +20,23 @@ pub struct Flush {
     pub comm: String,
     /// The queue's name as the kernel has it (`wq->name`), when BTF gave its offset.
     pub wq_name: Option<String>,
+    /// For a workqueue worker: the work item it is running, and so the flush it can deadlock on.
+    pub running: Option<Running>,
     /// The call site the kernel counts this flush under (return address in the caller).
     pub caller: u64,
     /// Kernel return addresses, innermost first.
     pub stack: Vec<u64>,
     /// `bpf_get_stack`'s errno when it captured nothing.
     pub stack_error: Option<i32>,
+}
+
+/// The queue of the work item a flushing worker is running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Running {
+    pub wq: u64,
+    /// Its index in the system queue table, when it is a system queue.
+    pub queue: Option<usize>,
+    pub name: Option<String>,
 }
 
 /// Decodes one record. The bytes come from the kernel, but are checked anyway: a record of the
@@ -53,6 +66,11 @@ pub fn decode(bytes: &[u8], nr_queues: usize) -> Result<Flush> {
         worker: (ev.flags & FLAG_WORKER_KNOWN != 0).then_some(ev.flags & FLAG_WORKER != 0),
         comm: c_string(&ev.comm),
         wq_name: Some(c_string(&ev.name)).filter(|n| !n.is_empty()),
+        running: (ev.flags & FLAG_RUNNING_KNOWN != 0).then(|| Running {
+            wq: ev.running_wq,
+            queue: Some(ev.running_queue as usize).filter(|&q| q < nr_queues),
+            name: Some(c_string(&ev.running_name)).filter(|n| !n.is_empty()),
+        }),
         caller: ev.caller,
         stack: ev.stack[..frames]
             .iter()
@@ -95,6 +113,10 @@ pub(crate) fn sample_event(queue: u32, stack: &[u64]) -> FlushEvent {
         caller: 0,
         comm: [0; 16],
         name: [0; monitor_ebpf::NAME_LEN],
+        running_wq: 0,
+        running_queue: monitor_ebpf::NO_QUEUE,
+        _pad: 0,
+        running_name: [0; monitor_ebpf::NAME_LEN],
         stack: [0; MAX_FRAMES],
     };
     ev.comm[..2].copy_from_slice(b"sh");
@@ -145,6 +167,29 @@ mod tests {
             None,
             "unknown without BTF"
         );
+    }
+
+    #[test]
+    fn decodes_the_running_work_of_a_worker() {
+        let mut ev = sample_event(1, &[]);
+        ev.flags = FLAG_WORKER | FLAG_WORKER_KNOWN | FLAG_RUNNING_KNOWN;
+        ev.running_wq = ev.wq;
+        ev.running_queue = 1;
+        ev.running_name[..11].copy_from_slice(b"events_long");
+        let f = decode(&encode(&ev), 2).unwrap();
+        let want = Running {
+            wq: ev.wq,
+            queue: Some(1),
+            name: Some("events_long".into()),
+        };
+        assert_eq!(f.running, Some(want));
+        ev.running_queue = monitor_ebpf::NO_QUEUE;
+        assert_eq!(
+            decode(&encode(&ev), 2).unwrap().running.unwrap().queue,
+            None
+        );
+        ev.flags = FLAG_WORKER | FLAG_WORKER_KNOWN;
+        assert_eq!(decode(&encode(&ev), 2).unwrap().running, None);
     }
 
     #[test]

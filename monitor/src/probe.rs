@@ -128,6 +128,11 @@ fn load(target: &Target) -> Result<Ebpf> {
         .override_global("WQ_NAME_OFFSET", &offsets.wq_name, true)
         .override_global("TASK_FLAGS_OFFSET", &offsets.task_flags, true)
         .override_global("FLUSH_RANGES", &ranges, true)
+        .override_global(
+            "WORKER_OFFSETS",
+            &offsets.worker_chain.unwrap_or_default(),
+            true,
+        )
         .load(EBPF_OBJECT)
         .map_err(|e| explain_errno(e, "creating the probe's maps"))
 }

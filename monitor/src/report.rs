@@ -47,6 +47,11 @@ struct SiteRecord<'a> {
     comm: Option<&'a str>,
     cpu: Option<u32>,
     worker: Option<bool>,
+    /// For a worker: the queue of the work item it runs, and whether that is the queue it
+    /// flushes (the flush then waits for itself).
+    worker_wq: Option<&'a str>,
+    worker_wq_name: Option<&'a str>,
+    deadlock: Option<bool>,
     wq_addr: Option<String>,
     count: u64,
     ignored: bool,
@@ -143,6 +148,11 @@ impl<W: Write> Reporter<W> {
         Ok(serde_json::to_string(&summary)? + "\n")
     }
 
+    /// Warnings the kernel log did not get because of --kmsg's rate limit.
+    pub fn kmsg_suppressed(&self) -> u64 {
+        self.kmsg.as_ref().map_or(0, |k| k.suppressed)
+    }
+
     fn table(&self, sites: &Sites, lost: Lost) -> String {
         let mut text = format!(
             "wqflush: {} call site(s), {} flush(es) of system workqueues\n",
@@ -192,6 +202,7 @@ fn record<'a>(
     let q = &queues[site.queue];
     let caller = site.caller();
     let f = site.first.as_ref();
+    let running = f.and_then(|f| f.running.as_ref());
     SiteRecord {
         kind,
         wq: q.var.as_deref(),
@@ -206,6 +217,9 @@ fn record<'a>(
         comm: f.map(|f| f.comm.as_str()),
         cpu: f.map(|f| f.cpu),
         worker: f.and_then(|f| f.worker),
+        worker_wq: running.and_then(|r| queues.get(r.queue?)?.var.as_deref()),
+        worker_wq_name: running.and_then(|r| r.name.as_deref()),
+        deadlock: f.and_then(|f| Some(f.running.as_ref()?.wq == f.wq)),
         wq_addr: f.map(|f| format!("{:#x}", f.wq)),
         count: site.count,
         ignored,
@@ -244,23 +258,48 @@ fn call_trace(site: &Site) -> String {
 
 /// wqflush's own warning, for stdout.
 fn warning(queues: &[SystemQueue], site: &Site) -> String {
-    let (comm, pid, tgid, cpu, worker) = match &site.first {
-        Some(f) => (f.comm.as_str(), f.pid, f.tgid, f.cpu, f.worker),
-        None => ("?", 0, 0, 0, None),
-    };
-    let worker = match worker {
-        Some(true) => "yes",
-        Some(false) => "no",
-        None => "unknown",
+    let (comm, pid, tgid, cpu) = match &site.first {
+        Some(f) => (f.comm.as_str(), f.pid, f.tgid, f.cpu),
+        None => ("?", 0, 0, 0),
     };
     format!(
         "WARNING: wqflush: flush of system workqueue {} from {}\n\
-         comm: {comm} pid: {pid} tgid: {tgid} cpu: {cpu} workqueue worker: {worker}\n{}\
+         comm: {comm} pid: {pid} tgid: {tgid} cpu: {cpu} workqueue worker: {}\n{}\
          Fix: {FIX_HINT}\n",
         queue_label(queues, site),
         caller_text(site),
+        worker_text(queues, site),
         call_trace(site),
     )
+}
+
+/// "no", or which queue's work item the worker runs, with the deadlock spelled out.
+fn worker_text(queues: &[SystemQueue], site: &Site) -> String {
+    let Some(f) = &site.first else {
+        return "unknown".to_owned();
+    };
+    let Some(running) = &f.running else {
+        return match f.worker {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "unknown",
+        }
+        .to_owned();
+    };
+    let var = running.queue.and_then(|q| queues.get(q)?.var.as_deref());
+    let queue = match (var, running.name.as_deref()) {
+        (Some(v), Some(n)) => format!("{v} ({n})"),
+        (None, Some(n)) => format!("\"{n}\""),
+        (v, None) => v.unwrap_or("?").to_owned(),
+    };
+    let mut text = format!("yes, running a work item of {queue}");
+    if running.wq == f.wq {
+        text.push_str(
+            "\nDEADLOCK: the work item flushes the queue it runs on; the flush waits for the work \
+             item itself and never returns",
+        );
+    }
+    text
 }
 
 /// The same warning laid out like the kernel's own `WARN()` (`__warn()`), so tools that scrape

@@ -59,8 +59,18 @@ impl Sites {
         let k = text_key(flush.queue, &frames);
         if let Some(&i) = self.index.get(&k) {
             self.by_key.insert(key, i);
-            self.list[i].count += 1;
-            return None;
+            let site = &mut self.list[i];
+            if site.first.is_some() {
+                site.count += 1;
+                return None;
+            }
+            // Known only from the counters so far (they can be read before the ring buffer):
+            // this is its first sighting after all.
+            site.caller =
+                symbolize::caller(&frames).and_then(|c| frames.iter().position(|f| f == c));
+            site.frames = frames;
+            site.first = Some(flush);
+            return Some(site);
         }
         let caller =
             symbolize::caller(&frames).map(|c| frames.iter().position(|f| f == c).unwrap_or(0));
@@ -224,6 +234,27 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
             top.caller().unwrap().func.as_deref(),
             Some("wqflush_test_flush_long")
         );
+    }
+
+    #[test]
+    fn a_sighting_after_its_counter_is_still_reported() {
+        let mut sites = Sites::default();
+        let ks = ks();
+        let frame = |a| symbolize::symbolize(&ks, &[a]).remove(0);
+        sites.apply_counts(&[(count_key(1, 0xffffffffc0a0101e), 4)], frame);
+        let (mut f, fr) = flush(
+            1,
+            &[0xffffffff810b5e25, 0xffffffffc0a0101e, 0xffffffffc0a01050],
+        );
+        f.caller = 0xffffffffc0a0101e;
+        let site = sites.record(f, fr).expect("first sighting reported");
+        assert_eq!(
+            site.frames.len(),
+            3,
+            "the full stack replaces the caller-only one"
+        );
+        assert!(site.first.is_some());
+        assert_eq!(sites.len(), 1);
     }
 
     #[test]

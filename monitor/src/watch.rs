@@ -190,7 +190,11 @@ async fn open_sinks(opts: &Options) -> Result<Sinks> {
     let ignore = match &opts.ignore {
         Some(path) => {
             let list = IgnoreList::load(path)?;
-            eprintln!("wqflush: {} ignore entries from {}", list.len(), path.display());
+            eprintln!(
+                "wqflush: {} ignore entries from {}",
+                list.len(),
+                path.display()
+            );
             list
         }
         None => IgnoreList::default(),
@@ -249,6 +253,12 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     state.drain(ring.get_mut())?;
     let lost = state.refresh_counts(&probe.ebpf)?;
     state.reporter.summary(&state.sites, lost)?;
+    let suppressed = state.reporter.kmsg_suppressed();
+    if suppressed > 0 {
+        eprintln!(
+            "wqflush: --kmsg: {suppressed} warning(s) not written to the kernel log (rate limit)"
+        );
+    }
     if let Some(server) = server {
         server.abort();
     }
@@ -328,6 +338,8 @@ impl Loop<'_> {
                     guard.clear_ready();
                 }
                 _ = tick.tick() => {
+                    // Sightings first, so counters rarely precede their call site's stack.
+                    state.drain(ring.get_mut())?;
                     let lost = state.refresh_counts(self.ebpf)?;
                     *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = state.snapshot(lost);
                 }

@@ -4,6 +4,9 @@
  *
  *   echo "<trigger> <count>" > /proc/wqflush_test   runs <trigger> <count> times, synchronously
  *   cat /proc/wqflush_test                          prints "<trigger> <total fired>" per trigger
+ *   cat /proc/wqflush_test_bench                    nanoseconds the last 'bench' run took
+ *
+ * A few triggers give <count> their own meaning (sites, worker_self, bench; see tests/README.md).
  *
  * Every trigger is its own `static noinline` function ending in barrier(): without it gcc turns
  * the flush into a tail call (or splits a .cold part), and the function would vanish from the
@@ -12,6 +15,7 @@
  */
 #include <linux/atomic.h>
 #include <linux/kernel.h>
+#include <linux/ktime.h>
 #include <linux/module.h>
 #include <linux/proc_fs.h>
 #include <linux/sched.h>
@@ -21,7 +25,10 @@
 #include <linux/workqueue.h>
 
 #define WQFLUSH_TEST_NAME "wqflush_test"
+#define WQFLUSH_TEST_BENCH_NAME "wqflush_test_bench"
 #define WQFLUSH_TEST_MAX_COUNT 100000000L
+/* Call sites flushing system_wq in wqflush_test_flush_sites() (= the SITES10000 macro below). */
+#define WQFLUSH_TEST_SITES 10000
 
 static char *pointer_wq = "unbound";
 module_param(pointer_wq, charp, 0444);
@@ -66,17 +73,170 @@ static noinline void wqflush_test_flush_own(void)
 	barrier();
 }
 
+static noinline void wqflush_test_flush_bench(void)
+{
+	flush_workqueue(own_wq);
+	barrier();
+}
+
+/*
+ * 'sites': WQFLUSH_TEST_SITES separate calls that flush system_wq, so each has its own return
+ * address (func+offset). Each site calls __flush_workqueue(system_wq), which is exactly what
+ * flush_workqueue(system_wq) expands to minus its compile-time system-queue check: with the
+ * macro, gcc 12 needs minutes for 10000 sites (it evaluates 7 pointer comparisons per site),
+ * this way seconds, and no "Please avoid flushing system-wide workqueues" warning per site.
+ * The empty asm after each call carries the site number, so no two sites are identical code
+ * and gcc cannot merge (cross-jump) them; its memory clobber makes each site reload system_wq
+ * and keeps the last call from becoming a tail call. The asm on n hides from gcc that the
+ * tests are ordered, so it does not thread 10000 jumps (which is slow to compile). Every
+ * branch goes to the one exit: with `if (n > k) { flush }` gcc moved the flushes out of line
+ * and objtool crashed (segfault) on the 10000-deep branch nesting.
+ */
+#define WQFLUSH_TEST_SITE(k)						\
+	asm volatile("" : "+r" (n));					\
+	if (n <= (k))							\
+		goto out;						\
+	__flush_workqueue(system_wq);					\
+	asm volatile("" : : "i" (k) : "memory");
+#define WQFLUSH_TEST_SITES10(k)						\
+	WQFLUSH_TEST_SITE((k) + 0) WQFLUSH_TEST_SITE((k) + 1)		\
+	WQFLUSH_TEST_SITE((k) + 2) WQFLUSH_TEST_SITE((k) + 3)		\
+	WQFLUSH_TEST_SITE((k) + 4) WQFLUSH_TEST_SITE((k) + 5)		\
+	WQFLUSH_TEST_SITE((k) + 6) WQFLUSH_TEST_SITE((k) + 7)		\
+	WQFLUSH_TEST_SITE((k) + 8) WQFLUSH_TEST_SITE((k) + 9)
+#define WQFLUSH_TEST_SITES100(k)					\
+	WQFLUSH_TEST_SITES10((k) + 0) WQFLUSH_TEST_SITES10((k) + 10)	\
+	WQFLUSH_TEST_SITES10((k) + 20) WQFLUSH_TEST_SITES10((k) + 30)	\
+	WQFLUSH_TEST_SITES10((k) + 40) WQFLUSH_TEST_SITES10((k) + 50)	\
+	WQFLUSH_TEST_SITES10((k) + 60) WQFLUSH_TEST_SITES10((k) + 70)	\
+	WQFLUSH_TEST_SITES10((k) + 80) WQFLUSH_TEST_SITES10((k) + 90)
+#define WQFLUSH_TEST_SITES1000(k)					\
+	WQFLUSH_TEST_SITES100((k) + 0) WQFLUSH_TEST_SITES100((k) + 100)	\
+	WQFLUSH_TEST_SITES100((k) + 200) WQFLUSH_TEST_SITES100((k) + 300) \
+	WQFLUSH_TEST_SITES100((k) + 400) WQFLUSH_TEST_SITES100((k) + 500) \
+	WQFLUSH_TEST_SITES100((k) + 600) WQFLUSH_TEST_SITES100((k) + 700) \
+	WQFLUSH_TEST_SITES100((k) + 800) WQFLUSH_TEST_SITES100((k) + 900)
+#define WQFLUSH_TEST_SITES10000(k)					\
+	WQFLUSH_TEST_SITES1000((k) + 0) WQFLUSH_TEST_SITES1000((k) + 1000) \
+	WQFLUSH_TEST_SITES1000((k) + 2000) WQFLUSH_TEST_SITES1000((k) + 3000) \
+	WQFLUSH_TEST_SITES1000((k) + 4000) WQFLUSH_TEST_SITES1000((k) + 5000) \
+	WQFLUSH_TEST_SITES1000((k) + 6000) WQFLUSH_TEST_SITES1000((k) + 7000) \
+	WQFLUSH_TEST_SITES1000((k) + 8000) WQFLUSH_TEST_SITES1000((k) + 9000)
+
+/* Flushes system_wq once from each of the first n call sites. */
+static noinline void wqflush_test_flush_sites(long n)
+{
+	WQFLUSH_TEST_SITES10000(0)
+out:
+	barrier();
+}
+
+/* 'worker_other': a system_long_wq work item flushes another system queue. */
+static noinline void wqflush_test_work_flush_other(struct work_struct *work)
+{
+	flush_workqueue(system_unbound_wq);
+	barrier();
+}
+
+/*
+ * 'worker_self': a system_long_wq work item flushes system_long_wq, i.e. waits for itself. The
+ * kworker never returns; the item is queued at most once per boot and pins the module.
+ */
+static struct work_struct self_work;
+static atomic_t self_queued = ATOMIC_INIT(0);
+static atomic_long_t *self_fired;
+
+static noinline void wqflush_test_work_flush_self(struct work_struct *work)
+{
+	/* Counted before the flush: it never returns. */
+	atomic_long_inc(self_fired);
+	flush_workqueue(system_long_wq);
+	barrier();
+}
+
+/* Duration of the last 'bench' run, for /proc/wqflush_test_bench. */
+static atomic64_t bench_ns = ATOMIC64_INIT(0);
+
 struct wqflush_test_trigger {
 	const char *name;
+	/* Either fire(), run <count> times by run_trigger() ... */
 	void (*fire)(void);
+	/* ... or run(), which interprets <count> itself and returns the flushes to add or -errno. */
+	long (*run)(struct wqflush_test_trigger *t, long count);
+	/* Only listed in /proc/wqflush_test once it fired (see show). */
+	bool listed_when_fired;
 	atomic_long_t fired;
 };
 
+static long wqflush_test_run_sites(struct wqflush_test_trigger *t, long count)
+{
+	if (count < 1 || count > WQFLUSH_TEST_SITES)
+		return -EINVAL;
+	wqflush_test_flush_sites(count);
+	return count;
+}
+
+static long wqflush_test_run_worker_other(struct wqflush_test_trigger *t, long count)
+{
+	long i;
+
+	for (i = 0; i < count; i++) {
+		struct work_struct work;
+
+		INIT_WORK_ONSTACK(&work, wqflush_test_work_flush_other);
+		queue_work(system_long_wq, &work);
+		/* Waits for this one item only (not a queue flush). */
+		flush_work(&work);
+		destroy_work_on_stack(&work);
+		atomic_long_inc(&t->fired);
+		cond_resched();
+	}
+	return 0;
+}
+
+static long wqflush_test_run_worker_self(struct wqflush_test_trigger *t, long count)
+{
+	if (count != 1)
+		return -EINVAL;
+	if (atomic_cmpxchg(&self_queued, 0, 1))
+		return -EBUSY;
+	/* The work function runs forever: never let the module go away under it. */
+	__module_get(THIS_MODULE);
+	self_fired = &t->fired;
+	INIT_WORK(&self_work, wqflush_test_work_flush_self);
+	queue_work(system_long_wq, &self_work);
+	/* Not waited for; the work function counts itself. */
+	return 0;
+}
+
+static long wqflush_test_run_bench(struct wqflush_test_trigger *t, long count)
+{
+	u64 start = ktime_get_ns();
+	long i;
+
+	for (i = 0; i < count; i++) {
+		wqflush_test_flush_bench();
+		cond_resched();
+	}
+	atomic64_set(&bench_ns, ktime_get_ns() - start);
+	return count;
+}
+
+/*
+ * The first four are always listed; the later ones only once they fired, so a read-out of a
+ * boot that uses only the original triggers is unchanged.
+ */
 static struct wqflush_test_trigger triggers[] = {
 	{ .name = "scheduled", .fire = wqflush_test_flush_scheduled },
 	{ .name = "long", .fire = wqflush_test_flush_long },
 	{ .name = "pointer", .fire = wqflush_test_flush_pointer },
 	{ .name = "own", .fire = wqflush_test_flush_own },
+	{ .name = "sites", .run = wqflush_test_run_sites, .listed_when_fired = true },
+	{ .name = "worker_other", .run = wqflush_test_run_worker_other,
+	  .listed_when_fired = true },
+	{ .name = "worker_self", .run = wqflush_test_run_worker_self,
+	  .listed_when_fired = true },
+	{ .name = "bench", .run = wqflush_test_run_bench, .listed_when_fired = true },
 };
 
 static struct wqflush_test_trigger *find_trigger(const char *name)
@@ -89,16 +249,25 @@ static struct wqflush_test_trigger *find_trigger(const char *name)
 	return NULL;
 }
 
-static void run_trigger(struct wqflush_test_trigger *t, long count)
+static int run_trigger(struct wqflush_test_trigger *t, long count)
 {
 	long i;
 
+	if (t->run) {
+		long fired = t->run(t, count);
+
+		if (fired < 0)
+			return fired;
+		atomic_long_add(fired, &t->fired);
+		return 0;
+	}
 	for (i = 0; i < count; i++) {
 		t->fire();
 		atomic_long_inc(&t->fired);
 		/* Floods of many flushes must not trip the soft-lockup detector. */
 		cond_resched();
 	}
+	return 0;
 }
 
 /* Parses "<trigger> [count]"; count defaults to 1. */
@@ -137,7 +306,11 @@ static ssize_t wqflush_test_write(struct file *file, const char __user *ubuf,
 		pr_warn(WQFLUSH_TEST_NAME ": bad command (%d); want \"<trigger> <count>\"\n", err);
 		return err;
 	}
-	run_trigger(t, count);
+	err = run_trigger(t, count);
+	if (err) {
+		pr_warn(WQFLUSH_TEST_NAME ": %s %ld failed (%d)\n", t->name, count, err);
+		return err;
+	}
 	return len;
 }
 
@@ -145,9 +318,18 @@ static int wqflush_test_show(struct seq_file *m, void *v)
 {
 	size_t i;
 
-	for (i = 0; i < ARRAY_SIZE(triggers); i++)
-		seq_printf(m, "%s %ld\n", triggers[i].name,
-			   atomic_long_read(&triggers[i].fired));
+	for (i = 0; i < ARRAY_SIZE(triggers); i++) {
+		long fired = atomic_long_read(&triggers[i].fired);
+
+		if (fired || !triggers[i].listed_when_fired)
+			seq_printf(m, "%s %ld\n", triggers[i].name, fired);
+	}
+	return 0;
+}
+
+static int wqflush_test_bench_show(struct seq_file *m, void *v)
+{
+	seq_printf(m, "%llu\n", (unsigned long long)atomic64_read(&bench_ns));
 	return 0;
 }
 
@@ -199,12 +381,19 @@ static int __init wqflush_test_init(void)
 		destroy_workqueue(own_wq);
 		return -ENOMEM;
 	}
+	if (!proc_create_single(WQFLUSH_TEST_BENCH_NAME, 0444, NULL, wqflush_test_bench_show)) {
+		remove_proc_entry(WQFLUSH_TEST_NAME, NULL);
+		destroy_workqueue(own_wq);
+		return -ENOMEM;
+	}
 	pr_info(WQFLUSH_TEST_NAME ": loaded, pointer_wq=%s\n", pointer_wq);
 	return 0;
 }
 
+/* Never runs after 'worker_self': that trigger holds a module reference for good. */
 static void __exit wqflush_test_exit(void)
 {
+	remove_proc_entry(WQFLUSH_TEST_BENCH_NAME, NULL);
 	remove_proc_entry(WQFLUSH_TEST_NAME, NULL);
 	destroy_workqueue(own_wq);
 }

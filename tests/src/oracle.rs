@@ -37,6 +37,8 @@ oracle_start() {
 		cat $WQF_TRACING/error_log >&2
 		return 1
 	fi
+	# Stack frames with their offset (func+0x9/0x20): tells call sites in one function apart.
+	echo 1 > $WQF_TRACING/options/sym-offset
 	echo stacktrace > $WQF_TRACING/events/wqf/flush/trigger
 	echo 1 > $WQF_TRACING/events/wqf/flush/enable
 	echo 1 > $WQF_TRACING/tracing_on
@@ -65,6 +67,9 @@ pub struct FlushEvent {
     /// Stack frames from the caller of `__flush_workqueue` outwards, as function names without
     /// offsets or module tags (the kprobe/ftrace frames above it are dropped).
     pub stack: Vec<String>,
+    /// The same frames as tracefs printed them, e.g. `wqflush_test_flush_long+0x9/0x20
+    /// [wqflush_test]`: `frames[i]` is `stack[i]` with its return address offset.
+    pub frames: Vec<String>,
 }
 
 impl FlushEvent {
@@ -74,6 +79,18 @@ impl FlushEvent {
 
     pub fn flushes(&self, symbol: &str) -> bool {
         self.system.iter().any(|s| s == symbol)
+    }
+
+    /// The return address offset (`func+0x9/0x20` -> 9) of the innermost frame in `function`:
+    /// for the caller of `__flush_workqueue` (`stack[0]`) this tells its call sites apart.
+    pub fn offset_in(&self, function: &str) -> Option<u64> {
+        let i = self.stack.iter().position(|f| f == function)?;
+        frame_offset(self.frames.get(i)?)
+    }
+
+    /// Whether the flushing task is a workqueue worker, judged by its name (`kworker/...`).
+    pub fn by_kworker(&self) -> bool {
+        self.task.starts_with("kworker/")
     }
 }
 
@@ -138,7 +155,7 @@ pub fn parse_trace(text: &str) -> Result<Vec<FlushEvent>> {
     for line in text.lines() {
         if let Some(frame) = line.trim_start().strip_prefix("=> ") {
             if let Some(last) = events.last_mut() {
-                push_frame(&mut last.stack, frame_function(frame));
+                push_frame(last, frame);
             }
         } else if line.contains(" flush: (") {
             events.push(parse_event(line).with_context(|| format!("trace line {line:?}"))?);
@@ -178,6 +195,7 @@ fn parse_event(line: &str) -> Result<FlushEvent> {
         wq,
         system,
         stack: Vec::new(),
+        frames: Vec::new(),
     })
 }
 
@@ -193,11 +211,14 @@ fn parse_hex(value: &str) -> Result<u64> {
 
 /// Appends `function`, first discarding the tracing machinery once the probed function shows up
 /// (`kprobe_trace_func`, `kprobe_dispatcher`, the ftrace trampoline, `__flush_workqueue`).
-fn push_frame(stack: &mut Vec<String>, function: String) {
+fn push_frame(event: &mut FlushEvent, frame: &str) {
+    let function = frame_function(frame);
     if function == PROBED {
-        stack.clear();
+        event.stack.clear();
+        event.frames.clear();
     } else {
-        stack.push(function);
+        event.stack.push(function);
+        event.frames.push(frame.trim().to_string());
     }
 }
 
@@ -208,6 +229,14 @@ pub const PROBED: &str = "__flush_workqueue";
 fn frame_function(frame: &str) -> String {
     let sym = frame.split_whitespace().next().unwrap_or_default();
     sym.split('+').next().unwrap_or(sym).to_string()
+}
+
+/// `wqflush_test_flush_long+0x9/0x20 [wqflush_test]` -> 9; `None` for a bare address.
+pub fn frame_offset(frame: &str) -> Option<u64> {
+    let sym = frame.split_whitespace().next()?;
+    let (_, rest) = sym.split_once('+')?;
+    let offset = rest.split('/').next()?;
+    parse_hex(offset).ok()
 }
 
 #[cfg(test)]
@@ -233,6 +262,18 @@ mod tests {
             ev[0].stack,
             ["wqflush_test_flush_scheduled", "wqflush_test_write"]
         );
+        assert_eq!(
+            ev[0].frames,
+            [
+                "wqflush_test_flush_scheduled+0x9/0x20 [wqflush_test]",
+                "wqflush_test_write+0x80/0x120 [wqflush_test]"
+            ]
+        );
+        assert_eq!(ev[0].offset_in("wqflush_test_flush_scheduled"), Some(9));
+        assert_eq!(ev[0].offset_in("wqflush_test_write"), Some(0x80));
+        assert_eq!(ev[0].offset_in("nowhere"), None);
+        assert!(!ev[0].by_kworker());
+        assert_eq!(frame_offset("0xffffffffc032b0de"), None);
         assert_eq!(
             arg_symbol("sys_freezable_power_efficient"),
             "system_freezable_power_efficient_wq"

@@ -1,0 +1,318 @@
+//! The fleet and CI features in real Debian kernels: exact in-kernel counts under a flood and
+//! with the ring buffer overrun, Prometheus metrics, the kernel-log warning, the ignore list,
+//! the fix hint and the deadlock hint. One boot per kernel.
+
+use std::{path::PathBuf, sync::OnceLock, time::Duration};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+use wqflush_vmtest::{
+    MODULE_GUEST_PATH, Series, VmRun, build_module, cache_dir, prepare_kernel, run_scenario,
+};
+
+const PORT: u16 = 19100;
+
+const SCENARIO: &str = r#"
+load_test_module || exit 1
+ifconfig lo 127.0.0.1 up
+fire() { echo "$1 $2" > /proc/wqflush_test; }
+printf '# a known caller, silenced\nwqflush_test:wqflush_test_flush_long   # trailing comment\n' > /tmp/ignore
+printf 'ok_caller\nbad caller\n' > /tmp/bad-ignore
+
+emit bad_ignore wqflush --ignore /tmp/bad-ignore --duration 1
+emit check_ignored wqflush check --ignore /tmp/ignore -- sh -c 'echo "long 1" > /proc/wqflush_test'
+
+wqflush --json --kmsg --ignore /tmp/ignore --metrics 19100 --ready-file /tmp/ready >/tmp/fleet.json 2>/tmp/fleet.err &
+pid=$!
+wait_for_file /tmp/ready 60 || { cat /tmp/fleet.err; exit 1; }
+fire pointer 2
+fire long 3
+fire worker_other 2
+# The flood goes through the pointer: since 6.6 the kernel itself dumps a stack for every
+# flush_scheduled_work()/flush_workqueue(system_long_wq) it compiled, which would flood the log.
+fire pointer 200000
+fire sites 10000
+sleep 3
+emit metrics wget -q -O - http://127.0.0.1:19100/metrics
+emit metrics_404 wget -q -O - http://127.0.0.1:19100/other
+fire worker_self
+sleep 1
+emit fleet.status stop_bg $pid 60
+emit fleet.json cat /tmp/fleet.json
+emit fleet.err cat /tmp/fleet.err
+emit dmesg dmesg
+emit counts cat /proc/wqflush_test
+true
+"#;
+
+fn boot(series: Series) -> Result<VmRun> {
+    let bin = std::env::var_os("WQFLUSH_BIN")
+        .map(PathBuf::from)
+        .context("WQFLUSH_BIN is not set: run these tests through `cargo xtask test`")?;
+    let cache = cache_dir();
+    let kernel = prepare_kernel(series, &cache)?;
+    let ko = build_module(&kernel, &cache.join("module"))?;
+    let files = [
+        (ko, MODULE_GUEST_PATH.to_owned()),
+        (bin, "/bin/wqflush".to_owned()),
+    ];
+    let run = run_scenario(&kernel, &files, SCENARIO, Duration::from_secs(600))?;
+    // wqflush --kmsg writes kernel-style warnings on purpose, all at the module's call sites.
+    run.ensure_success_allowing(Some(" at wqflush_test_"))?;
+    Ok(run)
+}
+
+fn run(series: Series) -> Result<&'static VmRun> {
+    static V6_1: OnceLock<Result<VmRun, String>> = OnceLock::new();
+    static V6_12: OnceLock<Result<VmRun, String>> = OnceLock::new();
+    let cell = match series {
+        Series::V6_1 => &V6_1,
+        Series::V6_12 => &V6_12,
+    };
+    match cell.get_or_init(|| boot(series).map_err(|e| format!("{e:#}"))) {
+        Ok(run) => Ok(run),
+        Err(e) => bail!("{series} boot failed: {e}"),
+    }
+}
+
+struct Report {
+    flushes: Vec<Value>,
+    summary: Value,
+}
+
+fn report(series: Series) -> Result<Report> {
+    let run = run(series)?;
+    ensure!(
+        run.section_status("fleet.status")? == 0,
+        "wqflush exited non-zero"
+    );
+    let records: Vec<Value> = run
+        .section("fleet.json")?
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l:?}")))
+        .collect::<Result<_>>()?;
+    let summary = records
+        .last()
+        .filter(|r| r["type"] == "summary")
+        .context("no summary")?
+        .clone();
+    let flushes = records
+        .into_iter()
+        .filter(|r| r["type"] == "flush")
+        .collect();
+    Ok(Report { flushes, summary })
+}
+
+fn sites<'a>(summary: &'a Value, caller: &str) -> Vec<&'a Value> {
+    let all = summary["sites"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    all.iter().filter(|s| s["caller"] == caller).collect()
+}
+
+fn flush<'a>(report: &'a Report, caller: &str) -> Result<&'a Value> {
+    let found: Vec<_> = report
+        .flushes
+        .iter()
+        .filter(|r| r["caller"] == caller)
+        .collect();
+    ensure!(
+        found.len() == 1,
+        "want one flush record from {caller}, got {found:?}"
+    );
+    Ok(found[0])
+}
+
+/// 200,002 flushes from one site and one flush from each of 10,000 sites: the kernel's counts
+/// are exact, and every first sighting either arrived or is counted as lost.
+fn exact_counts(series: Series) -> Result<()> {
+    let r = report(series)?;
+    let counts = run(series)?.section("counts")?;
+    ensure!(
+        counts.contains("pointer 200002\n") && counts.contains("sites 10000\n"),
+        "{counts}"
+    );
+    let pointer = sites(&r.summary, "wqflush_test_flush_pointer");
+    ensure!(
+        pointer.len() == 1 && pointer[0]["count"] == 200_002,
+        "{pointer:?}"
+    );
+    let many = sites(&r.summary, "wqflush_test_flush_sites");
+    let total: u64 = many.iter().filter_map(|s| s["count"].as_u64()).sum();
+    ensure!(
+        many.len() == 10_000 && total == 10_000,
+        "{} sites, {total} flushes",
+        many.len()
+    );
+    let all = r.summary["sites"].as_array().context("sites")?;
+    let ignored = all.iter().filter(|s| s["ignored"] == true).count();
+    let lost = r.summary["lost"].as_u64().context("lost")?;
+    ensure!(r.summary["uncounted"] == 0, "{}", r.summary["uncounted"]);
+    ensure!(
+        r.flushes.len() as u64 + lost + ignored as u64 == all.len() as u64,
+        "{} first sightings + {lost} lost + {ignored} ignored != {} sites",
+        r.flushes.len(),
+        all.len()
+    );
+    eprintln!(
+        "{series}: {} of 10,000+ first sightings arrived, {lost} counted as lost",
+        r.flushes.len()
+    );
+    Ok(())
+}
+
+fn ignore_list(series: Series) -> Result<()> {
+    let r = report(series)?;
+    ensure!(
+        !r.flushes
+            .iter()
+            .any(|f| f["caller"] == "wqflush_test_flush_long"),
+        "ignored site warned"
+    );
+    let long = sites(&r.summary, "wqflush_test_flush_long");
+    ensure!(
+        long.len() == 1 && long[0]["ignored"] == true && long[0]["count"] == 3,
+        "{long:?}"
+    );
+    let run = run(series)?;
+    ensure!(
+        run.section_status("check_ignored")? == 0,
+        "check fails on ignored flushes only"
+    );
+    let bad = run.section("bad_ignore")?;
+    ensure!(
+        run.section_status("bad_ignore")? == 1 && bad.contains("/tmp/bad-ignore:2:"),
+        "{bad}"
+    );
+    Ok(())
+}
+
+fn hints(series: Series) -> Result<()> {
+    let r = report(series)?;
+    let pointer = flush(&r, "wqflush_test_flush_pointer")?;
+    let hint = pointer["hint"].as_str().unwrap_or_default();
+    ensure!(
+        hint.contains("flush_work()") && hint.contains("alloc_workqueue()"),
+        "{pointer}"
+    );
+    ensure!(
+        pointer["worker"] == false && pointer["deadlock"].is_null(),
+        "{pointer}"
+    );
+    let other = flush(&r, "wqflush_test_work_flush_other")?;
+    ensure!(
+        other["worker"] == true && other["wq"] == "system_unbound_wq",
+        "{other}"
+    );
+    ensure!(
+        other["worker_wq"] == "system_long_wq" && other["deadlock"] == false,
+        "{other}"
+    );
+    let selfish = flush(&r, "wqflush_test_work_flush_self")?;
+    ensure!(
+        selfish["wq"] == "system_long_wq" && selfish["worker_wq"] == "system_long_wq",
+        "{selfish}"
+    );
+    ensure!(
+        selfish["deadlock"] == true && selfish["worker_wq_name"] == "events_long",
+        "{selfish}"
+    );
+    Ok(())
+}
+
+fn metrics(series: Series) -> Result<()> {
+    let run = run(series)?;
+    let text = run.section("metrics")?;
+    for want in [
+        "wqflush_flushes_total{wq=\"system_unbound_wq\",caller=\"wqflush_test_flush_pointer\",module=\"wqflush_test\"} 200002",
+        "wqflush_flushes_total{wq=\"system_long_wq\",caller=\"wqflush_test_flush_long\",module=\"wqflush_test\"} 3",
+        "# TYPE wqflush_call_sites gauge",
+        "# TYPE wqflush_events_lost_total counter",
+    ] {
+        ensure!(
+            text.contains(want),
+            "missing {want:?} in:\n{}",
+            &text[..text.len().min(3000)]
+        );
+    }
+    let attach = "wqflush_info{attach=\"fentry\",kernel=\"";
+    ensure!(
+        text.contains(attach) && text.contains("kallsyms_mode=\"address\"} 1"),
+        "info"
+    );
+    ensure!(
+        run.section_status("metrics_404")? != 0,
+        "other paths are not served"
+    );
+    Ok(())
+}
+
+/// The first sightings in dmesg, laid out like the kernel's WARN(); the ignored site not.
+fn kmsg(series: Series) -> Result<()> {
+    let dmesg = run(series)?.section("dmesg")?;
+    let at = dmesg
+        .find("WARNING: CPU: ")
+        .context("no WARNING in dmesg")?;
+    let block = &dmesg[dmesg[..at].rfind("cut here").context("no cut here")?..];
+    let block = &block[..block.find("---[ end trace").context("no end trace")?];
+    ensure!(
+        block.contains(" PID: ") && block.contains(" at wqflush_test_flush_pointer+0x"),
+        "{block}"
+    );
+    ensure!(
+        block.contains("Call Trace:") && block.contains("__flush_workqueue+0x"),
+        "{block}"
+    );
+    ensure!(
+        !dmesg.contains("at wqflush_test_flush_long+"),
+        "ignored site in dmesg"
+    );
+    let warnings = dmesg.matches("WARNING: CPU: ").count();
+    ensure!(
+        warnings <= 10,
+        "{warnings} warnings: the rate limit did not hold"
+    );
+    Ok(())
+}
+
+macro_rules! kernel_tests {
+    ($module:ident, $series:expr) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            #[ignore = "boots QEMU; run through cargo xtask test"]
+            fn counts_stay_exact_through_a_flood_and_a_full_ring() -> Result<()> {
+                exact_counts($series)
+            }
+
+            #[test]
+            #[ignore = "boots QEMU; run through cargo xtask test"]
+            fn ignore_list_silences_but_counts() -> Result<()> {
+                ignore_list($series)
+            }
+
+            #[test]
+            #[ignore = "boots QEMU; run through cargo xtask test"]
+            fn warnings_carry_the_fix_and_flag_the_self_deadlock() -> Result<()> {
+                hints($series)
+            }
+
+            #[test]
+            #[ignore = "boots QEMU; run through cargo xtask test"]
+            fn prometheus_scrape_shows_exact_counts() -> Result<()> {
+                metrics($series)
+            }
+
+            #[test]
+            #[ignore = "boots QEMU; run through cargo xtask test"]
+            fn kmsg_warning_is_what_dmesg_scrapers_expect() -> Result<()> {
+                kmsg($series)
+            }
+        }
+    };
+}
+
+kernel_tests!(debian_6_1, Series::V6_1);
+kernel_tests!(debian_6_12, Series::V6_12);

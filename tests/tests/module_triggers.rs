@@ -1,0 +1,283 @@
+//! The test module's extra triggers (tests/README.md): `sites` (10000 distinct call sites of a
+//! system_wq flush), `worker_other` / `worker_self` (flushes from a system_long_wq work item)
+//! and `bench` (timed own-queue flushes). One boot per kernel checks all of them against the
+//! oracle; `worker_self` deadlocks its kworker on purpose, so it comes last.
+
+use anyhow::{Context, Result, ensure};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use wqflush_vmtest::{
+    FlushEvent, MODULE_GUEST_PATH, Oracle, Series, VmRun, build_module, cache_dir, prepare_kernel,
+    run_scenario,
+};
+
+/// Call sites of the flush in `wqflush_test_flush_sites` (WQFLUSH_TEST_SITES in the module).
+const SITES: usize = 10000;
+
+const SCENARIO: &str = r#"
+load_test_module || exit 1
+# Unprobed first: the oracle's kprobe and stack traces cost time.
+echo "bench 1000" > /proc/wqflush_test || exit 1
+emit bench_plain cat /proc/wqflush_test_bench
+oracle_start || exit 1
+echo "sites 300" > /proc/wqflush_test || exit 1
+echo "worker_other 2" > /proc/wqflush_test || exit 1
+# Few under the oracle: each traced flush adds a stack to the trace the guest must dump.
+echo "bench 100" > /proc/wqflush_test || exit 1
+emit bench_oracle cat /proc/wqflush_test_bench
+emit sites_0 sh -c 'echo "sites 0" > /proc/wqflush_test'
+emit sites_10001 sh -c 'echo "sites 10001" > /proc/wqflush_test'
+emit worker_self_2 sh -c 'echo "worker_self 2" > /proc/wqflush_test'
+emit counts_before cat /proc/wqflush_test
+
+# Last: deadlocks a system_long_wq kworker for good. The work item counts itself before it
+# flushes, so wait for "worker_self 1", then give the kprobe's trace a moment.
+echo worker_self > /proc/wqflush_test || exit 1
+_left=100
+until grep -qx "worker_self 1" /proc/wqflush_test; do
+	[ $_left -gt 0 ] || { echo "worker_self never ran" >&2; exit 1; }
+	_left=$((_left - 1))
+	sleep 0.1
+done
+sleep 0.5
+emit worker_self_again sh -c 'echo worker_self > /proc/wqflush_test'
+emit rmmod rmmod wqflush_test
+emit still_loaded grep -c "^wqflush_test " /proc/modules
+emit stuck sh -c 'for p in /proc/[0-9]*; do
+	case "$(cat $p/comm 2>/dev/null)" in kworker/*) ;; *) continue ;; esac
+	grep -q wqflush_test_work_flush_self $p/stack 2>/dev/null && echo "${p#/proc/} $(cat $p/comm) $(grep ^State: $p/status)"
+done; true'
+oracle_stop
+emit counts cat /proc/wqflush_test
+oracle_dump
+"#;
+
+/// Boots `series` with the module and the oracle; also returns the module's path.
+fn boot(series: Series) -> Result<(VmRun, std::path::PathBuf)> {
+    let cache = cache_dir();
+    let t = Instant::now();
+    let kernel = prepare_kernel(series, &cache)?;
+    eprintln!(
+        "{series}: kernel {} ready in {:?}",
+        kernel.release,
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let ko = build_module(&kernel, &cache.join("module"))?;
+    eprintln!("{series}: module built in {:?}", t.elapsed());
+    let files = [(ko.clone(), MODULE_GUEST_PATH.to_string())];
+    let t = Instant::now();
+    let run = run_scenario(&kernel, &files, SCENARIO, Duration::from_secs(180))?;
+    eprintln!("{series}: boot and scenario took {:?}", t.elapsed());
+    run.ensure_success()?;
+    Ok((run, ko))
+}
+
+fn module_counts(text: &str) -> Result<BTreeMap<String, u64>> {
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let (name, n) = line.split_once(' ').context("count line without space")?;
+        counts.insert(name.to_string(), n.trim().parse()?);
+    }
+    Ok(counts)
+}
+
+/// Return address offsets of the `__flush_workqueue` calls in `function`, from objdump's
+/// relocations: proves gcc kept one call instruction per site.
+fn call_sites(ko: &Path, function: &str) -> Result<BTreeSet<u64>> {
+    let out = Command::new("objdump")
+        .arg("-dr")
+        .arg(ko)
+        .output()
+        .context("running objdump (binutils)")?;
+    ensure!(out.status.success(), "objdump failed on {}", ko.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header = format!("<{function}>:");
+    let mut start = None;
+    let mut sites = BTreeSet::new();
+    for line in text.lines() {
+        if line.ends_with(&header) {
+            let addr = line.split_whitespace().next().context("symbol line")?;
+            start = Some(u64::from_str_radix(addr, 16)?);
+            continue;
+        }
+        let Some(base) = start else { continue };
+        if line.trim().is_empty() {
+            break;
+        }
+        // `   d6: R_X86_64_PLT32	__flush_workqueue-0x4`: the 4-byte operand at d6, so the
+        // call returns to d6 + 4.
+        if line.contains("R_X86_64_PLT32") && line.contains("__flush_workqueue-0x4") {
+            let at = line.trim_start().split(':').next().context("reloc line")?;
+            sites.insert(u64::from_str_radix(at, 16)? + 4 - base);
+        }
+    }
+    ensure!(start.is_some(), "{function} not in {}", ko.display());
+    Ok(sites)
+}
+
+fn bench_ns(run: &VmRun, section: &str) -> Result<u64> {
+    let text = run.section(section)?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("{section}: {text:?} is not a number"))
+}
+
+/// The innermost caller is `function` itself: no tail call or .cold part hid its frame.
+fn innermost<'a>(oracle: &'a Oracle, function: &'a str) -> Result<Vec<&'a FlushEvent>> {
+    let events: Vec<_> = oracle.from_function(function).collect();
+    for e in &events {
+        ensure!(e.stack[0] == function, "stack {:?}", e.stack);
+    }
+    Ok(events)
+}
+
+fn check(series: Series) -> Result<()> {
+    let (run, ko) = boot(series)?;
+
+    let sites = call_sites(&ko, "wqflush_test_flush_sites")?;
+    ensure!(
+        sites.len() == SITES,
+        "objdump: {} calls of __flush_workqueue in wqflush_test_flush_sites, want {SITES}",
+        sites.len()
+    );
+
+    // Guest-side interface: totals, errors, the stuck worker.
+    let want_before: BTreeMap<String, u64> = [
+        ("scheduled", 0),
+        ("long", 0),
+        ("pointer", 0),
+        ("own", 0),
+        ("sites", 300),
+        ("worker_other", 2),
+        ("bench", 1100),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .into();
+    let got = module_counts(run.section("counts_before")?)?;
+    ensure!(got == want_before, "counts before worker_self {got:?}");
+    let mut want = want_before;
+    want.insert("worker_self".into(), 1);
+    let got = module_counts(run.section("counts")?)?;
+    ensure!(got == want, "final counts {got:?}, want {want:?}");
+    for (section, errno) in [
+        ("sites_0", "Invalid argument"),
+        ("sites_10001", "Invalid argument"),
+        ("worker_self_2", "Invalid argument"),
+        ("worker_self_again", "busy"),
+    ] {
+        let text = run.section(section)?;
+        ensure!(
+            run.section_status(section)? != 0 && text.contains(errno),
+            "{section}: want a write error {errno:?}, got {text:?}"
+        );
+    }
+    ensure!(
+        run.section_status("rmmod")? != 0 && run.section("still_loaded")?.trim() == "1",
+        "rmmod after worker_self: {:?}",
+        run.section("rmmod")
+    );
+    let stuck = run.section("stuck")?;
+    eprintln!("{series}: stuck worker: {}", stuck.trim());
+    ensure!(
+        stuck.contains("State:\tD"),
+        "no kworker blocked in the self flush: {stuck:?}"
+    );
+
+    let (plain, probed) = (
+        bench_ns(&run, "bench_plain")?,
+        bench_ns(&run, "bench_oracle")?,
+    );
+    eprintln!(
+        "{series}: bench: 1000 own-queue flushes unprobed {plain} ns ({} ns each), 100 under \
+         the oracle {probed} ns ({} ns each)",
+        plain / 1000,
+        probed / 100
+    );
+    // 100 ns .. 10 ms per flush: anything else is a broken clock or a broken loop.
+    for (ns, n) in [(plain, 1000), (probed, 100)] {
+        ensure!(
+            (100 * n..=10_000_000 * n).contains(&ns),
+            "bench {n} took {ns} ns"
+        );
+    }
+
+    let oracle = Oracle::from_run(&run)?;
+    eprintln!("{series}: oracle {}", oracle.summary_json());
+
+    // sites 300: 300 flushes of system_wq, each from another call site.
+    let ev = innermost(&oracle, "wqflush_test_flush_sites")?;
+    ensure!(ev.len() == 300, "oracle saw {} sites flushes", ev.len());
+    ensure!(
+        ev.iter().all(|e| e.flushes("system_wq")),
+        "sites flushed {:?}",
+        ev.iter().map(|e| &e.system).collect::<BTreeSet<_>>()
+    );
+    let offsets: BTreeSet<u64> = ev
+        .iter()
+        .map(|e| e.offset_in("wqflush_test_flush_sites"))
+        .collect::<Option<_>>()
+        .context("a sites frame without offset")?;
+    ensure!(
+        offsets.len() == 300,
+        "{} distinct return addresses",
+        offsets.len()
+    );
+    // They are the first 300 call sites objdump found, in order.
+    let first: BTreeSet<u64> = sites.iter().copied().take(300).collect();
+    ensure!(
+        offsets == first,
+        "return addresses are not the first 300 call sites"
+    );
+    if series == Series::V6_12 {
+        let percpu = oracle.symbols.contains_key("system_percpu_wq");
+        let aliased = ev.iter().any(|e| e.flushes("system_percpu_wq"));
+        eprintln!(
+            "{series}: system_percpu_wq exists: {percpu}; same queue as system_wq: {aliased}"
+        );
+    }
+
+    // worker_other 2: system_unbound_wq flushed by a kworker inside the work function.
+    let ev = innermost(&oracle, "wqflush_test_work_flush_other")?;
+    ensure!(
+        ev.len() == 2
+            && ev.iter().all(|e| e.flushes("system_unbound_wq")
+                && e.by_kworker()
+                && e.called_from("process_one_work")),
+        "worker_other flushes: {ev:#?}"
+    );
+
+    // bench under the oracle: 1000 flushes of the module's own (non-system) queue.
+    let ev = innermost(&oracle, "wqflush_test_flush_bench")?;
+    ensure!(
+        ev.len() == 100 && ev.iter().all(|e| e.system.is_empty()),
+        "oracle saw {} bench flushes",
+        ev.len()
+    );
+
+    // worker_self: one flush of system_long_wq by the kworker running on system_long_wq.
+    let ev = innermost(&oracle, "wqflush_test_work_flush_self")?;
+    ensure!(
+        ev.len() == 1
+            && ev[0].flushes("system_long_wq")
+            && ev[0].by_kworker()
+            && ev[0].called_from("process_one_work"),
+        "worker_self flushes: {ev:#?}"
+    );
+    eprintln!("{series}: worker_self flush by {}", ev[0].task);
+    Ok(())
+}
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn debian_6_1_module_triggers() -> Result<()> {
+    check(Series::V6_1)
+}
+
+#[test]
+#[ignore = "boots QEMU; run through cargo xtask test"]
+fn debian_6_12_module_triggers() -> Result<()> {
+    check(Series::V6_12)
+}
