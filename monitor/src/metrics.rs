@@ -136,7 +136,7 @@ pub fn render(info: &Info, snap: &Snapshot) -> Result<String> {
     );
     registry.register(
         "wqflush_events_lost",
-        "Flush events the kernel could not deliver because the ring buffer was full; the counts above miss these",
+        "First sightings of call sites the kernel could not deliver because the ring buffer was full; their flushes are still counted",
         ConstCounter::new(snap.lost),
     );
     let info_labels = InfoLabels {
