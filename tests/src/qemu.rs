@@ -145,9 +145,25 @@ pub fn run_scenario(
 ) -> Result<VmRun> {
     let scratch = unique_dir(&std::env::temp_dir(), "wqflush-initramfs")?;
     let result = build_initramfs(kernel, files, script, &scratch)
-        .and_then(|image| boot(kernel, &image, timeout));
+        .and_then(|image| boot_retrying(kernel, &image, timeout));
     let _ = fs::remove_dir_all(&scratch);
     result
+}
+
+/// Boots, and boots again (up to twice) when the kernel died before the scenario started: under
+/// TCG, 6.12 occasionally oopses in early boot while patching static keys (an int3 in
+/// sched_clock_cpu), which says nothing about the code under test.
+fn boot_retrying(kernel: &Kernel, image: &Path, timeout: Duration) -> Result<VmRun> {
+    let mut tries = 0;
+    loop {
+        let run = boot(kernel, image, timeout)?;
+        let started = run.console.contains("vmtest: running scenario");
+        tries += 1;
+        if started || tries == 3 {
+            return Ok(run);
+        }
+        eprintln!("vmtest: {} died before the scenario started; booting again", kernel.release);
+    }
 }
 
 fn qemu_command(
