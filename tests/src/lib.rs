@@ -12,6 +12,7 @@ pub mod initramfs;
 pub mod module;
 pub mod oracle;
 pub mod qemu;
+pub mod scenario;
 pub mod util;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ pub use initramfs::build_initramfs;
 pub use module::{MODULE_GUEST_PATH, build_module};
 pub use oracle::{FlushEvent, Oracle, parse_trace};
 pub use qemu::{VmRun, boot, boot_with, run_scenario};
+pub use scenario::{Guest, PerKernel, boot_scenario, wqflush_bin};
 
 /// Where kernels, module builds and initramfs images are cached between runs.
 ///

@@ -76,7 +76,12 @@ impl VmRun {
         }
         for bad in ["Oops:", "BUG:", "Kernel panic", "WARNING: CPU:"] {
             let expected = |l: &&str| allowed.is_some_and(|a| l.contains(a));
-            if self.console.lines().filter(|l| !expected(l)).any(|l| l.contains(bad)) {
+            if self
+                .console
+                .lines()
+                .filter(|l| !expected(l))
+                .any(|l| l.contains(bad))
+            {
                 bail!(
                     "guest kernel logged {bad:?}; console tail:\n{}",
                     self.console_tail()
@@ -103,10 +108,25 @@ pub fn boot_with(
     timeout: Duration,
     append: &str,
 ) -> Result<VmRun> {
+    boot_with_memory(kernel, initramfs, timeout, append, DEFAULT_MEMORY_MB)
+}
+
+/// Guest memory of [`boot`], [`boot_with`] and [`run_scenario`], in MiB.
+pub const DEFAULT_MEMORY_MB: u32 = 1024;
+
+/// Like [`boot_with`] with `memory_mb` MiB of guest memory instead of [`DEFAULT_MEMORY_MB`]
+/// (a big initramfs, e.g. one carrying bpftrace and its libraries, lives in guest memory).
+pub fn boot_with_memory(
+    kernel: &Kernel,
+    initramfs: &Path,
+    timeout: Duration,
+    append: &str,
+    memory_mb: u32,
+) -> Result<VmRun> {
     // Each boot gets its own directory so tests can boot in parallel.
     let dir = unique_dir(&std::env::temp_dir(), "wqflush-vm")?;
     let (console, data) = (dir.join("console.log"), dir.join("data.log"));
-    let mut child = qemu_command(kernel, initramfs, &console, &data, append, &dir)?
+    let mut child = qemu_command(kernel, initramfs, &console, &data, append, memory_mb, &dir)?
         .spawn()
         .context("cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
     let outcome = wait(&mut child, timeout);
@@ -143,9 +163,20 @@ pub fn run_scenario(
     script: &str,
     timeout: Duration,
 ) -> Result<VmRun> {
+    run_scenario_with_memory(kernel, files, script, timeout, DEFAULT_MEMORY_MB)
+}
+
+/// Like [`run_scenario`] with `memory_mb` MiB of guest memory.
+pub fn run_scenario_with_memory(
+    kernel: &Kernel,
+    files: &[(PathBuf, String)],
+    script: &str,
+    timeout: Duration,
+    memory_mb: u32,
+) -> Result<VmRun> {
     let scratch = unique_dir(&std::env::temp_dir(), "wqflush-initramfs")?;
     let result = build_initramfs(kernel, files, script, &scratch)
-        .and_then(|image| boot_retrying(kernel, &image, timeout));
+        .and_then(|image| boot_retrying(kernel, &image, timeout, memory_mb));
     let _ = fs::remove_dir_all(&scratch);
     result
 }
@@ -153,16 +184,24 @@ pub fn run_scenario(
 /// Boots, and boots again (up to twice) when the kernel died before the scenario started: under
 /// TCG, 6.12 occasionally oopses in early boot while patching static keys (an int3 in
 /// sched_clock_cpu), which says nothing about the code under test.
-fn boot_retrying(kernel: &Kernel, image: &Path, timeout: Duration) -> Result<VmRun> {
+fn boot_retrying(
+    kernel: &Kernel,
+    image: &Path,
+    timeout: Duration,
+    memory_mb: u32,
+) -> Result<VmRun> {
     let mut tries = 0;
     loop {
-        let run = boot(kernel, image, timeout)?;
+        let run = boot_with_memory(kernel, image, timeout, "", memory_mb)?;
         let started = run.console.contains("vmtest: running scenario");
         tries += 1;
         if started || tries == 3 {
             return Ok(run);
         }
-        eprintln!("vmtest: {} died before the scenario started; booting again", kernel.release);
+        eprintln!(
+            "vmtest: {} died before the scenario started; booting again",
+            kernel.release
+        );
     }
 }
 
@@ -172,12 +211,15 @@ fn qemu_command(
     console: &Path,
     data: &Path,
     append: &str,
+    memory_mb: u32,
     dir: &Path,
 ) -> Result<Command> {
     let log = File::create(dir.join("qemu.log")).context("creating qemu.log")?;
     let mut cmd = Command::new("qemu-system-x86_64");
     // /dev/kvm exists on the CI machines but hangs guests, so always emulate.
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
+        .arg("-m")
+        .arg(memory_mb.to_string())
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))

@@ -2,15 +2,11 @@
 //! with the ring buffer overrun, Prometheus metrics, the kernel-log warning, the ignore list,
 //! the fix hint and the deadlock hint. One boot per kernel.
 
-use std::{path::PathBuf, sync::OnceLock, time::Duration};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
-use wqflush_vmtest::{
-    MODULE_GUEST_PATH, Series, VmRun, build_module, cache_dir, prepare_kernel, run_scenario,
-};
-
-const PORT: u16 = 19100;
+use wqflush_vmtest::{Guest, PerKernel, Series, VmRun, boot_scenario, wqflush_bin};
 
 const SCENARIO: &str = r#"
 load_test_module || exit 1
@@ -45,34 +41,16 @@ emit counts cat /proc/wqflush_test
 true
 "#;
 
-fn boot(series: Series) -> Result<VmRun> {
-    let bin = std::env::var_os("WQFLUSH_BIN")
-        .map(PathBuf::from)
-        .context("WQFLUSH_BIN is not set: run these tests through `cargo xtask test`")?;
-    let cache = cache_dir();
-    let kernel = prepare_kernel(series, &cache)?;
-    let ko = build_module(&kernel, &cache.join("module"))?;
-    let files = [
-        (ko, MODULE_GUEST_PATH.to_owned()),
-        (bin, "/bin/wqflush".to_owned()),
-    ];
-    let run = run_scenario(&kernel, &files, SCENARIO, Duration::from_secs(600))?;
-    // wqflush --kmsg writes kernel-style warnings on purpose, all at the module's call sites.
-    run.ensure_success_allowing(Some(" at wqflush_test_"))?;
-    Ok(run)
-}
-
+/// One boot per kernel, shared by that kernel's tests.
 fn run(series: Series) -> Result<&'static VmRun> {
-    static V6_1: OnceLock<Result<VmRun, String>> = OnceLock::new();
-    static V6_12: OnceLock<Result<VmRun, String>> = OnceLock::new();
-    let cell = match series {
-        Series::V6_1 => &V6_1,
-        Series::V6_12 => &V6_12,
+    static RUNS: PerKernel = PerKernel::new();
+    let guest = Guest {
+        wqflush: Some(wqflush_bin()?),
+        timeout: Duration::from_secs(600),
+        // wqflush --kmsg writes kernel-style warnings on purpose, all at the module's call sites.
+        expected_warning: Some(" at wqflush_test_"),
     };
-    match cell.get_or_init(|| boot(series).map_err(|e| format!("{e:#}"))) {
-        Ok(run) => Ok(run),
-        Err(e) => bail!("{series} boot failed: {e}"),
-    }
+    RUNS.get(series, || Ok(boot_scenario(series, SCENARIO, &guest)?.0))
 }
 
 struct Report {

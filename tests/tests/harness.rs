@@ -3,9 +3,9 @@
 
 use anyhow::{Context, Result, ensure};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use wqflush_vmtest::{
-    MODULE_GUEST_PATH, Oracle, Series, VmRun, build_module, cache_dir, prepare_kernel, run_scenario,
+    Guest, Oracle, Series, VmRun, boot_scenario, cache_dir, prepare_kernel, run_scenario,
 };
 
 const SCENARIO: &str = r#"
@@ -22,23 +22,12 @@ oracle_dump
 
 /// Boots `series` with the module and the oracle and returns what the guest reported.
 fn boot_with_module(series: Series) -> Result<VmRun> {
-    let cache = cache_dir();
-    let t = Instant::now();
-    let kernel = prepare_kernel(series, &cache)?;
-    eprintln!(
-        "{series}: kernel {} ready in {:?}",
-        kernel.release,
-        t.elapsed()
-    );
-    let t = Instant::now();
-    let ko = build_module(&kernel, &cache.join("module"))?;
-    eprintln!("{series}: module built in {:?}", t.elapsed());
-    let files = [(ko, MODULE_GUEST_PATH.to_string())];
-    let t = Instant::now();
-    let run = run_scenario(&kernel, &files, SCENARIO, Duration::from_secs(120))?;
-    eprintln!("{series}: boot and scenario took {:?}", t.elapsed());
-    run.ensure_success()?;
-    Ok(run)
+    let guest = Guest {
+        wqflush: None,
+        timeout: Duration::from_secs(120),
+        expected_warning: None,
+    };
+    Ok(boot_scenario(series, SCENARIO, &guest)?.0)
 }
 
 fn module_counts(run: &VmRun) -> Result<BTreeMap<String, u64>> {

@@ -7,11 +7,8 @@ use anyhow::{Context, Result, ensure};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
-use wqflush_vmtest::{
-    FlushEvent, MODULE_GUEST_PATH, Oracle, Series, VmRun, build_module, cache_dir, prepare_kernel,
-    run_scenario,
-};
+use std::time::Duration;
+use wqflush_vmtest::{FlushEvent, Guest, Oracle, Series, VmRun, boot_scenario};
 
 /// Call sites of the flush in `wqflush_test_flush_sites` (WQFLUSH_TEST_SITES in the module).
 const SITES: usize = 10000;
@@ -56,23 +53,12 @@ oracle_dump
 
 /// Boots `series` with the module and the oracle; also returns the module's path.
 fn boot(series: Series) -> Result<(VmRun, std::path::PathBuf)> {
-    let cache = cache_dir();
-    let t = Instant::now();
-    let kernel = prepare_kernel(series, &cache)?;
-    eprintln!(
-        "{series}: kernel {} ready in {:?}",
-        kernel.release,
-        t.elapsed()
-    );
-    let t = Instant::now();
-    let ko = build_module(&kernel, &cache.join("module"))?;
-    eprintln!("{series}: module built in {:?}", t.elapsed());
-    let files = [(ko.clone(), MODULE_GUEST_PATH.to_string())];
-    let t = Instant::now();
-    let run = run_scenario(&kernel, &files, SCENARIO, Duration::from_secs(180))?;
-    eprintln!("{series}: boot and scenario took {:?}", t.elapsed());
-    run.ensure_success()?;
-    Ok((run, ko))
+    let guest = Guest {
+        wqflush: None,
+        timeout: Duration::from_secs(180),
+        expected_warning: None,
+    };
+    boot_scenario(series, SCENARIO, &guest)
 }
 
 fn module_counts(text: &str) -> Result<BTreeMap<String, u64>> {

@@ -5,13 +5,11 @@
 //! flush_workqueue(system_long_wq), pointer = flush_workqueue(h->wq) with h->wq ==
 //! system_unbound_wq chosen at run time, own = the module's own alloc_workqueue() queue.
 
-use std::{path::PathBuf, sync::OnceLock, time::Duration};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
-use wqflush_vmtest::{
-    MODULE_GUEST_PATH, Oracle, Series, VmRun, build_module, cache_dir, prepare_kernel, run_scenario,
-};
+use wqflush_vmtest::{Guest, Oracle, PerKernel, Series, VmRun, boot_scenario, wqflush_bin};
 
 const SCENARIO: &str = r#"
 load_test_module || exit 1
@@ -57,34 +55,15 @@ const FENTRY: &[(&str, u64)] = &[("scheduled", 3), ("long", 2), ("pointer", 4), 
 const KPROBE: &[(&str, u64)] = &[("scheduled", 2), ("long", 5), ("pointer", 1), ("own", 3)];
 const NAME: &[(&str, u64)] = &[("long", 2), ("pointer", 3), ("own", 1)];
 
-fn boot(series: Series) -> Result<VmRun> {
-    let bin = std::env::var_os("WQFLUSH_BIN")
-        .map(PathBuf::from)
-        .context("WQFLUSH_BIN is not set: run these tests through `cargo xtask test`")?;
-    let cache = cache_dir();
-    let kernel = prepare_kernel(series, &cache)?;
-    let ko = build_module(&kernel, &cache.join("module"))?;
-    let files = [
-        (ko, MODULE_GUEST_PATH.to_owned()),
-        (bin, "/bin/wqflush".to_owned()),
-    ];
-    let run = run_scenario(&kernel, &files, SCENARIO, Duration::from_secs(400))?;
-    run.ensure_success()?;
-    Ok(run)
-}
-
 /// One boot per kernel, shared by that kernel's tests.
 fn run(series: Series) -> Result<&'static VmRun> {
-    static V6_1: OnceLock<Result<VmRun, String>> = OnceLock::new();
-    static V6_12: OnceLock<Result<VmRun, String>> = OnceLock::new();
-    let cell = match series {
-        Series::V6_1 => &V6_1,
-        Series::V6_12 => &V6_12,
+    static RUNS: PerKernel = PerKernel::new();
+    let guest = Guest {
+        wqflush: Some(wqflush_bin()?),
+        timeout: Duration::from_secs(400),
+        expected_warning: None,
     };
-    match cell.get_or_init(|| boot(series).map_err(|e| format!("{e:#}"))) {
-        Ok(run) => Ok(run),
-        Err(e) => bail!("{series} boot failed: {e}"),
-    }
+    RUNS.get(series, || Ok(boot_scenario(series, SCENARIO, &guest)?.0))
 }
 
 fn json_lines(run: &VmRun, section: &str) -> Result<Vec<Value>> {

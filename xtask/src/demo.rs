@@ -3,9 +3,7 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::Result;
-use wqflush_vmtest::{
-    MODULE_GUEST_PATH, Series, build_module, cache_dir, prepare_kernel, run_scenario,
-};
+use wqflush_vmtest::{Guest, Series, boot_scenario};
 
 /// What the guest does; printed for the user before the results so they can follow along.
 const SCENARIO: &str = r#"load_test_module || exit 1
@@ -29,26 +27,25 @@ true  # check exits 3 when something flushed a system queue; the demo goes on
 "#;
 
 pub fn run(series: Series, wqflush: &Path) -> Result<()> {
-    let cache = cache_dir();
-    let kernel = prepare_kernel(series, &cache)?;
-    let ko = build_module(&kernel, &cache.join("module"))?;
-    let files = [
-        (ko, MODULE_GUEST_PATH.to_owned()),
-        (wqflush.to_path_buf(), "/bin/wqflush".to_owned()),
-    ];
-    eprintln!(
-        "xtask: booting Debian {} under QEMU (TCG) with this script:\n",
-        kernel.release
-    );
+    eprintln!("xtask: booting Debian {series} under QEMU (TCG) with this script:\n");
     for line in SCENARIO.lines() {
         eprintln!("    {line}");
     }
-    let run = run_scenario(&kernel, &files, SCENARIO, Duration::from_secs(300))?;
-    // --kmsg writes kernel-style warnings on purpose, all at the test module's call sites.
-    run.ensure_success_allowing(Some(" at wqflush_test_"))?;
+    let guest = Guest {
+        wqflush: Some(wqflush.to_path_buf()),
+        timeout: Duration::from_secs(300),
+        // --kmsg writes kernel-style warnings on purpose, all at the test module's call sites.
+        expected_warning: Some(" at wqflush_test_"),
+    };
+    let (run, _) = boot_scenario(series, SCENARIO, &guest)?;
+    let release = run
+        .console
+        .lines()
+        .find_map(|l| l.strip_prefix("vmtest: running scenario on "));
+    let kernel = release.unwrap_or("?").trim().to_owned();
     println!(
         "\n# wqflush doctor (in the guest, Debian {})\n{}",
-        kernel.release,
+        kernel,
         run.section("doctor")?
     );
     println!(

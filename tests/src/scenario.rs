@@ -1,0 +1,83 @@
+//! What every VM test does: boot one kernel with the test module (and wqflush), run a scenario,
+//! check the guest ended cleanly, and share that one boot among a test binary's tests.
+
+use std::{
+    path::PathBuf,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    MODULE_GUEST_PATH, Series, VmRun, build_module, cache_dir, prepare_kernel, run_scenario,
+};
+
+/// How a scenario's guest is set up and judged.
+pub struct Guest {
+    /// A wqflush binary to copy to /bin (see [`wqflush_bin`]).
+    pub wqflush: Option<PathBuf>,
+    pub timeout: Duration,
+    /// A "WARNING: CPU:" console line containing this is expected (wqflush --kmsg).
+    pub expected_warning: Option<&'static str>,
+}
+
+/// The static wqflush binary `cargo xtask test` built, from `WQFLUSH_BIN`.
+pub fn wqflush_bin() -> Result<PathBuf> {
+    std::env::var_os("WQFLUSH_BIN")
+        .map(PathBuf::from)
+        .context("WQFLUSH_BIN is not set: run the VM tests through `cargo xtask test`")
+}
+
+/// Boots `series` with the test module, runs `script`; returns the run and the module's path.
+pub fn boot_scenario(series: Series, script: &str, guest: &Guest) -> Result<(VmRun, PathBuf)> {
+    let cache = cache_dir();
+    let t = Instant::now();
+    let kernel = prepare_kernel(series, &cache)?;
+    let ko = build_module(&kernel, &cache.join("module"))?;
+    eprintln!(
+        "{series}: kernel {} and module ready in {:?}",
+        kernel.release,
+        t.elapsed()
+    );
+    let mut files = vec![(ko.clone(), MODULE_GUEST_PATH.to_owned())];
+    if let Some(bin) = &guest.wqflush {
+        files.push((bin.clone(), "/bin/wqflush".to_owned()));
+    }
+    let t = Instant::now();
+    let run = run_scenario(&kernel, &files, script, guest.timeout)?;
+    eprintln!("{series}: boot and scenario took {:?}", t.elapsed());
+    run.ensure_success_allowing(guest.expected_warning)?;
+    Ok((run, ko))
+}
+
+/// One boot per kernel, shared by the tests of one test binary.
+pub struct PerKernel([OnceLock<Result<VmRun, String>>; 2]);
+
+impl PerKernel {
+    pub const fn new() -> Self {
+        PerKernel([OnceLock::new(), OnceLock::new()])
+    }
+
+    /// The run for `series`, booting it with `boot` the first time.
+    pub fn get(
+        &'static self,
+        series: Series,
+        boot: impl FnOnce() -> Result<VmRun>,
+    ) -> Result<&'static VmRun> {
+        let cell = &self.0[match series {
+            Series::V6_1 => 0,
+            Series::V6_12 => 1,
+        }];
+        match cell.get_or_init(|| boot().map_err(|e| format!("{e:#}"))) {
+            Ok(run) => Ok(run),
+            Err(e) => bail!("{series} boot failed: {e}"),
+        }
+    }
+}
+
+impl Default for PerKernel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
