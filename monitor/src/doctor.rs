@@ -1,6 +1,8 @@
 //! `wqflush doctor`: what this kernel offers wqflush, each missing piece with its reason.
 
-use anyhow::Result;
+use std::io::{self, Write};
+
+use anyhow::{Context as _, Result};
 
 use crate::{
     btf,
@@ -12,61 +14,101 @@ use crate::{
 
 /// Prints the report; Ok(true) when at least one attach method works.
 pub fn run() -> Result<bool> {
+    let mut out = std::io::stdout().lock();
+    report(&mut out).context("writing the doctor report")
+}
+
+fn report(out: &mut impl Write) -> Result<bool> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("kernel:           {}", release.trim());
-    print_btf();
+    writeln!(out, "kernel:           {}", release.trim())?;
+    print_privileges(out)?;
+    print_btf(out)?;
     match Kallsyms::load(queues::is_queue_var) {
-        Ok(ks) => print_kallsyms(&ks),
-        Err(e) => println!("kallsyms:         unusable: {e:#}"),
+        Ok(ks) => print_kallsyms(out, &ks)?,
+        Err(e) => writeln!(out, "kallsyms:         unusable: {e:#}")?,
     }
     let target = match watch::prepare(MatchMode::Auto) {
         Ok((_, target)) => target,
         Err(e) => {
-            println!("verdict:          wqflush cannot run here: {e:#}");
+            writeln!(out, "verdict:          wqflush cannot run here: {e:#}")?;
             return Ok(false);
         }
     };
-    print_queues(&target);
-    println!("attach methods (tried on {}):", target.function);
+    print_queues(out, &target)?;
+    writeln!(out, "attach methods (tried on {}):", target.function)?;
     let mut working = Vec::new();
     for &method in &[Method::Fentry, Method::Kprobe] {
         match probe::attach_with(&target, method) {
             Ok(_probe) => {
-                println!("  {method}: available");
+                writeln!(out, "  {method}: available")?;
                 working.push(method.to_string());
             }
-            Err(e) => println!("  {method}: unavailable: {e:#}"),
+            Err(e) => writeln!(out, "  {method}: unavailable: {e:#}")?,
         }
     }
     if working.is_empty() {
-        println!(
+        writeln!(
+            out,
             "verdict:          wqflush cannot probe this kernel; `cargo xtask demo` runs it under QEMU"
-        );
+        )?;
     } else {
-        println!(
+        writeln!(
+            out,
             "verdict:          wqflush can run here ({})",
             working.join(", ")
-        );
+        )?;
     }
     Ok(!working.is_empty())
 }
 
-fn print_btf() {
+/// CAP_SYSLOG (34), CAP_PERFMON (38), CAP_BPF (39); before 5.8 CAP_SYS_ADMIN (21) covers all.
+const NEEDED_CAPS: &[(u32, &str)] = &[(39, "CAP_BPF"), (38, "CAP_PERFMON"), (34, "CAP_SYSLOG")];
+const CAP_SYS_ADMIN: u32 = 21;
+
+fn print_privileges(out: &mut impl Write) -> io::Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |bit: u32| eff & (1 << bit) != 0;
+    let missing: Vec<&str> = NEEDED_CAPS
+        .iter()
+        .filter(|(bit, _)| !has(*bit))
+        .map(|(_, name)| *name)
+        .collect();
+    let verdict = match (missing.is_empty(), has(CAP_SYS_ADMIN)) {
+        (true, _) => "has CAP_BPF, CAP_PERFMON, CAP_SYSLOG: enough".to_owned(),
+        (false, true) => format!(
+            "lacks {} but has CAP_SYS_ADMIN (enough before 5.8)",
+            missing.join(", ")
+        ),
+        (false, false) => format!("lacks {}: run as root, or grant them", missing.join(", ")),
+    };
+    writeln!(out, "privileges:       {verdict}")?;
+    Ok(())
+}
+
+fn print_btf(out: &mut impl Write) -> io::Result<()> {
     match btf::read_offsets() {
-        Ok(o) => println!(
+        Ok(o) => writeln!(
+            out,
             "BTF:              {}: workqueue_struct.name at +{} ({} bytes), task_struct.flags at +{}",
             btf::VMLINUX,
             o.wq_name,
             o.wq_name_len,
             o.task_flags
-        ),
-        Err(e) => println!(
+        )?,
+        Err(e) => writeln!(
+            out,
             "BTF:              unavailable ({e:#}): no fentry, no name matching, no worker detection"
-        ),
+        )?,
     }
+    Ok(())
 }
 
-fn print_kallsyms(ks: &Kallsyms) {
+fn print_kallsyms(out: &mut impl Write, ks: &Kallsyms) -> io::Result<()> {
     let mode = if ks.addresses_hidden() {
         "addresses hidden (kernel.kptr_restrict): wqflush cannot work".to_owned()
     } else if queues::by_address(ks, None).is_ok_and(|q| q.is_empty()) {
@@ -74,23 +116,26 @@ fn print_kallsyms(ks: &Kallsyms) {
     } else {
         "system_*wq variables listed: queues matched by address".to_owned()
     };
-    println!(
+    writeln!(
+        out,
         "kallsyms:         {}: {} functions, {mode}",
         kallsyms::PATH,
         ks.text_symbol_count()
-    );
+    )?;
+    Ok(())
 }
 
-fn print_queues(target: &probe::Target) {
+fn print_queues(out: &mut impl Write, target: &probe::Target) -> io::Result<()> {
     let how = if target.by_name {
         "by name"
     } else {
         "by address"
     };
-    println!(
+    writeln!(
+        out,
         "system workqueues ({}, matched {how}):",
         target.queues.len()
-    );
+    )?;
     for q in &target.queues {
         let var = q.var.as_deref().unwrap_or("-");
         let name = q.name.as_deref().unwrap_or("?");
@@ -99,6 +144,7 @@ fn print_queues(target: &probe::Target) {
         } else {
             format!("{:#x}", q.addr)
         };
-        println!("  {var:<40} {name:<32} {addr}");
+        writeln!(out, "  {var:<40} {name:<32} {addr}")?;
     }
+    Ok(())
 }

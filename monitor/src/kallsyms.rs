@@ -52,7 +52,11 @@ impl Kallsyms {
         let text = std::fs::read_to_string(PATH).with_context(|| {
             format!("cannot read {PATH}: wqflush needs it to find the system workqueues and to name callers (run as root)")
         })?;
-        Self::parse(&text, keep_data).with_context(|| format!("parsing {PATH}"))
+        let ks = Self::parse(&text, keep_data).with_context(|| format!("parsing {PATH}"))?;
+        if ks.text.is_empty() {
+            bail!("{PATH} lists no functions: it is empty or not the kernel's (is /proc mounted?)");
+        }
+        Ok(ks)
     }
 
     /// Parses kallsyms text: `<hex addr> <type> <name>[\t[<module>]]` per line.

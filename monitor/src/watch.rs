@@ -69,9 +69,9 @@ pub fn prepare(mode: MatchMode) -> Result<(Kallsyms, Target)> {
     let ks = Kallsyms::load(queues::is_queue_var)?;
     if ks.addresses_hidden() {
         bail!(
-            "every address in {} is 0: kernel.kptr_restrict hides them from this user; run as root \
-             with `sysctl kernel.kptr_restrict=1` (or 0)",
-            crate::kallsyms::PATH
+            "every address in {} is 0: {}",
+            crate::kallsyms::PATH,
+            hidden_addresses_remedy()
         );
     }
     let function = probe::flush_function(&ks)?;
@@ -113,6 +113,16 @@ pub fn prepare(mode: MatchMode) -> Result<(Kallsyms, Target)> {
         flush_ranges,
     };
     Ok((ks, target))
+}
+
+fn hidden_addresses_remedy() -> &'static str {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        "kernel.kptr_restrict=2 hides them even from root; run `sysctl kernel.kptr_restrict=1`"
+    } else {
+        "the kernel hides them from unprivileged users; run wqflush as root (or with CAP_SYSLOG, \
+         CAP_BPF and CAP_PERFMON)"
+    }
 }
 
 struct State<W: Write> {

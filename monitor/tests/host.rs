@@ -46,3 +46,19 @@ fn check_without_a_command_is_a_usage_error() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("CMD"), "{err}");
 }
+
+#[test]
+fn a_closed_pipe_on_stdout_is_an_error_not_a_panic() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wqflush"))
+        .arg("doctor")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run wqflush doctor");
+    drop(child.stdout.take()); // the reader goes away, like `wqflush doctor | head -1`
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}
