@@ -38,9 +38,9 @@ mod probe {
             bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
             bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel,
         },
-        macros::{fentry, kprobe, map},
+        macros::{fentry, kprobe, map, raw_tracepoint},
         maps::{HashMap, PerCpuArray, RingBuf},
-        programs::{FEntryContext, ProbeContext},
+        programs::{FEntryContext, ProbeContext, RawTracePointContext},
     };
     use monitor_ebpf::{
         CountKey, FLAG_BY_NAME, FLAG_RUNNING_KNOWN, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent,
@@ -92,6 +92,12 @@ mod probe {
     #[map]
     static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
 
+    /// A module finished loading: user space re-reads kallsyms at once, so a module that flushes
+    /// and is unloaded right away is still named (its symbols are gone by the time its flush
+    /// would otherwise send user space looking for them).
+    #[map]
+    static MODULE_LOADS: RingBuf = RingBuf::with_byte_size(4096, 0);
+
     /// The event being built: too big for the 512-byte BPF stack.
     #[map]
     static SCRATCH: PerCpuArray<FlushEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -104,6 +110,13 @@ mod probe {
     #[kprobe]
     pub fn flush_kprobe(ctx: ProbeContext) -> u32 {
         on_flush(&ctx, ctx.arg::<u64>(0).unwrap_or(0))
+    }
+
+    /// `module:module_load` fires once the module is in kallsyms, before its init runs.
+    #[raw_tracepoint(tracepoint = "module_load")]
+    pub fn module_load(_ctx: RawTracePointContext) -> i32 {
+        let _ = MODULE_LOADS.output::<u64>(&1, 0);
+        0
     }
 
     #[inline(always)]

@@ -1,9 +1,8 @@
 //! Decoding the probe's ring buffer records (`monitor_ebpf::FlushEvent`).
 
 use anyhow::{Result, bail};
-use monitor_ebpf::{
-    FLAG_BY_NAME, FLAG_RUNNING_KNOWN, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent, MAX_FRAMES,
-};
+pub use monitor_ebpf::MAX_FRAMES;
+use monitor_ebpf::{FLAG_BY_NAME, FLAG_RUNNING_KNOWN, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent};
 
 /// One flush of a system workqueue, as user space sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,8 +86,8 @@ fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..len]).into_owned()
 }
 
-#[cfg(test)]
-pub(crate) fn encode(ev: &FlushEvent) -> Vec<u8> {
+/// The bytes of a record, as the kernel sends them (for tests and fuzzing).
+pub fn encode(ev: &FlushEvent) -> Vec<u8> {
     // SAFETY: FlushEvent is plain old data; viewing it as bytes is always valid.
     unsafe {
         std::slice::from_raw_parts(
@@ -99,8 +98,8 @@ pub(crate) fn encode(ev: &FlushEvent) -> Vec<u8> {
     .to_vec()
 }
 
-#[cfg(test)]
-pub(crate) fn sample_event(queue: u32, stack: &[u64]) -> FlushEvent {
+/// A plausible record (for tests and fuzzing).
+pub fn sample_event(queue: u32, stack: &[u64]) -> FlushEvent {
     let mut ev = FlushEvent {
         time_ns: 42,
         wq: 0xffff888003c1e000,

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, KProbe, ProgramError},
+    programs::{FEntry, KProbe, ProgramError, RawTracePoint},
 };
 use monitor_ebpf::{
     CountKey, LOST_RINGBUF, LOST_UNCOUNTED, MAX_FLUSH_RANGES, MAX_QUEUES, NAME_LEN,
@@ -238,6 +238,19 @@ fn errno_hint(errno: i32) -> Option<&'static str> {
         libc::EINVAL => "EINVAL: the kernel rejected the request",
         _ => return None,
     })
+}
+
+/// Notifications of module loads (see `watch_module_loads`); an error when the kernel refuses the
+/// tracepoint, in which case modules are re-read only when a new call site shows up.
+pub fn module_loads(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>> {
+    let prog: &mut RawTracePoint = program(ebpf, "module_load")?;
+    prog.load().map_err(|e| explain(e, "loading"))?;
+    prog.attach("module_load")
+        .map_err(|e| explain(e, "attaching"))?;
+    let map = ebpf
+        .take_map("MODULE_LOADS")
+        .context("eBPF object has no MODULE_LOADS map")?;
+    Ok(RingBuf::try_from(map)?)
 }
 
 /// The ring buffer the probe sends events through.

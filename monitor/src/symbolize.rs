@@ -61,6 +61,17 @@ impl Frame {
         self.func.is_none() || self.module.as_deref() == Some("bpf")
     }
 
+    /// Whether this frame can be trusted as a function of the running kernel: inside a known
+    /// function, not the last symbol kallsyms had (an address past it may be in a module loaded
+    /// since), not a pseudo-module such as `[__builtin__ftrace]` or `[bpf]`.
+    pub fn is_plausible(&self) -> bool {
+        let pseudo = self
+            .module
+            .as_deref()
+            .is_some_and(|m| m == "bpf" || m.starts_with("__builtin__"));
+        self.func.is_some() && self.size > 0 && self.offset < self.size && !pseudo
+    }
+
     fn is_flush_function(&self) -> bool {
         self.module.is_none()
             && self
@@ -240,6 +251,20 @@ ffffffffc0a01100 t wqflush_test_flush_own\t[wqflush_test]
             None,
             "unknown, not the next frame up"
         );
+    }
+
+    #[test]
+    fn frames_past_the_last_symbol_or_in_pseudo_modules_are_not_trusted() {
+        let text = "ffffffffc0000000 t ftrace_trampoline\t[__builtin__ftrace]\nffffffffc0100000 t f\t[m]\nffffffffc0100040 t g\t[m]\n";
+        let ks = Kallsyms::parse(text, |_| false).unwrap();
+        let frame = |a| Frame::new(a, ks.locate(a));
+        assert!(!frame(0xffffffffc003f08a).is_plausible(), "pseudo-module");
+        assert!(frame(0xffffffffc0100010).is_plausible());
+        assert!(
+            !frame(0xffffffffc0100050).is_plausible(),
+            "past the last symbol"
+        );
+        assert!(!frame(0x10).is_plausible(), "unknown");
     }
 
     #[test]

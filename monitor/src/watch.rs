@@ -136,8 +136,11 @@ impl<W: Write> State<W> {
     fn on_flush(&mut self, bytes: &[u8]) -> Result<()> {
         let flush = decode(bytes, self.queues.len())?;
         let mut frames = self.sym.frames(&flush.stack);
-        // A new call site may be in a module loaded since kallsyms was read: re-read and retry.
-        if self.sites.is_new(flush.queue, &frames) && self.sym.refresh()? {
+        // A new call site whose caller does not resolve to a plausible function may be in a
+        // module loaded since kallsyms was read: re-read and retry. (Re-reading for every new
+        // site could drop the symbols of a module unloaded meanwhile.)
+        let plausible = symbolize::caller(&frames).is_some_and(|c| c.is_plausible());
+        if !plausible && self.sites.is_new(flush.queue, &frames) && self.sym.refresh()? {
             frames = self.sym.frames(&flush.stack);
         }
         if let Some(site) = self.sites.record(flush, frames) {
@@ -247,6 +250,13 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         tokio::spawn(metrics::serve(listener, info, shared.clone()))
     });
     announce(&target, probe.method, opts.ready_file.as_ref())?;
+    let loads = probe::module_loads(&mut probe.ebpf).inspect_err(|e| {
+        eprintln!("wqflush: note: no module_load tracepoint ({e:#}); modules loaded from now on are read when they first flush");
+    });
+    // SAFETY: as for `ring`.
+    let mut loads = loads
+        .ok()
+        .and_then(|l| unsafe { AsyncFd::register(l) }.ok());
     let looped = Loop {
         ebpf: &probe.ebpf,
         shared: &shared,
@@ -256,7 +266,12 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         Some(Err(e)) => End::NotStarted(format!("{e:#}")),
         child => {
             looped
-                .run(&mut ring, &mut state, child.and_then(Result::ok))
+                .run(
+                    &mut ring,
+                    &mut loads,
+                    &mut state,
+                    child.and_then(Result::ok),
+                )
                 .await?
         }
     };
@@ -332,6 +347,7 @@ impl Loop<'_> {
     async fn run<W: Write>(
         &self,
         ring: &mut AsyncFd<RingBuf<MapData>>,
+        loads: &mut Option<AsyncFd<RingBuf<MapData>>>,
         state: &mut State<W>,
         mut child: Option<Child>,
     ) -> Result<End> {
@@ -342,6 +358,12 @@ impl Loop<'_> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
+                // Module loads first: their symbols must be read before they can go away.
+                biased;
+                loaded = module_loaded(loads) => {
+                    loaded?;
+                    state.sym.refresh()?;
+                }
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
                     state.drain(guard.get_inner_mut())?;
@@ -360,6 +382,17 @@ impl Loop<'_> {
             }
         }
     }
+}
+
+/// Consumes module-load notifications; never returns without the tracepoint.
+async fn module_loaded(loads: &mut Option<AsyncFd<RingBuf<MapData>>>) -> std::io::Result<()> {
+    let Some(fd) = loads else {
+        return std::future::pending().await;
+    };
+    let mut guard = fd.readable_mut().await?;
+    while guard.get_inner_mut().next().is_some() {}
+    guard.clear_ready();
+    Ok(())
 }
 
 async fn wait(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {

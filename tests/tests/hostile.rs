@@ -1,0 +1,282 @@
+//! Hostile kernels, bad environments and faults, in real Debian kernels: each must end in one
+//! clear message and a non-zero exit (or, for faults, a complete report), never a panic, and a
+//! killed wqflush must leave no probe behind. One boot per kernel.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
+use wqflush_vmtest::{Guest, PerKernel, Series, VmRun, boot_scenario, wqflush_bin};
+
+const SCENARIO: &str = r#"
+load_test_module || exit 1
+fire() { echo "$1 $2" > /proc/wqflush_test; }
+# start NAME ARGS...: wqflush --json in the background until its probe is live.
+start() {
+	_n=$1; shift
+	wqflush --json --ready-file /tmp/$_n.ready "$@" >/tmp/$_n.json 2>/tmp/$_n.err &
+	echo $! > /tmp/$_n.pid
+	wait_for_file /tmp/$_n.ready 60 || { cat /tmp/$_n.err; return 1; }
+}
+probes() { grep -c __flush_workqueue /sys/kernel/debug/kprobes/list /sys/kernel/tracing/enabled_functions; true; }
+
+# Not root: an unprivileged user.
+echo 'nobody:x:65534:65534:nobody:/:/bin/sh' >> /etc/passwd
+emit unprivileged su nobody -s /bin/sh -c 'wqflush --duration 1'
+
+# kernel.kptr_restrict=2: kallsyms addresses are 0 even for root.
+echo 2 > /proc/sys/kernel/kptr_restrict
+emit kptr_restrict wqflush --duration 1
+echo 0 > /proc/sys/kernel/kptr_restrict
+
+# /proc/kallsyms unreadable (here: empty).
+mount --bind /dev/null /proc/kallsyms
+emit no_kallsyms wqflush --duration 1
+umount /proc/kallsyms
+
+# No kernel BTF: fentry and name matching impossible, kprobe still works.
+mount --bind /dev/null /sys/kernel/btf/vmlinux
+emit no_btf_fentry wqflush --attach fentry --duration 1
+emit no_btf_name wqflush --match name --duration 1
+start no_btf || exit 1
+fire long 1
+emit no_btf.status stop_bg $(cat /tmp/no_btf.pid) 20
+emit no_btf.json cat /tmp/no_btf.json
+emit no_btf.err cat /tmp/no_btf.err
+umount /sys/kernel/btf/vmlinux
+
+# SIGKILL leaves no probe attached, for either method.
+emit probes_before probes
+for m in fentry kprobe; do
+	start kill_$m --attach $m || exit 1
+	emit probes_live_$m probes
+	kill -KILL $(cat /tmp/kill_$m.pid); sleep 1
+	emit probes_after_$m probes
+done
+
+# Two instances at once both report.
+start twin_a || exit 1
+start twin_b --attach kprobe || exit 1
+fire long 2
+emit twin_a.status stop_bg $(cat /tmp/twin_a.pid) 20
+emit twin_b.status stop_bg $(cat /tmp/twin_b.pid) 20
+emit twin_a.json cat /tmp/twin_a.json
+emit twin_b.json cat /tmp/twin_b.json
+
+# SIGINT prints the summary too (wqflush handles it even where a shell ignored it).
+start sigint || exit 1
+fire pointer 3
+kill -INT $(cat /tmp/sigint.pid)
+emit sigint.status stop_bg $(cat /tmp/sigint.pid) 20
+emit sigint.json cat /tmp/sigint.json
+
+# A full disk on the JSON sink: an error message and exit 1.
+wqflush --json --ready-file /tmp/full.ready >/dev/full 2>/tmp/full.err &
+full=$!
+wait_for_file /tmp/full.ready 60 || exit 1
+fire long 1
+emit full.status stop_bg $full 20
+emit full.err cat /tmp/full.err
+
+# A module loaded after wqflush started (it re-reads kallsyms on the module_load tracepoint),
+# that flushes and is unloaded right away, is still named: symbols are looked up on arrival.
+rmmod wqflush_test || exit 1
+start unload || exit 1
+insmod /lib/wqflush_test.ko || exit 1
+sleep 1
+echo "long 1" > /proc/wqflush_test && rmmod wqflush_test
+emit unload.status stop_bg $(cat /tmp/unload.pid) 20
+emit unload.json cat /tmp/unload.json
+emit unload.err cat /tmp/unload.err
+true
+"#;
+
+fn run(series: Series) -> Result<&'static VmRun> {
+    static RUNS: PerKernel = PerKernel::new();
+    let guest = Guest {
+        wqflush: Some(wqflush_bin()?),
+        timeout: Duration::from_secs(400),
+        expected_warning: None,
+    };
+    RUNS.get(series, || Ok(boot_scenario(series, SCENARIO, &guest)?.0))
+}
+
+/// `section` exited 1 with one "wqflush: error:" message that says `want`.
+fn clear_error(series: Series, section: &str, want: &str) -> Result<()> {
+    let run = run(series)?;
+    let text = run.section(section)?;
+    let status = run.section_status(section)?;
+    ensure!(status == 1, "{section}: exit {status}\n{text}");
+    ensure!(!text.contains("panicked"), "{section}: {text}");
+    let errors = text.matches("wqflush: error:").count();
+    ensure!(
+        errors == 1 && text.contains(want),
+        "{section}: want {want:?} in\n{text}"
+    );
+    Ok(())
+}
+
+fn records(run: &VmRun, section: &str) -> Result<Vec<Value>> {
+    run.section(section)?
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("{section}: not JSON: {l:?}")))
+        .collect()
+}
+
+/// The summary's count for `caller`, after checking wqflush exited 0 with a summary last.
+fn summary_count(series: Series, name: &str, caller: &str) -> Result<u64> {
+    let run = run(series)?;
+    ensure!(
+        run.section_status(&format!("{name}.status"))? == 0,
+        "{name}: non-zero exit"
+    );
+    let recs = records(run, &format!("{name}.json"))?;
+    let summary = recs
+        .last()
+        .filter(|r| r["type"] == "summary")
+        .context("no summary last")?;
+    let sites = summary["sites"].as_array().context("sites")?;
+    Ok(sites
+        .iter()
+        .filter(|s| s["caller"] == caller)
+        .filter_map(|s| s["count"].as_u64())
+        .sum())
+}
+
+fn environments(series: Series) -> Result<()> {
+    clear_error(series, "unprivileged", "run wqflush as root")?;
+    clear_error(series, "kptr_restrict", "kernel.kptr_restrict=2")?;
+    clear_error(series, "no_kallsyms", "/proc/kallsyms lists no functions")?;
+    clear_error(series, "no_btf_fentry", "fentry needs kernel BTF")?;
+    clear_error(series, "no_btf_name", "needs kernel BTF")?;
+    Ok(())
+}
+
+fn without_btf_kprobe_still_works(series: Series) -> Result<()> {
+    ensure!(
+        summary_count(series, "no_btf", "wqflush_test_flush_long")? == 1,
+        "count"
+    );
+    let run = run(series)?;
+    ensure!(
+        run.section("no_btf.err")?.contains("attached (kprobe"),
+        "fell back to kprobe"
+    );
+    let recs = records(run, "no_btf.json")?;
+    let first = recs
+        .iter()
+        .find(|r| r["caller"] == "wqflush_test_flush_long")
+        .context("flush")?;
+    ensure!(
+        first["worker"].is_null(),
+        "no BTF, so whether it is a worker is unknown: {first}"
+    );
+    Ok(())
+}
+
+fn sigkill_leaves_no_probe(series: Series) -> Result<()> {
+    let run = run(series)?;
+    let count = |s: &str| -> Result<u64> {
+        let text = run.section(s)?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.rsplit(':').next()?.trim().parse::<u64>().ok())
+            .sum())
+    };
+    let before = count("probes_before")?;
+    for m in ["fentry", "kprobe"] {
+        let live = count(&format!("probes_live_{m}"))?;
+        let after = count(&format!("probes_after_{m}"))?;
+        ensure!(
+            live > before,
+            "{m}: the kernel never showed the probe ({before} -> {live})"
+        );
+        ensure!(
+            after == before,
+            "{m}: {after} probe(s) left after SIGKILL, {before} before"
+        );
+    }
+    Ok(())
+}
+
+fn faults(series: Series) -> Result<()> {
+    ensure!(
+        summary_count(series, "twin_a", "wqflush_test_flush_long")? == 2,
+        "twin a"
+    );
+    ensure!(
+        summary_count(series, "twin_b", "wqflush_test_flush_long")? == 2,
+        "twin b"
+    );
+    ensure!(
+        summary_count(series, "sigint", "wqflush_test_flush_pointer")? == 3,
+        "SIGINT summary"
+    );
+    let run = run(series)?;
+    let full = run.section("full.err")?;
+    ensure!(
+        run.section_status("full.status")? == 1,
+        "full disk: exit status"
+    );
+    ensure!(
+        full.contains("wqflush: error:") && full.contains("No space left"),
+        "{full}"
+    );
+    ensure!(!full.contains("panicked"), "{full}");
+    Ok(())
+}
+
+fn unloaded_module_is_named(series: Series) -> Result<()> {
+    ensure!(
+        summary_count(series, "unload", "wqflush_test_flush_long")? == 1,
+        "count"
+    );
+    let recs = records(run(series)?, "unload.json")?;
+    let first = recs
+        .iter()
+        .find(|r| r["type"] == "flush" && r["caller"] == "wqflush_test_flush_long");
+    let first = first.context("no first sighting named after the unloaded module's function")?;
+    ensure!(first["module"] == "wqflush_test", "{first}");
+    Ok(())
+}
+
+macro_rules! kernel_tests {
+    ($module:ident, $series:expr) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            #[ignore = "boots QEMU; run through cargo xtask test"]
+            fn bad_environments_get_one_clear_error() -> Result<()> {
+                environments($series)
+            }
+
+            #[test]
+            #[ignore = "boots QEMU; run through cargo xtask test"]
+            fn without_btf_kprobe_still_reports() -> Result<()> {
+                without_btf_kprobe_still_works($series)
+            }
+
+            #[test]
+            #[ignore = "boots QEMU; run through cargo xtask test"]
+            fn sigkill_leaves_no_probe_attached() -> Result<()> {
+                sigkill_leaves_no_probe($series)
+            }
+
+            #[test]
+            #[ignore = "boots QEMU; run through cargo xtask test"]
+            fn twins_signals_and_a_full_disk() -> Result<()> {
+                faults($series)
+            }
+
+            #[test]
+            #[ignore = "boots QEMU; run through cargo xtask test"]
+            fn a_module_unloaded_right_after_it_flushed_is_named() -> Result<()> {
+                unloaded_module_is_named($series)
+            }
+        }
+    };
+}
+
+kernel_tests!(debian_6_1, Series::V6_1);
+kernel_tests!(debian_6_12, Series::V6_12);
