@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything besides `cargo build` — installing the eBPF toolchain and the VM
 //! tools, building the static binary the VMs run, the QEMU demo and the full test suite.
 
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -36,6 +37,28 @@ enum Cmd {
     },
     /// Unit tests, the host's clear-error path, and the QEMU tests on Debian 6.1 and 6.12
     Test,
+    /// Benchmark in QEMU: wqflush (fentry, kprobe) against no probe and bpftrace; one table
+    Bench {
+        /// Which Debian kernel to boot
+        #[arg(long, value_parser = ["6.1", "6.12"], default_value = "6.1")]
+        kernel: String,
+        /// Interleaved rounds (each runs every configuration once)
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Flushes of the test module's own queue per non-offending run
+        #[arg(long, default_value_t = 200_000)]
+        iterations: u64,
+        /// Offending flushes of system_wq per run, split over 2 CPUs
+        #[arg(long, default_value_t = 1_000_000)]
+        flushes: u64,
+        /// Distinct call sites for the memory figure (at most 10000)
+        #[arg(long, default_value_t = 10_000)]
+        sites: u32,
+        /// Print the table of a boot kept with WQFLUSH_VM_KEEP=1 (its directory) instead of
+        /// booting; pass the same options as that run
+        #[arg(long, value_name = "DIR")]
+        replay: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +85,31 @@ fn run(cmd: Cmd) -> Result<()> {
             demo::run(series, &build::wqflush()?)
         }
         Cmd::Test => test(),
+        Cmd::Bench {
+            kernel,
+            rounds,
+            iterations,
+            flushes,
+            sites,
+            replay,
+        } => {
+            let series = if kernel == "6.12" {
+                Series::V6_12
+            } else {
+                Series::V6_1
+            };
+            let opts = bench::Options {
+                series,
+                rounds,
+                iterations,
+                flushes,
+                sites,
+            };
+            match replay {
+                Some(dir) => bench::replay(&opts, &dir),
+                None => bench::run(&opts, &build::wqflush()?),
+            }
+        }
     }
 }
 
