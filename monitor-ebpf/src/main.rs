@@ -151,21 +151,53 @@ mod probe {
         }
     }
 
-    /// Index of the system queue whose pointer variable currently holds `wq`.
+    /// The values of the `system_*wq` variables, read on first use. They are assigned once, in
+    /// workqueue_init_early(), long before anything can load a BPF program, so later flushes
+    /// compare against this copy instead of calling bpf_probe_read_kernel() per queue: that is
+    /// most of the probe's cost on the flushes it does not report.
+    #[unsafe(no_mangle)]
+    static mut QUEUE_VALUES: [u64; MAX_QUEUES] = [0; MAX_QUEUES];
+    /// 1 once `QUEUE_VALUES` holds every value.
+    #[unsafe(no_mangle)]
+    static mut QUEUE_VALUES_READ: u32 = 0;
+
+    /// Index of the system queue whose pointer variable holds `wq`.
     #[inline(always)]
     fn match_by_address(wq: u64) -> Option<u32> {
         let n = global(&NR_QUEUES) as usize;
+        // SAFETY: a plain read of this program's own global; racing writers store equal values.
+        if unsafe { read_volatile(addr_of!(QUEUE_VALUES_READ)) } == 0 {
+            read_queue_values(n);
+        }
+        for i in 0..MAX_QUEUES {
+            if i >= n {
+                break;
+            }
+            // SAFETY: as above.
+            if unsafe { read_volatile(addr_of!(QUEUE_VALUES[i])) } == wq {
+                return Some(i as u32);
+            }
+        }
+        None
+    }
+
+    /// Fills `QUEUE_VALUES`; marks it complete only if every read worked (else retries next time).
+    #[inline(always)]
+    fn read_queue_values(n: usize) {
+        let mut complete = 1;
         for i in 0..MAX_QUEUES {
             if i >= n {
                 break;
             }
             let var = global(&QUEUE_ADDRS[i]) as *const u64;
-            // SAFETY: probe_read tolerates any address; a failed read matches nothing.
-            if unsafe { bpf_probe_read_kernel(var) } == Ok(wq) {
-                return Some(i as u32);
+            // SAFETY: probe_read tolerates any address; the store is to this program's global.
+            match unsafe { bpf_probe_read_kernel(var) } {
+                Ok(value) => unsafe { QUEUE_VALUES[i] = value },
+                Err(_) => complete = 0,
             }
         }
-        None
+        // SAFETY: as above.
+        unsafe { QUEUE_VALUES_READ = complete };
     }
 
     /// Index of the system queue whose name equals `wq->name`.

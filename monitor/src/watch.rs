@@ -226,6 +226,12 @@ async fn open_sinks(opts: &Options) -> Result<Sinks> {
 
 /// Watches until stopped; with `command`, runs it once the probe is live and stops when it ends.
 pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome> {
+    // Before anything can announce readiness: a SIGTERM that arrives between the ready file and
+    // the event loop must still end in a summary, not in the default action.
+    let mut signals = Signals {
+        int: signal(SignalKind::interrupt())?,
+        term: signal(SignalKind::terminate())?,
+    };
     let sinks = open_sinks(opts).await?;
     let (ks, target) = prepare(opts.match_mode)?;
     let mut probe = probe::attach(&target, opts.attach)?;
@@ -249,7 +255,6 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         let info = metrics_info(&target, probe.method);
         tokio::spawn(metrics::serve(listener, info, shared.clone()))
     });
-    announce(&target, probe.method, opts.ready_file.as_ref())?;
     let loads = probe::module_loads(&mut probe.ebpf).inspect_err(|e| {
         eprintln!("wqflush: note: no module_load tracepoint ({e:#}); modules loaded from now on are read when they first flush");
     });
@@ -257,6 +262,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     let mut loads = loads
         .ok()
         .and_then(|l| unsafe { AsyncFd::register(l) }.ok());
+    announce(&target, probe.method, opts.ready_file.as_ref())?;
     let looped = Loop {
         ebpf: &probe.ebpf,
         shared: &shared,
@@ -269,6 +275,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
                 .run(
                     &mut ring,
                     &mut loads,
+                    &mut signals,
                     &mut state,
                     child.and_then(Result::ok),
                 )
@@ -334,6 +341,12 @@ fn spawn(command: &[OsString]) -> Result<Child> {
         .with_context(|| format!("cannot run {}", program.to_string_lossy()))
 }
 
+/// SIGINT and SIGTERM both stop watching and print the summary.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
 /// The event loop's fixed inputs.
 struct Loop<'a> {
     ebpf: &'a Ebpf,
@@ -348,11 +361,10 @@ impl Loop<'_> {
         &self,
         ring: &mut AsyncFd<RingBuf<MapData>>,
         loads: &mut Option<AsyncFd<RingBuf<MapData>>>,
+        signals: &mut Signals,
         state: &mut State<W>,
         mut child: Option<Child>,
     ) -> Result<End> {
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
         let deadline = tokio::time::sleep(self.duration.unwrap_or(Duration::MAX / 4));
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -375,8 +387,8 @@ impl Loop<'_> {
                     let lost = state.refresh_counts(self.ebpf)?;
                     *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = state.snapshot(lost);
                 }
-                _ = sigint.recv() => return Ok(End::Stopped),
-                _ = sigterm.recv() => return Ok(End::Stopped),
+                _ = signals.int.recv() => return Ok(End::Stopped),
+                _ = signals.term.recv() => return Ok(End::Stopped),
                 _ = &mut deadline, if self.duration.is_some() => return Ok(End::Stopped),
                 status = wait(&mut child) => return Ok(End::Exited(status?)),
             }

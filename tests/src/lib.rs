@@ -40,3 +40,30 @@ pub fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
+
+/// One `#[test]` per kernel and check: `per_kernel_tests! { test_name => check_fn, ... }` makes
+/// `debian_6_1::test_name` and `debian_6_12::test_name`, each calling `check_fn(series)`. They
+/// boot QEMU, so they are ignored by plain `cargo test`; `cargo xtask test` includes them.
+#[macro_export]
+macro_rules! per_kernel_tests {
+    ($($name:ident => $check:ident),* $(,)?) => {
+        mod debian_6_1 {
+            $(
+                #[test]
+                #[ignore = "boots QEMU; run through cargo xtask test"]
+                fn $name() -> anyhow::Result<()> {
+                    super::$check($crate::Series::V6_1)
+                }
+            )*
+        }
+        mod debian_6_12 {
+            $(
+                #[test]
+                #[ignore = "boots QEMU; run through cargo xtask test"]
+                fn $name() -> anyhow::Result<()> {
+                    super::$check($crate::Series::V6_12)
+                }
+            )*
+        }
+    };
+}

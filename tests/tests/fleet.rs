@@ -254,43 +254,10 @@ fn kmsg(series: Series) -> Result<()> {
     Ok(())
 }
 
-macro_rules! kernel_tests {
-    ($module:ident, $series:expr) => {
-        mod $module {
-            use super::*;
-
-            #[test]
-            #[ignore = "boots QEMU; run through cargo xtask test"]
-            fn counts_stay_exact_through_a_flood_and_a_full_ring() -> Result<()> {
-                exact_counts($series)
-            }
-
-            #[test]
-            #[ignore = "boots QEMU; run through cargo xtask test"]
-            fn ignore_list_silences_but_counts() -> Result<()> {
-                ignore_list($series)
-            }
-
-            #[test]
-            #[ignore = "boots QEMU; run through cargo xtask test"]
-            fn warnings_carry_the_fix_and_flag_the_self_deadlock() -> Result<()> {
-                hints($series)
-            }
-
-            #[test]
-            #[ignore = "boots QEMU; run through cargo xtask test"]
-            fn prometheus_scrape_shows_exact_counts() -> Result<()> {
-                metrics($series)
-            }
-
-            #[test]
-            #[ignore = "boots QEMU; run through cargo xtask test"]
-            fn kmsg_warning_is_what_dmesg_scrapers_expect() -> Result<()> {
-                kmsg($series)
-            }
-        }
-    };
+wqflush_vmtest::per_kernel_tests! {
+    counts_stay_exact_through_a_flood_and_a_full_ring => exact_counts,
+    ignore_list_silences_but_counts => ignore_list,
+    warnings_carry_the_fix_and_flag_the_self_deadlock => hints,
+    prometheus_scrape_shows_exact_counts => metrics,
+    kmsg_warning_is_what_dmesg_scrapers_expect => kmsg,
 }
-
-kernel_tests!(debian_6_1, Series::V6_1);
-kernel_tests!(debian_6_12, Series::V6_12);

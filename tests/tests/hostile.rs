@@ -240,43 +240,10 @@ fn unloaded_module_is_named(series: Series) -> Result<()> {
     Ok(())
 }
 
-macro_rules! kernel_tests {
-    ($module:ident, $series:expr) => {
-        mod $module {
-            use super::*;
-
-            #[test]
-            #[ignore = "boots QEMU; run through cargo xtask test"]
-            fn bad_environments_get_one_clear_error() -> Result<()> {
-                environments($series)
-            }
-
-            #[test]
-            #[ignore = "boots QEMU; run through cargo xtask test"]
-            fn without_btf_kprobe_still_reports() -> Result<()> {
-                without_btf_kprobe_still_works($series)
-            }
-
-            #[test]
-            #[ignore = "boots QEMU; run through cargo xtask test"]
-            fn sigkill_leaves_no_probe_attached() -> Result<()> {
-                sigkill_leaves_no_probe($series)
-            }
-
-            #[test]
-            #[ignore = "boots QEMU; run through cargo xtask test"]
-            fn twins_signals_and_a_full_disk() -> Result<()> {
-                faults($series)
-            }
-
-            #[test]
-            #[ignore = "boots QEMU; run through cargo xtask test"]
-            fn a_module_unloaded_right_after_it_flushed_is_named() -> Result<()> {
-                unloaded_module_is_named($series)
-            }
-        }
-    };
+wqflush_vmtest::per_kernel_tests! {
+    bad_environments_get_one_clear_error => environments,
+    without_btf_kprobe_still_reports => without_btf_kprobe_still_works,
+    sigkill_leaves_no_probe_attached => sigkill_leaves_no_probe,
+    twins_signals_and_a_full_disk => faults,
+    a_module_unloaded_right_after_it_flushed_is_named => unloaded_module_is_named,
 }
-
-kernel_tests!(debian_6_1, Series::V6_1);
-kernel_tests!(debian_6_12, Series::V6_12);

@@ -251,54 +251,33 @@ fn check_oracle(series: Series) -> Result<()> {
     Ok(())
 }
 
-macro_rules! kernel_tests {
-    ($module:ident, $series:expr) => {
-        mod $module {
-            use super::*;
-
-            #[test]
-            #[ignore = "boots QEMU; run through cargo xtask test"]
-            fn fentry_reports_each_call_site_once_with_exact_counts() -> Result<()> {
-                attached_line(
-                    $series,
-                    "fentry",
-                    "wqflush: attached (fentry on __flush_workqueue",
-                )?;
-                check_window($series, "fentry", FENTRY, false)
-            }
-
-            #[test]
-            #[ignore = "boots QEMU; run through cargo xtask test"]
-            fn kprobe_reports_each_call_site_once_with_exact_counts() -> Result<()> {
-                attached_line(
-                    $series,
-                    "kprobe",
-                    "wqflush: attached (kprobe on __flush_workqueue",
-                )?;
-                check_window($series, "kprobe", KPROBE, false)
-            }
-
-            #[test]
-            #[ignore = "boots QEMU; run through cargo xtask test"]
-            fn name_mode_matches_by_name_and_says_so() -> Result<()> {
-                attached_line($series, "name", "matched by name")?;
-                check_window($series, "name", NAME, true)
-            }
-
-            #[test]
-            #[ignore = "boots QEMU; run through cargo xtask test"]
-            fn check_returns_its_documented_exit_codes() -> Result<()> {
-                check_codes($series)
-            }
-
-            #[test]
-            #[ignore = "boots QEMU; run through cargo xtask test"]
-            fn module_and_oracle_agree_with_what_was_fired() -> Result<()> {
-                check_oracle($series)
-            }
-        }
-    };
+fn fentry_window(series: Series) -> Result<()> {
+    attached_line(
+        series,
+        "fentry",
+        "wqflush: attached (fentry on __flush_workqueue",
+    )?;
+    check_window(series, "fentry", FENTRY, false)
 }
 
-kernel_tests!(debian_6_1, Series::V6_1);
-kernel_tests!(debian_6_12, Series::V6_12);
+fn kprobe_window(series: Series) -> Result<()> {
+    attached_line(
+        series,
+        "kprobe",
+        "wqflush: attached (kprobe on __flush_workqueue",
+    )?;
+    check_window(series, "kprobe", KPROBE, false)
+}
+
+fn name_window(series: Series) -> Result<()> {
+    attached_line(series, "name", "matched by name")?;
+    check_window(series, "name", NAME, true)
+}
+
+wqflush_vmtest::per_kernel_tests! {
+    fentry_reports_each_call_site_once_with_exact_counts => fentry_window,
+    kprobe_reports_each_call_site_once_with_exact_counts => kprobe_window,
+    name_mode_matches_by_name_and_says_so => name_window,
+    check_returns_its_documented_exit_codes => check_codes,
+    module_and_oracle_agree_with_what_was_fired => check_oracle,
+}

@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -115,43 +116,8 @@ fn run(cmd: Cmd) -> Result<()> {
 
 fn test() -> Result<()> {
     let bin = build::wqflush()?;
-    let bin = bin.to_str().context("non-UTF-8 path")?;
-    // Unit tests and the host run first: they fail fast, before any VM boots. The VM tests each
-    // boot a kernel; two at a time fits this project's 2-core machines.
-    let runs: [(&[&str], &[(&str, &str)]); 2] = [
-        (
-            &[
-                "test",
-                "--workspace",
-                "--exclude",
-                "wqflush-vmtest",
-                "--lib",
-                "--bins",
-                "--tests",
-            ],
-            &[],
-        ),
-        (
-            &[
-                "test",
-                "-p",
-                "wqflush-vmtest",
-                "--tests",
-                "--",
-                "--include-ignored",
-                "--test-threads=2",
-            ],
-            &[("WQFLUSH_BIN", bin)],
-        ),
-    ];
     let mut total = Tally::default();
-    let mut result = Ok(());
-    for (args, env) in runs {
-        result = cargo_test(args, env, &mut total);
-        if result.is_err() {
-            break;
-        }
-    }
+    let result = test_all(bin.to_str().context("non-UTF-8 path")?, &mut total);
     println!(
         "tests: {} passed, {} failed, {} skipped",
         total.passed, total.failed, total.ignored
@@ -159,11 +125,37 @@ fn test() -> Result<()> {
     result
 }
 
+/// Fastest first: unit and host tests, the fuzz smoke, then the VM tests, which boot kernels two
+/// at a time (this project's machines have 2 cores).
+fn test_all(wqflush: &str, total: &mut Tally) -> Result<()> {
+    let unit = [
+        "test",
+        "--workspace",
+        "--exclude",
+        "wqflush-vmtest",
+        "--lib",
+        "--bins",
+        "--tests",
+    ];
+    cargo_test(&unit, &[], total)?;
+    fuzz::smoke(total)?;
+    let vm = [
+        "test",
+        "-p",
+        "wqflush-vmtest",
+        "--tests",
+        "--",
+        "--include-ignored",
+        "--test-threads=2",
+    ];
+    cargo_test(&vm, &[("WQFLUSH_BIN", wqflush)], total)
+}
+
 #[derive(Default)]
-struct Tally {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
 }
 
 /// Runs `cargo test`, passing its output through and adding up its `test result:` lines.

@@ -27,7 +27,19 @@ pub fn all() -> Result<()> {
     apt_lists()?;
     apt_packages()?;
     nightly_rust_src()?;
-    bpf_linker()
+    bpf_linker()?;
+    cargo_fuzz()
+}
+
+/// The cargo-fuzz release known to work here (the fuzz smoke in `cargo xtask test`).
+const CARGO_FUZZ: &str = "cargo-fuzz@0.13.1";
+
+fn cargo_fuzz() -> Result<()> {
+    if quiet(Command::new("cargo").args(["fuzz", "--version"])) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {CARGO_FUZZ}");
+    run(Command::new("cargo").args(["+stable", "install", CARGO_FUZZ]))
 }
 
 fn quiet(cmd: &mut Command) -> bool {
