@@ -235,19 +235,11 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     let sinks = open_sinks(opts).await?;
     let (ks, target) = prepare(opts.match_mode)?;
     let mut probe = probe::attach(&target, opts.attach)?;
-    let events = probe::events(&mut probe.ebpf)?;
-    // SAFETY: the ring buffer owns its fd, which stays open until the AsyncFd drops it.
-    let mut ring = unsafe { AsyncFd::register(events) }
-        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
-    let mut reporter = Reporter::new(std::io::stdout(), opts.json, target.queues.clone())
-        .with_ignore(sinks.ignore);
-    if let Some(kmsg) = sinks.kmsg {
-        reporter = reporter.with_kmsg(kmsg);
-    }
+    let (mut ring, mut loads) = rings(&mut probe.ebpf)?;
     let mut state = State {
         sym: Symbolizer::new(ks),
         sites: Sites::default(),
-        reporter,
+        reporter: reporter(opts, &target, sinks.ignore, sinks.kmsg),
         queues: target.queues.clone(),
     };
     let shared = metrics::Shared::default();
@@ -255,13 +247,6 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         let info = metrics_info(&target, probe.method);
         tokio::spawn(metrics::serve(listener, info, shared.clone()))
     });
-    let loads = probe::module_loads(&mut probe.ebpf).inspect_err(|e| {
-        eprintln!("wqflush: note: no module_load tracepoint ({e:#}); modules loaded from now on are read when they first flush");
-    });
-    // SAFETY: as for `ring`.
-    let mut loads = loads
-        .ok()
-        .and_then(|l| unsafe { AsyncFd::register(l) }.ok());
     announce(&target, probe.method, opts.ready_file.as_ref())?;
     let looped = Loop {
         ebpf: &probe.ebpf,
@@ -271,26 +256,14 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     let end = match command.map(spawn) {
         Some(Err(e)) => End::NotStarted(format!("{e:#}")),
         child => {
+            let child = child.and_then(Result::ok);
             looped
-                .run(
-                    &mut ring,
-                    &mut loads,
-                    &mut signals,
-                    &mut state,
-                    child.and_then(Result::ok),
-                )
+                .run(&mut ring, &mut loads, &mut signals, &mut state, child)
                 .await?
         }
     };
     state.drain(ring.get_mut())?;
-    let lost = state.refresh_counts(&probe.ebpf)?;
-    state.reporter.summary(&state.sites, lost)?;
-    let suppressed = state.reporter.kmsg_suppressed();
-    if suppressed > 0 {
-        eprintln!(
-            "wqflush: --kmsg: {suppressed} warning(s) not written to the kernel log (rate limit)"
-        );
-    }
+    finish(&mut state, &probe.ebpf)?;
     if let Some(server) = server {
         server.abort();
     }
@@ -298,6 +271,54 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         flushes: state.offending(),
         end,
     })
+}
+
+type Ring = AsyncFd<RingBuf<MapData>>;
+
+/// The first-sighting ring buffer, and module-load notifications when the kernel allows them.
+fn rings(ebpf: &mut Ebpf) -> Result<(Ring, Option<Ring>)> {
+    let events = probe::events(ebpf)?;
+    // SAFETY: a ring buffer owns its fd, which stays open until the AsyncFd drops it.
+    let ring = unsafe { AsyncFd::register(events) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
+    let loads = probe::module_loads(ebpf).inspect_err(|e| {
+        eprintln!(
+            "wqflush: note: no module_load tracepoint ({e:#}); modules loaded from now on are \
+             read when they first flush"
+        );
+    });
+    // SAFETY: as above.
+    let loads = loads
+        .ok()
+        .and_then(|l| unsafe { AsyncFd::register(l) }.ok());
+    Ok((ring, loads))
+}
+
+fn reporter(
+    opts: &Options,
+    target: &Target,
+    ignore: IgnoreList,
+    kmsg: Option<Kmsg>,
+) -> Reporter<std::io::Stdout> {
+    let reporter =
+        Reporter::new(std::io::stdout(), opts.json, target.queues.clone()).with_ignore(ignore);
+    match kmsg {
+        Some(kmsg) => reporter.with_kmsg(kmsg),
+        None => reporter,
+    }
+}
+
+/// The exact counts, the summary, and what the kernel log did not get.
+fn finish<W: Write>(state: &mut State<W>, ebpf: &Ebpf) -> Result<()> {
+    let lost = state.refresh_counts(ebpf)?;
+    state.reporter.summary(&state.sites, lost)?;
+    let suppressed = state.reporter.kmsg_suppressed();
+    if suppressed > 0 {
+        eprintln!(
+            "wqflush: --kmsg: {suppressed} warning(s) not written to the kernel log (rate limit)"
+        );
+    }
+    Ok(())
 }
 
 fn metrics_info(target: &Target, method: probe::Method) -> metrics::Info {
@@ -359,8 +380,8 @@ impl Loop<'_> {
     /// snapshot current once a second.
     async fn run<W: Write>(
         &self,
-        ring: &mut AsyncFd<RingBuf<MapData>>,
-        loads: &mut Option<AsyncFd<RingBuf<MapData>>>,
+        ring: &mut Ring,
+        loads: &mut Option<Ring>,
         signals: &mut Signals,
         state: &mut State<W>,
         mut child: Option<Child>,
@@ -397,7 +418,7 @@ impl Loop<'_> {
 }
 
 /// Consumes module-load notifications; never returns without the tracepoint.
-async fn module_loaded(loads: &mut Option<AsyncFd<RingBuf<MapData>>>) -> std::io::Result<()> {
+async fn module_loaded(loads: &mut Option<Ring>) -> std::io::Result<()> {
     let Some(fd) = loads else {
         return std::future::pending().await;
     };

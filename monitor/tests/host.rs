@@ -33,6 +33,7 @@ fn doctor_agrees_with_watch() {
     let (code, out, err) = wqflush(&["doctor"]);
     assert!(!err.contains("panicked"), "{err}");
     assert!(out.starts_with("kernel:"), "{out}");
+    assert!(out.contains("\nprivileges:       "), "doctor checks capabilities: {out}");
     assert!(out.contains("\nverdict:"), "{out}");
     assert_eq!(code == Some(0), watch_code == Some(0), "doctor:\n{out}");
     if code != Some(0) && out.contains("attach methods") {

@@ -23,6 +23,8 @@ probes() { grep -c __flush_workqueue /sys/kernel/debug/kprobes/list /sys/kernel/
 # Not root: an unprivileged user.
 echo 'nobody:x:65534:65534:nobody:/:/bin/sh' >> /etc/passwd
 emit unprivileged su nobody -s /bin/sh -c 'wqflush --duration 1'
+emit unprivileged_doctor su nobody -s /bin/sh -c 'wqflush doctor'
+emit root_doctor wqflush doctor
 
 # kernel.kptr_restrict=2: kallsyms addresses are 0 even for root.
 echo 2 > /proc/sys/kernel/kptr_restrict
@@ -145,6 +147,18 @@ fn summary_count(series: Series, name: &str, caller: &str) -> Result<u64> {
 
 fn environments(series: Series) -> Result<()> {
     clear_error(series, "unprivileged", "run wqflush as root")?;
+    let run = run(series)?;
+    let doctor = run.section("unprivileged_doctor")?;
+    let lacks = "privileges:       lacks CAP_BPF, CAP_PERFMON, CAP_SYSLOG: run as root";
+    ensure!(
+        doctor.contains(lacks) && run.section_status("unprivileged_doctor")? == 1,
+        "{doctor}"
+    );
+    let doctor = run.section("root_doctor")?;
+    ensure!(
+        doctor.contains("privileges:       has CAP_BPF, CAP_PERFMON, CAP_SYSLOG"),
+        "{doctor}"
+    );
     clear_error(series, "kptr_restrict", "kernel.kptr_restrict=2")?;
     clear_error(series, "no_kallsyms", "/proc/kallsyms lists no functions")?;
     clear_error(series, "no_btf_fentry", "fentry needs kernel BTF")?;
