@@ -8,8 +8,9 @@
 //!   no probe of its own.
 //!
 //! Filtering stays here so a flush of a module's own queue costs a few loads and compares and
-//! sends nothing: only a flush whose target equals the *current value* of a `system_*wq` pointer
-//! variable (addresses from kallsyms, via user space) captures a stack. Where kallsyms has no data
+//! sends nothing: only a flush whose target equals the value of a `system_*wq` pointer variable
+//! (addresses from kallsyms, via user space; values read once, they never change after boot)
+//! captures a stack. Where kallsyms has no data
 //! symbols (CONFIG_KALLSYMS_ALL=n) user space switches to name mode: `wq->name` is compared with
 //! the system queue names, at an offset user space read from BTF (Rust eBPF has no CO-RE).
 //! A matching flush is counted in the kernel, per (queue, call site), so counts stay exact however

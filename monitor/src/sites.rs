@@ -37,6 +37,8 @@ pub struct Sites {
     /// The kernel's counter keys -> site.
     by_key: HashMap<CountKey, usize>,
     list: Vec<Site>,
+    /// Sites whose full stack is still kept (until `forget_stacks`).
+    with_stack: Vec<usize>,
 }
 
 fn text_key(queue: usize, frames: &[Frame]) -> (usize, String) {
@@ -70,7 +72,8 @@ impl Sites {
                 symbolize::caller(&frames).and_then(|c| frames.iter().position(|f| f == c));
             site.frames = frames;
             site.first = Some(flush);
-            return Some(site);
+            self.with_stack.push(i);
+            return Some(&self.list[i]);
         }
         let caller =
             symbolize::caller(&frames).map(|c| frames.iter().position(|f| f == c).unwrap_or(0));
@@ -86,6 +89,7 @@ impl Sites {
             },
         );
         self.by_key.insert(key, i);
+        self.with_stack.push(i);
         self.list.last()
     }
 
@@ -129,6 +133,20 @@ impl Sites {
         };
         self.by_key.insert(key, i);
         i
+    }
+
+    /// Keeps only the caller's frame of sites whose first sighting was reported: the stack is
+    /// printed once, and 10,000 sites of full symbolized stacks would be most of the daemon's
+    /// memory.
+    pub fn forget_stacks(&mut self) {
+        for i in self.with_stack.drain(..) {
+            let site = &mut self.list[i];
+            if let Some(c) = site.caller.take() {
+                site.frames.swap(0, c);
+                site.frames.truncate(1);
+                site.caller = Some(0);
+            }
+        }
     }
 
     /// Sites by count, highest first; ties in order of first sighting.
@@ -255,6 +273,23 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
         );
         assert!(site.first.is_some());
         assert_eq!(sites.len(), 1);
+    }
+
+    #[test]
+    fn forgetting_stacks_keeps_the_caller() {
+        let mut sites = Sites::default();
+        let (f, fr) = flush(
+            1,
+            &[0xffffffff810b5e25, 0xffffffffc0a0101e, 0xffffffffc0a01050],
+        );
+        sites.record(f, fr);
+        sites.forget_stacks();
+        let site = sites.by_count()[0];
+        assert_eq!(site.frames.len(), 1);
+        let caller = site.caller().unwrap().to_string();
+        assert_eq!(caller, "wqflush_test_flush_long+0x1e [wqflush_test]");
+        let (f, fr) = flush(1, &[0xffffffff810b5e25, 0xffffffffc0a0101e]);
+        assert!(sites.record(f, fr).is_none(), "still the same site");
     }
 
     #[test]

@@ -146,6 +146,7 @@ impl<W: Write> State<W> {
         if let Some(site) = self.sites.record(flush, frames) {
             self.reporter.first_sighting(site)?;
         }
+        self.sites.forget_stacks();
         Ok(())
     }
 
@@ -247,6 +248,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         let info = metrics_info(&target, probe.method);
         tokio::spawn(metrics::serve(listener, info, shared.clone()))
     });
+    release_startup_memory();
     announce(&target, probe.method, opts.ready_file.as_ref())?;
     let looped = Loop {
         ebpf: &probe.ebpf,
@@ -274,6 +276,14 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
 }
 
 type Ring = AsyncFd<RingBuf<MapData>>;
+
+/// Start-up parses the kernel's BTF twice (for struct offsets, and in aya for fentry) and reads
+/// all of kallsyms, then drops most of it; glibc keeps freed heap unless asked, and a long-running
+/// daemon should not sit on it.
+fn release_startup_memory() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe { libc::malloc_trim(0) };
+}
 
 /// The first-sighting ring buffer, and module-load notifications when the kernel allows them.
 fn rings(ebpf: &mut Ebpf) -> Result<(Ring, Option<Ring>)> {
