@@ -144,7 +144,11 @@ impl Sites {
             if let Some(c) = site.caller.take() {
                 site.frames.swap(0, c);
                 site.frames.truncate(1);
+                site.frames.shrink_to_fit();
                 site.caller = Some(0);
+            }
+            if let Some(first) = &mut site.first {
+                first.stack = Vec::new();
             }
         }
     }
