@@ -76,6 +76,26 @@ impl PerKernel {
     }
 }
 
+impl PerKernel {
+    /// `get` for the usual scenario: the test module plus the wqflush binary from `WQFLUSH_BIN`.
+    pub fn with_wqflush(
+        &'static self,
+        series: Series,
+        script: &str,
+        timeout: Duration,
+        expected_warning: Option<&'static str>,
+    ) -> Result<&'static VmRun> {
+        self.get(series, || {
+            let guest = Guest {
+                wqflush: Some(wqflush_bin()?),
+                timeout,
+                expected_warning,
+            };
+            Ok(boot_scenario(series, script, &guest)?.0)
+        })
+    }
+}
+
 impl Default for PerKernel {
     fn default() -> Self {
         Self::new()

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
-use wqflush_vmtest::{Guest, PerKernel, Series, VmRun, boot_scenario, wqflush_bin};
+use wqflush_vmtest::{PerKernel, Series, VmRun};
 
 const SCENARIO: &str = r#"
 load_test_module || exit 1
@@ -44,13 +44,13 @@ true
 /// One boot per kernel, shared by that kernel's tests.
 fn run(series: Series) -> Result<&'static VmRun> {
     static RUNS: PerKernel = PerKernel::new();
-    let guest = Guest {
-        wqflush: Some(wqflush_bin()?),
-        timeout: Duration::from_secs(600),
-        // wqflush --kmsg writes kernel-style warnings on purpose, all at the module's call sites.
-        expected_warning: Some(" at wqflush_test_"),
-    };
-    RUNS.get(series, || Ok(boot_scenario(series, SCENARIO, &guest)?.0))
+    // wqflush --kmsg writes kernel-style warnings on purpose, all at the module's call sites.
+    RUNS.with_wqflush(
+        series,
+        SCENARIO,
+        Duration::from_secs(600),
+        Some(" at wqflush_test_"),
+    )
 }
 
 struct Report {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
-use wqflush_vmtest::{Guest, PerKernel, Series, VmRun, boot_scenario, wqflush_bin};
+use wqflush_vmtest::{PerKernel, Series, VmRun};
 
 const SCENARIO: &str = r#"
 load_test_module || exit 1
@@ -95,12 +95,7 @@ true
 
 fn run(series: Series) -> Result<&'static VmRun> {
     static RUNS: PerKernel = PerKernel::new();
-    let guest = Guest {
-        wqflush: Some(wqflush_bin()?),
-        timeout: Duration::from_secs(400),
-        expected_warning: None,
-    };
-    RUNS.get(series, || Ok(boot_scenario(series, SCENARIO, &guest)?.0))
+    RUNS.with_wqflush(series, SCENARIO, Duration::from_secs(400), None)
 }
 
 /// `section` exited 1 with one "wqflush: error:" message that says `want`.

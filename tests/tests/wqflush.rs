@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
-use wqflush_vmtest::{Guest, Oracle, PerKernel, Series, VmRun, boot_scenario, wqflush_bin};
+use wqflush_vmtest::{Oracle, PerKernel, Series, VmRun};
 
 const SCENARIO: &str = r#"
 load_test_module || exit 1
@@ -58,12 +58,7 @@ const NAME: &[(&str, u64)] = &[("long", 2), ("pointer", 3), ("own", 1)];
 /// One boot per kernel, shared by that kernel's tests.
 fn run(series: Series) -> Result<&'static VmRun> {
     static RUNS: PerKernel = PerKernel::new();
-    let guest = Guest {
-        wqflush: Some(wqflush_bin()?),
-        timeout: Duration::from_secs(400),
-        expected_warning: None,
-    };
-    RUNS.get(series, || Ok(boot_scenario(series, SCENARIO, &guest)?.0))
+    RUNS.with_wqflush(series, SCENARIO, Duration::from_secs(400), None)
 }
 
 fn json_lines(run: &VmRun, section: &str) -> Result<Vec<Value>> {
