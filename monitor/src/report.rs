@@ -53,6 +53,8 @@ struct SiteRecord<'a> {
     worker_wq_name: Option<&'a str>,
     deadlock: Option<bool>,
     wq_addr: Option<String>,
+    /// CLOCK_MONOTONIC nanoseconds of the first sighting.
+    time_ns: Option<u64>,
     count: u64,
     ignored: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -221,6 +223,7 @@ fn record<'a>(
         worker_wq_name: running.and_then(|r| r.name.as_deref()),
         deadlock: f.and_then(|f| Some(f.running.as_ref()?.wq == f.wq)),
         wq_addr: f.map(|f| format!("{:#x}", f.wq)),
+        time_ns: f.map(|f| f.time_ns),
         count: site.count,
         ignored,
         hint: stack.then_some(FIX_HINT),

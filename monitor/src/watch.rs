@@ -353,8 +353,9 @@ fn announce(target: &Target, method: probe::Method, ready_file: Option<&PathBuf>
     );
     if target.by_name {
         eprintln!(
-            "wqflush: note: kallsyms has no data symbols, so queues are recognized by name; a \
-             module's own queue named like a system queue would be reported too"
+            "wqflush: note: system queues are recognized by name (no system_*wq variables in \
+             kallsyms, or --match name); a module's own queue named like a system queue would be \
+             reported too"
         );
     }
     if let Some(path) = ready_file {
