@@ -49,6 +49,11 @@ mod probe {
         MAX_SITES, NAME_LEN, NO_QUEUE, WORKER_CHAIN,
     };
 
+    /// How deep the caller is looked for. The stack starts at the flush function, and its
+    /// wrappers (flush_scheduled_work() before 5.19, drain_workqueue()) add at most two frames;
+    /// each frame scanned multiplies the paths the verifier walks, so not all MAX_FRAMES are.
+    const CALLER_DEPTH: usize = 8;
+
     /// `PF_WQ_WORKER` from include/linux/sched.h; unchanged since 2.6.36.
     const PF_WQ_WORKER: u32 = 0x20;
 
@@ -170,6 +175,13 @@ mod probe {
         if unsafe { read_volatile(addr_of!(QUEUE_VALUES_READ)) } == 0 {
             read_queue_values(n);
         }
+        queue_holding(wq, n)
+    }
+
+    /// Index of the cached queue value equal to `wq`, without reading any missing values (the
+    /// running queue's lookup: a copy of the reading code there doubled the verifier's work).
+    #[inline(always)]
+    fn queue_holding(wq: u64, n: usize) -> Option<u32> {
         for i in 0..MAX_QUEUES {
             if i >= n {
                 break;
@@ -305,12 +317,13 @@ mod probe {
         }
     }
 
-    /// The first frame past the flush function and its wrappers; 0 when there is none.
+    /// The first frame past the flush function and its wrappers; 0 when there is none within
+    /// `CALLER_DEPTH` frames.
     #[inline(always)]
     fn caller(ev: &FlushEvent) -> u64 {
-        let frames = (ev.stack_bytes.max(0) as usize / 8).min(MAX_FRAMES);
+        let frames = (ev.stack_bytes.max(0) as usize / 8).min(CALLER_DEPTH);
         let mut inside = false;
-        for i in 0..MAX_FRAMES {
+        for i in 0..CALLER_DEPTH {
             if i >= frames {
                 break;
             }
@@ -365,7 +378,12 @@ mod probe {
             }
         }
         ev.running_wq = p;
-        ev.running_queue = system_queue(p).unwrap_or(NO_QUEUE);
+        let running = if global(&MATCH_BY_NAME) != 0 {
+            match_by_name(p)
+        } else {
+            queue_holding(p, global(&NR_QUEUES) as usize)
+        };
+        ev.running_queue = running.unwrap_or(NO_QUEUE);
         ev.running_name = queue_name(p);
         ev.flags |= FLAG_RUNNING_KNOWN;
     }

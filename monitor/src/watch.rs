@@ -66,7 +66,32 @@ pub enum End {
 
 /// Reads kallsyms and BTF and decides what the probe attaches to and compares against.
 pub fn prepare(mode: MatchMode) -> Result<(Kallsyms, Target)> {
-    let ks = Kallsyms::load(queues::is_queue_var)?;
+    // Reading kallsyms is mostly the kernel's time, parsing BTF all ours: on two CPUs they overlap.
+    // Under emulation each of these takes 0.1-0.4 s; in parallel they cost the longest one.
+    let (ks, (offsets, kernel_btf), loader) = std::thread::scope(|s| {
+        let btf = s.spawn(|| {
+            let offsets = btf::read_offsets();
+            crate::timing::mark("BTF offsets read");
+            let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| format!("{e}"));
+            crate::timing::mark("BTF parsed by aya");
+            (offsets, kernel_btf)
+        });
+        let loader = s.spawn(|| {
+            // Parses the BTF again, for relocations; then aya probes the kernel's BPF features.
+            let loader = aya::EbpfLoader::new();
+            aya::features();
+            crate::timing::mark("loader ready, BPF features probed");
+            loader
+        });
+        let ks = Kallsyms::load(queues::is_queue_var);
+        crate::timing::mark("kallsyms read and parsed");
+        let btf = btf.join().unwrap_or_else(|_| {
+            let panicked = || anyhow::anyhow!("reading kernel BTF panicked");
+            (Err(panicked()), Err(panicked().to_string()))
+        });
+        (ks, btf, loader.join().ok())
+    });
+    let ks = ks?;
     if ks.addresses_hidden() {
         bail!(
             "every address in {} is 0: {}",
@@ -75,7 +100,6 @@ pub fn prepare(mode: MatchMode) -> Result<(Kallsyms, Target)> {
         );
     }
     let function = probe::flush_function(&ks)?;
-    let offsets = btf::read_offsets();
     let name_len = offsets.as_ref().ok().map(|o| o.wq_name_len as usize);
     let found = queues::by_address(&ks, name_len)?;
     let by_name = match mode {
@@ -111,6 +135,8 @@ pub fn prepare(mode: MatchMode) -> Result<(Kallsyms, Target)> {
         by_name,
         offsets: offsets.ok(),
         flush_ranges,
+        kernel_btf,
+        loader: loader.into(),
     };
     Ok((ks, target))
 }
@@ -181,8 +207,14 @@ impl<W: Write> State<W> {
             let caller = s.caller();
             metrics::SiteMetric {
                 wq: q.var.clone().or_else(|| q.name.clone()).unwrap_or_default(),
-                caller: caller.and_then(|c| c.func.clone()).unwrap_or_default(),
-                module: caller.and_then(|c| c.module.clone()).unwrap_or_default(),
+                caller: caller
+                    .and_then(|c| c.func.as_deref())
+                    .unwrap_or_default()
+                    .to_owned(),
+                module: caller
+                    .and_then(|c| c.module.as_deref())
+                    .unwrap_or_default()
+                    .to_owned(),
                 count: s.count,
             }
         });
@@ -234,9 +266,12 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         term: signal(SignalKind::terminate())?,
     };
     let sinks = open_sinks(opts).await?;
-    let (ks, target) = prepare(opts.match_mode)?;
+    let (ks, mut target) = prepare(opts.match_mode)?;
     let mut probe = probe::attach(&target, opts.attach)?;
+    target.forget_btf();
+    crate::timing::mark("probe attached");
     let (mut ring, mut loads) = rings(&mut probe.ebpf)?;
+    crate::timing::mark("ring buffers and module_load tracepoint ready");
     let mut state = State {
         sym: Symbolizer::new(ks),
         sites: Sites::default(),
@@ -248,11 +283,12 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         let info = metrics_info(&target, probe.method);
         tokio::spawn(metrics::serve(listener, info, shared.clone()))
     });
-    release_startup_memory();
+    release_free_memory();
     announce(&target, probe.method, opts.ready_file.as_ref())?;
+    crate::timing::mark("announced");
     let looped = Loop {
         ebpf: &probe.ebpf,
-        shared: &shared,
+        shared: server.is_some().then_some(&shared),
         duration: opts.duration,
     };
     let end = match command.map(spawn) {
@@ -277,10 +313,11 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
 
 type Ring = AsyncFd<RingBuf<MapData>>;
 
-/// Start-up parses the kernel's BTF twice (for struct offsets, and in aya for fentry) and reads
-/// all of kallsyms, then drops most of it; glibc keeps freed heap unless asked, and a long-running
-/// daemon should not sit on it.
-fn release_startup_memory() {
+/// Start-up parses the kernel's BTF three times (for struct offsets, and twice in aya) and reads
+/// all of kallsyms, then drops most of it; a burst of new call sites leaves freed stacks and
+/// outgrown tables behind. glibc keeps freed heap unless asked, and a long-running daemon should
+/// not sit on it: this runs after attaching and after each second that added sites.
+fn release_free_memory() {
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
     unsafe { libc::malloc_trim(0) };
 }
@@ -382,7 +419,8 @@ struct Signals {
 /// The event loop's fixed inputs.
 struct Loop<'a> {
     ebpf: &'a Ebpf,
-    shared: &'a metrics::Shared,
+    /// The metrics server's copy of the sites, when there is a server.
+    shared: Option<&'a metrics::Shared>,
     duration: Option<Duration>,
 }
 
@@ -400,6 +438,7 @@ impl Loop<'_> {
         let deadline = tokio::time::sleep(self.duration.unwrap_or(Duration::MAX / 4));
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut sites_at_trim = 0;
         loop {
             tokio::select! {
                 // Module loads first: their symbols must be read before they can go away.
@@ -417,7 +456,13 @@ impl Loop<'_> {
                     // Sightings first, so counters rarely precede their call site's stack.
                     state.drain(ring.get_mut())?;
                     let lost = state.refresh_counts(self.ebpf)?;
-                    *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = state.snapshot(lost);
+                    if let Some(shared) = self.shared {
+                        *shared.lock().unwrap_or_else(|e| e.into_inner()) = state.snapshot(lost);
+                    }
+                    if state.sites.len() != sites_at_trim {
+                        sites_at_trim = state.sites.len();
+                        release_free_memory();
+                    }
                 }
                 _ = signals.int.recv() => return Ok(End::Stopped),
                 _ = signals.term.recv() => return Ok(End::Stopped),

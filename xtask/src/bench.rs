@@ -18,6 +18,9 @@ use wqflush_vmtest::{
 
 /// The monitors compared, in the order each round runs them.
 const CONFIGS: [&str; 4] = ["none", "fentry", "kprobe", "bpftrace"];
+/// Empty bpftrace programs on the same hook (fentry, kprobe), run in the own-queue rounds only:
+/// what entering a probe costs before any program runs, the floor for any tool.
+const FLOORS: [&str; 2] = ["empty-fentry", "empty-kprobe"];
 /// Where bpftrace goes in the guest (its libraries keep their host paths).
 const BPFTRACE_GUEST: &str = "/usr/bin/bpftrace";
 /// bpftrace, its libraries and the monitors' run time need more than the default 1 GiB.
@@ -299,13 +302,14 @@ usage:
 fn scenario(opts: &Options) -> String {
     let half = opts.flushes / 2;
     let params = format!(
-        "ROUNDS={}\nITER={}\nHALF1={}\nHALF2={}\nSITES={}\nCONFIGS=\"{}\"\nBPFTRACE={BPFTRACE_GUEST}\n",
+        "ROUNDS={}\nITER={}\nHALF1={}\nHALF2={}\nSITES={}\nCONFIGS=\"{}\"\nFLOORS=\"{}\"\nBPFTRACE={BPFTRACE_GUEST}\n",
         opts.rounds,
         opts.iterations,
         half,
         opts.flushes - half,
         opts.sites,
-        CONFIGS.join(" ")
+        CONFIGS.join(" "),
+        FLOORS.join(" ")
     );
     format!("{params}{SCENARIO}")
 }
@@ -331,6 +335,8 @@ for s in $(awk 'NF == 3 && $3 ~ /^system_[a-z0-9_]*wq$/ { print $3 }' /proc/kall
 done
 printf 'BEGIN { printf("bpftrace: live\\n"); }\nkprobe:__flush_workqueue /%s/ { @[kstack] = count(); }\n' "$pred" > /tmp/wqflush.bt
 log "bpftrace program: $(cat /tmp/wqflush.bt)"
+printf 'BEGIN { printf("bpftrace: live\\n"); }\nkfunc:__flush_workqueue { }\n' > /tmp/empty-fentry.bt
+printf 'BEGIN { printf("bpftrace: live\\n"); }\nkprobe:__flush_workqueue { }\n' > /tmp/empty-kprobe.bt
 # Room for every call site (the default is 4096 keys).
 export BPFTRACE_MAP_KEYS_MAX=65536
 
@@ -346,14 +352,16 @@ start() {
 		benchrun /tmp/attach_ns file /tmp/ready -- \
 			wqflush --json --attach $1 --ready-file /tmp/ready >/tmp/out 2>/tmp/err &
 		PID=$! ;;
-	bpftrace)
+	bpftrace|empty-*)
+		_prog=/tmp/wqflush.bt
+		[ $1 = bpftrace ] || _prog=/tmp/$1.bt
 		: > /tmp/err
-		benchrun /tmp/attach_ns line /tmp/out Attaching -- $BPFTRACE /tmp/wqflush.bt >/tmp/out 2>&1 &
+		benchrun /tmp/attach_ns line /tmp/out Attaching -- $BPFTRACE $_prog >/tmp/out 2>&1 &
 		PID=$! ;;
 	esac
 	wait_for_file /tmp/attach_ns 300 || fail "$1 did not start"
 	[ "$(cat /tmp/attach_ns)" -ge 0 ] || fail "$1 never got ready"
-	if [ $1 = bpftrace ]; then
+	if [ $1 != fentry ] && [ $1 != kprobe ]; then
 		# "Attaching N probes..." comes before the attach; BEGIN fires once it is done.
 		_n=3000
 		until grep -q "bpftrace: live" /tmp/out; do
@@ -394,7 +402,7 @@ ROUND=0
 while [ $ROUND -lt $ROUNDS ]; do
 	ROUND=$((ROUND + 1))
 	# Non-offending path: flushes of the module's own queue, timed by the module.
-	for c in $CONFIGS; do
+	for c in $CONFIGS $FLOORS; do
 		start $c
 		if [ -n "$PID" ]; then
 			sleep 1
@@ -578,6 +586,26 @@ impl Results {
         t.row("  ratio to no probe", ratio("bench_ns", "none"));
         t.row("  ratio to bpftrace", ratio("bench_ns", "bpftrace"));
         t.row(
+            "  an empty program on the same hook (bpftrace `{}`)",
+            self.floor_cells(|_, floor| {
+                let n = opts.iterations as f64;
+                let v: Vec<f64> = self
+                    .nums("bench_ns", floor)
+                    .values()
+                    .map(|x| x / n)
+                    .collect();
+                Stat::of(&v).show(0)
+            }),
+        );
+        t.row(
+            "    its ratio to no probe",
+            self.floor_cells(|_, floor| Stat::of(&self.ratios("bench_ns", floor, "none")).show(3)),
+        );
+        t.row(
+            "    wqflush's ratio to it",
+            self.floor_cells(|c, floor| Stat::of(&self.ratios("bench_ns", c, floor)).show(3)),
+        );
+        t.row(
             &format!("system_wq: wall s for {} flushes from 2 CPUs", opts.flushes),
             stat("flood_ns", 1e9, 2),
         );
@@ -637,6 +665,19 @@ impl Results {
         out.push('\n');
         out.push_str(&self.goals(opts));
         out
+    }
+
+    /// One cell per column, filled for wqflush's two columns from the matching empty probe.
+    fn floor_cells(&self, cell: impl Fn(&str, &str) -> String) -> Vec<String> {
+        CONFIGS
+            .iter()
+            .map(
+                |c| match FLOORS.iter().find(|f| f.strip_prefix("empty-") == Some(c)) {
+                    Some(floor) => cell(c, floor),
+                    None => "-".to_owned(),
+                },
+            )
+            .collect()
     }
 
     /// wqflush: the summary's count at the module's pointer call site; bpftrace: its stacks
@@ -759,6 +800,17 @@ impl Results {
         let mut out = String::from("goals:\n");
         let med = |v: Vec<f64>| Stat::of(&v).median;
         for c in ["fentry", "kprobe"] {
+            let floor = format!("empty-{c}");
+            if let (Some(e), Some(w)) = (
+                med(self.ratios("bench_ns", &floor, "none")),
+                med(self.ratios("bench_ns", c, &floor)),
+            ) {
+                let _ = writeln!(
+                    out,
+                    "  [info] {c}: an empty program on the same hook costs {e:.3}x no probe; \
+                     wqflush costs {w:.3}x that"
+                );
+            }
             let mut line = |ok: bool, what: String| {
                 let _ = writeln!(out, "  [{}] {c}: {what}", if ok { "met" } else { "MISSED" });
             };
