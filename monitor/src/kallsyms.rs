@@ -92,15 +92,13 @@ impl Kallsyms {
         self.nonzero_addrs |= addr != 0;
         match kind.to_ascii_lowercase() {
             't' | 'w' => self.add_text(addr, name, module),
-            'd' | 'b' | 'r' | 'v' => {
-                if keep_data(name) {
-                    let module = module.map(str::to_owned);
-                    self.data.push(DataSym {
-                        name: name.to_owned(),
-                        addr,
-                        module,
-                    });
-                }
+            'd' | 'b' | 'r' | 'v' if keep_data(name) => {
+                let module = module.map(str::to_owned);
+                self.data.push(DataSym {
+                    name: name.to_owned(),
+                    addr,
+                    module,
+                });
             }
             _ => {}
         }

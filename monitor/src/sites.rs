@@ -1,6 +1,11 @@
 //! Call sites: flushes grouped by (system queue, calling frame), with the kernel's exact counts.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+};
+
+use hashbrown::HashTable;
 
 use monitor_ebpf::CountKey;
 
@@ -33,31 +38,21 @@ impl Site {
 /// What identifies a call site: the queue and the caller's function, offset and module (or its
 /// address when no symbol covers it). Names, not addresses, so a module reloaded elsewhere
 /// keeps its sites.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct SiteKey {
+#[derive(PartialEq, Eq, Hash)]
+struct Identity<'a> {
     queue: usize,
-    func: Option<Arc<str>>,
+    func: Option<&'a str>,
     offset_or_addr: u64,
-    module: Option<Arc<str>>,
+    module: Option<&'a str>,
 }
 
-#[derive(Default)]
-pub struct Sites {
-    index: HashMap<SiteKey, usize>,
-    /// The kernel's counter keys -> site.
-    by_key: HashMap<CountKey, usize>,
-    list: Vec<Site>,
-    /// Sites whose full stack is still kept (until `forget_stacks`).
-    with_stack: Vec<usize>,
-}
-
-fn site_key(queue: usize, caller: Option<&Frame>) -> SiteKey {
+fn identity(queue: usize, caller: Option<&Frame>) -> Identity<'_> {
     let (func, offset_or_addr, module) = match caller {
-        Some(c) if c.func.is_some() => (c.func.clone(), c.offset, c.module.clone()),
+        Some(c) if c.func.is_some() => (c.func.as_deref(), c.offset, c.module.as_deref()),
         Some(c) => (None, c.addr, None),
         None => (None, 0, None),
     };
-    SiteKey {
+    Identity {
         queue,
         func,
         offset_or_addr,
@@ -65,20 +60,43 @@ fn site_key(queue: usize, caller: Option<&Frame>) -> SiteKey {
     }
 }
 
+fn identity_of(site: &Site) -> Identity<'_> {
+    identity(site.queue, site.caller())
+}
+
+#[derive(Default)]
+pub struct Sites {
+    /// Positions in `list`, hashed by the site's identity, which is read from the site itself:
+    /// a map keyed by a copy of it cost about 90 bytes per site.
+    index: HashTable<u32>,
+    hasher: RandomState,
+    /// The kernel's counter keys -> position in `list`.
+    by_key: HashMap<CountKey, u32>,
+    list: Vec<Site>,
+    /// Sites whose full stack is still kept (until `forget_stacks`).
+    with_stack: Vec<usize>,
+}
+
 impl Sites {
     pub fn is_new(&self, queue: usize, frames: &[Frame]) -> bool {
-        !self
-            .index
-            .contains_key(&site_key(queue, symbolize::caller(frames)))
+        self.find(&identity(queue, symbolize::caller(frames)))
+            .is_none()
+    }
+
+    fn find(&self, id: &Identity) -> Option<usize> {
+        let hash = self.hasher.hash_one(id);
+        let list = &self.list;
+        self.index
+            .find(hash, |&i| identity_of(&list[i as usize]) == *id)
+            .map(|&i| i as usize)
     }
 
     /// Takes a first sighting from the kernel; returns the site when it is new to the report.
     pub fn record(&mut self, flush: Flush, frames: Vec<Frame>) -> Option<&Site> {
         let key = count_key(flush.queue, flush.caller);
         let caller = symbolize::caller(&frames).cloned();
-        let k = site_key(flush.queue, caller.as_ref());
-        if let Some(&i) = self.index.get(&k) {
-            self.by_key.insert(key, i);
+        if let Some(i) = self.find(&identity(flush.queue, caller.as_ref())) {
+            self.by_key.insert(key, i as u32);
             let site = &mut self.list[i];
             if site.first.is_some() {
                 site.count += 1;
@@ -93,25 +111,27 @@ impl Sites {
             return Some(&self.list[i]);
         }
         let queue = flush.queue;
-        let i = self.add(
-            k,
-            Site {
-                queue,
-                caller,
-                frames,
-                first: Some(Box::new(flush)),
-                count: 1,
-            },
-        );
-        self.by_key.insert(key, i);
+        let i = self.add(Site {
+            queue,
+            caller,
+            frames,
+            first: Some(Box::new(flush)),
+            count: 1,
+        });
+        self.by_key.insert(key, i as u32);
         self.with_stack.push(i);
         self.list.last()
     }
 
-    fn add(&mut self, k: SiteKey, site: Site) -> usize {
-        self.index.insert(k, self.list.len());
+    fn add(&mut self, site: Site) -> usize {
+        let i = self.list.len();
+        let hash = self.hasher.hash_one(identity_of(&site));
         self.list.push(site);
-        self.list.len() - 1
+        let (list, hasher) = (&self.list, &self.hasher);
+        self.index.insert_unique(hash, i as u32, |&j| {
+            hasher.hash_one(identity_of(&list[j as usize]))
+        });
+        i
     }
 
     /// Replaces every count with the kernel's. A counter whose first sighting never arrived (the
@@ -122,7 +142,7 @@ impl Sites {
         }
         for (key, n) in counts {
             let i = match self.by_key.get(key) {
-                Some(&i) => i,
+                Some(&i) => i as usize,
                 None => self.add_unseen(*key, frame(key.caller)),
             };
             self.list[i].count += n;
@@ -131,21 +151,17 @@ impl Sites {
 
     fn add_unseen(&mut self, key: CountKey, caller: Frame) -> usize {
         let queue = key.queue as usize;
-        let k = site_key(queue, Some(&caller));
-        let i = match self.index.get(&k) {
-            Some(&i) => i,
-            None => self.add(
-                k,
-                Site {
-                    queue,
-                    caller: Some(caller),
-                    frames: Vec::new(),
-                    first: None,
-                    count: 0,
-                },
-            ),
+        let i = match self.find(&identity(queue, Some(&caller))) {
+            Some(i) => i,
+            None => self.add(Site {
+                queue,
+                caller: Some(caller),
+                frames: Vec::new(),
+                first: None,
+                count: 0,
+            }),
         };
-        self.by_key.insert(key, i);
+        self.by_key.insert(key, i as u32);
         i
     }
 

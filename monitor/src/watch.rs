@@ -152,6 +152,8 @@ fn hidden_addresses_remedy() -> &'static str {
 }
 
 struct State<W: Write> {
+    /// Ring buffer records handled so far.
+    records: u64,
     sym: Symbolizer,
     sites: Sites,
     reporter: Reporter<W>,
@@ -160,6 +162,7 @@ struct State<W: Write> {
 
 impl<W: Write> State<W> {
     fn on_flush(&mut self, bytes: &[u8]) -> Result<()> {
+        self.records += 1;
         let flush = decode(bytes, self.queues.len())?;
         let mut frames = self.sym.frames(&flush.stack);
         // A new call site whose caller does not resolve to a plausible function may be in a
@@ -273,6 +276,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     let (mut ring, mut loads) = rings(&mut probe.ebpf)?;
     crate::timing::mark("ring buffers and module_load tracepoint ready");
     let mut state = State {
+        records: 0,
         sym: Symbolizer::new(ks),
         sites: Sites::default(),
         reporter: reporter(opts, &target, sinks.ignore, sinks.kmsg),
@@ -316,7 +320,7 @@ type Ring = AsyncFd<RingBuf<MapData>>;
 /// Start-up parses the kernel's BTF three times (for struct offsets, and twice in aya) and reads
 /// all of kallsyms, then drops most of it; a burst of new call sites leaves freed stacks and
 /// outgrown tables behind. glibc keeps freed heap unless asked, and a long-running daemon should
-/// not sit on it: this runs after attaching and after each second that added sites.
+/// not sit on it: this runs after attaching and after each second that brought records or sites.
 fn release_free_memory() {
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
     unsafe { libc::malloc_trim(0) };
@@ -438,7 +442,7 @@ impl Loop<'_> {
         let deadline = tokio::time::sleep(self.duration.unwrap_or(Duration::MAX / 4));
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut sites_at_trim = 0;
+        let mut at_trim = (0, 0);
         loop {
             tokio::select! {
                 // Module loads first: their symbols must be read before they can go away.
@@ -459,8 +463,9 @@ impl Loop<'_> {
                     if let Some(shared) = self.shared {
                         *shared.lock().unwrap_or_else(|e| e.into_inner()) = state.snapshot(lost);
                     }
-                    if state.sites.len() != sites_at_trim {
-                        sites_at_trim = state.sites.len();
+                    let activity = (state.records, state.sites.len());
+                    if activity != at_trim {
+                        at_trim = activity;
                         release_free_memory();
                     }
                 }
