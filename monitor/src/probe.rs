@@ -309,14 +309,15 @@ pub fn lost(ebpf: &Ebpf) -> Result<Lost> {
     })
 }
 
-/// The kernel's per-call-site flush counters.
-pub fn counts(ebpf: &Ebpf) -> Result<Vec<(CountKey, u64)>> {
+/// The kernel's per-call-site flush counters, into `out`.
+pub fn counts(ebpf: &Ebpf, out: &mut Vec<(CountKey, u64)>) -> Result<()> {
     let map = ebpf
         .map("COUNTS")
         .context("eBPF object has no COUNTS map")?;
     let counts: HashMap<_, CountKey, u64> = HashMap::try_from(map)?;
-    counts
-        .iter()
-        .map(|r| r.context("reading the flush counters"))
-        .collect()
+    out.clear();
+    for entry in counts.iter() {
+        out.push(entry.context("reading the flush counters")?);
+    }
+    Ok(())
 }

@@ -154,6 +154,9 @@ fn hidden_addresses_remedy() -> &'static str {
 struct State<W: Write> {
     /// Ring buffer records handled so far.
     records: u64,
+    /// The kernel's counters, read once a second into the same buffer (a fresh one each time
+    /// left its pages resident after the heap was trimmed).
+    counts: Vec<(monitor_ebpf::CountKey, u64)>,
     sym: Symbolizer,
     sites: Sites,
     reporter: Reporter<W>,
@@ -188,9 +191,10 @@ impl<W: Write> State<W> {
 
     /// Takes the kernel's exact counts; returns what was lost.
     fn refresh_counts(&mut self, ebpf: &Ebpf) -> Result<Lost> {
-        let counts = probe::counts(ebpf)?;
+        probe::counts(ebpf, &mut self.counts)?;
         let sym = &self.sym;
-        self.sites.apply_counts(&counts, |addr| sym.frame(addr));
+        self.sites
+            .apply_counts(&self.counts, |addr| sym.frame(addr));
         probe::lost(ebpf)
     }
 
@@ -277,6 +281,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     crate::timing::mark("ring buffers and module_load tracepoint ready");
     let mut state = State {
         records: 0,
+        counts: Vec::new(),
         sym: Symbolizer::new(ks),
         sites: Sites::default(),
         reporter: reporter(opts, &target, sinks.ignore, sinks.kmsg),
