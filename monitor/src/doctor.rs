@@ -27,7 +27,7 @@ fn report(out: &mut impl Write) -> Result<bool> {
         Ok(ks) => print_kallsyms(out, &ks)?,
         Err(e) => writeln!(out, "kallsyms:         unusable: {e:#}")?,
     }
-    let target = match watch::prepare(MatchMode::Auto) {
+    let target = match watch::prepare(MatchMode::Auto, probe::Attach::Auto) {
         Ok((_, target)) => target,
         Err(e) => {
             writeln!(out, "verdict:          wqflush cannot run here: {e:#}")?;

@@ -65,31 +65,36 @@ pub enum End {
 }
 
 /// Reads kallsyms and BTF and decides what the probe attaches to and compares against.
-pub fn prepare(mode: MatchMode) -> Result<(Kallsyms, Target)> {
+pub fn prepare(mode: MatchMode, attach: Attach) -> Result<(Kallsyms, Target)> {
     // Reading kallsyms is mostly the kernel's time, parsing BTF all ours: on two CPUs they overlap.
     // Under emulation each of these takes 0.1-0.4 s; in parallel they cost the longest one.
-    let (ks, (offsets, kernel_btf), loader) = std::thread::scope(|s| {
-        let btf = s.spawn(|| {
+    let (ks, offsets, (kernel_btf, loader)) = std::thread::scope(|s| {
+        let offsets = s.spawn(|| {
             let offsets = btf::read_offsets();
             crate::timing::mark("BTF offsets read");
-            let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| format!("{e}"));
-            crate::timing::mark("BTF parsed by aya");
-            (offsets, kernel_btf)
+            offsets
         });
-        let loader = s.spawn(|| {
-            // Parses the BTF again, for relocations; then aya probes the kernel's BPF features.
+        let aya = s.spawn(|| {
+            // EbpfLoader::new() parses the BTF for relocations, and fentry needs a parse of its
+            // own; aya also probes the kernel's BPF features once.
             let loader = aya::EbpfLoader::new();
             aya::features();
-            crate::timing::mark("loader ready, BPF features probed");
-            loader
+            let kernel_btf = if attach.methods().contains(&probe::Method::Fentry) {
+                aya::Btf::from_sys_fs().map_err(|e| format!("{e}"))
+            } else {
+                Err("not read: fentry was not asked for".to_owned())
+            };
+            crate::timing::mark("BTF parsed by aya, loader ready");
+            (kernel_btf, Some(loader))
         });
         let ks = Kallsyms::load(queues::is_queue_var);
         crate::timing::mark("kallsyms read and parsed");
-        let btf = btf.join().unwrap_or_else(|_| {
-            let panicked = || anyhow::anyhow!("reading kernel BTF panicked");
-            (Err(panicked()), Err(panicked().to_string()))
-        });
-        (ks, btf, loader.join().ok())
+        let panicked = || anyhow::anyhow!("reading kernel BTF panicked");
+        let offsets = offsets.join().unwrap_or_else(|_| Err(panicked()));
+        let aya = aya
+            .join()
+            .unwrap_or_else(|_| (Err(panicked().to_string()), None));
+        (ks, offsets, aya)
     });
     let ks = ks?;
     if ks.addresses_hidden() {
@@ -273,7 +278,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         term: signal(SignalKind::terminate())?,
     };
     let sinks = open_sinks(opts).await?;
-    let (ks, mut target) = prepare(opts.match_mode)?;
+    let (ks, mut target) = prepare(opts.match_mode, opts.attach)?;
     let mut probe = probe::attach(&target, opts.attach)?;
     target.forget_btf();
     crate::timing::mark("probe attached");
