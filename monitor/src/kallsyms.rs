@@ -38,6 +38,14 @@ pub struct Location<'a> {
     pub module: Option<&'a str>,
 }
 
+/// The padding in front of a function, which kallsyms lists as a symbol of its own since 6.2
+/// (`__pfx_<func>`, CONFIG_FUNCTION_PADDING_ALIGNMENT, e.g. with call depth tracking) and with
+/// clang's kCFI (`__cfi_<func>`, 6.1). No return address points into it, and it is nearly half
+/// of the text symbols of such a kernel (Debian's 6.12 has it), so it is not kept.
+fn is_padding(name: &str) -> bool {
+    name.starts_with("__pfx_") || name.starts_with("__cfi_")
+}
+
 #[derive(Debug, Default)]
 pub struct Kallsyms {
     arena: String,
@@ -91,6 +99,7 @@ impl Kallsyms {
         let kind = kind.chars().next().unwrap_or('?');
         self.nonzero_addrs |= addr != 0;
         match kind.to_ascii_lowercase() {
+            't' | 'w' if is_padding(name) => {}
             't' | 'w' => self.add_text(addr, name, module),
             'd' | 'b' | 'r' | 'v' if keep_data(name) => {
                 let module = module.map(str::to_owned);
@@ -218,6 +227,26 @@ ffffffffc0b00000 T e1000_probe\t[e1000]
         let name = ks.locate(0xffffffff81000010).unwrap().func;
         assert!(name.len() <= u16::MAX as usize && long.starts_with(name));
         assert!(name.len() > 65_000);
+    }
+
+    #[test]
+    fn function_padding_symbols_are_not_functions() {
+        let ks = Kallsyms::parse(
+            "ffffffff810b5e10 T __pfx___flush_workqueue\n\
+             ffffffff810b5e20 T __flush_workqueue\n\
+             ffffffff810b62f0 t __cfi_next\n\
+             ffffffff810b6300 t next\n",
+            |_| false,
+        )
+        .unwrap();
+        assert_eq!(ks.text_symbol_count(), 2);
+        let loc = ks.locate(0xffffffff810b5e29).unwrap();
+        assert_eq!((loc.func, loc.offset), ("__flush_workqueue", 9));
+        assert_eq!(loc.size, 0xffffffff810b6300 - 0xffffffff810b5e20);
+        assert_eq!(
+            ks.kernel_function("__flush_workqueue"),
+            Some((0xffffffff810b5e20, 0xffffffff810b6300))
+        );
     }
 
     #[test]
