@@ -12,7 +12,13 @@ mod symbolize;
 mod timing;
 mod watch;
 
-use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    ffi::OsString,
+    path::PathBuf,
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 // The input parsers live in the library (for the fuzz targets); `crate::kallsyms` etc. keep
@@ -131,8 +137,31 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
+/// Whether wqflush was started with standard output closed (`>&-`). Rust's runtime reopens a
+/// closed stdout as /dev/null before `main`, where every report would vanish without an error;
+/// this constructor runs before that.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static NOTE_CLOSED_STDOUT: extern "C" fn() = {
+    extern "C" fn note() {
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        if unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_GETFD) } == -1 {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        }
+    }
+    note
+};
+
 fn main() -> ExitCode {
     timing::start();
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return fail(anyhow::anyhow!(
+            "standard output is closed (`>&-`), so every report would be lost; send it to a file, \
+             or to /dev/null when only --metrics or --kmsg matter"
+        ));
+    }
     // One malloc arena: start-up parses in three threads, and glibc would otherwise leave the
     // daemon's main thread on a second arena with the first one's freed pages still resident
     // (measured: 20 MB against 15 MB of RSS after 10,000 call sites; no slower to attach).

@@ -63,3 +63,12 @@ fn a_closed_pipe_on_stdout_is_an_error_not_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_ne!(out.status.code(), Some(101), "{err}");
 }
+
+#[test]
+fn a_closed_stdout_is_an_error_not_silence() {
+    let script = format!("exec {} --json --duration 1 >&-", env!("CARGO_BIN_EXE_wqflush"));
+    let out = Command::new("sh").args(["-c", &script]).output().expect("run sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("wqflush: error: standard output is closed"), "{err}");
+}
