@@ -66,36 +66,12 @@ pub enum End {
 
 /// Reads kallsyms and BTF and decides what the probe attaches to and compares against.
 pub fn prepare(mode: MatchMode, attach: Attach) -> Result<(Kallsyms, Target)> {
-    // Reading kallsyms is mostly the kernel's time, parsing BTF all ours: on two CPUs they overlap.
-    // Under emulation each of these takes 0.1-0.4 s; in parallel they cost the longest one.
-    let (ks, offsets, (kernel_btf, loader)) = std::thread::scope(|s| {
-        let offsets = s.spawn(|| {
-            let offsets = btf::read_offsets();
-            crate::timing::mark("BTF offsets read");
-            offsets
-        });
-        let aya = s.spawn(|| {
-            // EbpfLoader::new() parses the BTF for relocations, and fentry needs a parse of its
-            // own; aya also probes the kernel's BPF features once.
-            let loader = aya::EbpfLoader::new();
-            aya::features();
-            let kernel_btf = if attach.methods().contains(&probe::Method::Fentry) {
-                aya::Btf::from_sys_fs().map_err(|e| format!("{e}"))
-            } else {
-                Err("not read: fentry was not asked for".to_owned())
-            };
-            crate::timing::mark("BTF parsed by aya, loader ready");
-            (kernel_btf, Some(loader))
-        });
-        let ks = Kallsyms::load(queues::is_queue_var);
-        crate::timing::mark("kallsyms read and parsed");
-        let panicked = || anyhow::anyhow!("reading kernel BTF panicked");
-        let offsets = offsets.join().unwrap_or_else(|_| Err(panicked()));
-        let aya = aya
-            .join()
-            .unwrap_or_else(|_| (Err(panicked().to_string()), None));
-        (ks, offsets, aya)
-    });
+    let KernelFacts {
+        kallsyms: ks,
+        offsets,
+        kernel_btf,
+        loader,
+    } = read_kernel_facts(attach);
     let ks = ks?;
     if ks.addresses_hidden() {
         bail!(
@@ -144,6 +120,53 @@ pub fn prepare(mode: MatchMode, attach: Attach) -> Result<(Kallsyms, Target)> {
         loader: loader.into(),
     };
     Ok((ks, target))
+}
+
+/// What start-up reads from the kernel before it can load the probe.
+struct KernelFacts {
+    kallsyms: Result<Kallsyms>,
+    offsets: Result<btf::Offsets>,
+    kernel_btf: Result<aya::Btf, String>,
+    loader: Option<aya::EbpfLoader<'static>>,
+}
+
+/// Reads kallsyms, the struct offsets and aya's BTF in three threads. Each takes 0.1-0.4 s under
+/// emulation and most of it is CPU (the kernel formatting kallsyms, then parsing): in parallel
+/// they share both CPUs.
+fn read_kernel_facts(attach: Attach) -> KernelFacts {
+    std::thread::scope(|s| {
+        let offsets = s.spawn(|| {
+            let offsets = btf::read_offsets();
+            crate::timing::mark("BTF offsets read");
+            offsets
+        });
+        let aya = s.spawn(|| {
+            // EbpfLoader::new() parses the BTF for relocations, and fentry needs a parse of its
+            // own; aya also probes the kernel's BPF features once.
+            let loader = aya::EbpfLoader::new();
+            aya::features();
+            let kernel_btf = if attach.methods().contains(&probe::Method::Fentry) {
+                aya::Btf::from_sys_fs().map_err(|e| format!("{e}"))
+            } else {
+                Err("not read: fentry was not asked for".to_owned())
+            };
+            crate::timing::mark("BTF parsed by aya, loader ready");
+            (kernel_btf, Some(loader))
+        });
+        let kallsyms = Kallsyms::load(queues::is_queue_var);
+        crate::timing::mark("kallsyms read and parsed");
+        let panicked = || anyhow::anyhow!("reading kernel BTF panicked");
+        let offsets = offsets.join().unwrap_or_else(|_| Err(panicked()));
+        let aya = aya
+            .join()
+            .unwrap_or_else(|_| (Err(panicked().to_string()), None));
+        KernelFacts {
+            kallsyms,
+            offsets,
+            kernel_btf: aya.0,
+            loader: aya.1,
+        }
+    })
 }
 
 fn hidden_addresses_remedy() -> &'static str {
