@@ -137,6 +137,7 @@ mod probe {
         if wq == 0 {
             return 0;
         }
+        load_queue_values();
         if let Some(queue) = system_queue(wq) {
             let by_name = if global(&MATCH_BY_NAME) != 0 {
                 FLAG_BY_NAME
@@ -148,6 +149,7 @@ mod probe {
         0
     }
 
+    /// Index of the system queue `wq` is; address mode needs `load_queue_values` first.
     #[inline(always)]
     fn system_queue(wq: u64) -> Option<u32> {
         if global(&MATCH_BY_NAME) != 0 {
@@ -167,21 +169,22 @@ mod probe {
     #[unsafe(no_mangle)]
     static mut QUEUE_VALUES_READ: u32 = 0;
 
-    /// Index of the system queue whose pointer variable holds `wq`.
+    /// Address mode: reads the `system_*wq` values on the first flush (or until every read
+    /// worked). Kept apart from the lookup, which runs twice for a worker (the flushed queue,
+    /// then the one it runs): a second copy of these reads doubled the verifier's work.
+    #[inline(always)]
+    fn load_queue_values() {
+        // SAFETY: plain reads of this program's own globals; racing writers store equal values.
+        let read = unsafe { read_volatile(addr_of!(QUEUE_VALUES_READ)) };
+        if global(&MATCH_BY_NAME) == 0 && read == 0 {
+            read_queue_values(global(&NR_QUEUES) as usize);
+        }
+    }
+
+    /// Index of the system queue whose pointer variable holds `wq`, from the cached values.
     #[inline(always)]
     fn match_by_address(wq: u64) -> Option<u32> {
         let n = global(&NR_QUEUES) as usize;
-        // SAFETY: a plain read of this program's own global; racing writers store equal values.
-        if unsafe { read_volatile(addr_of!(QUEUE_VALUES_READ)) } == 0 {
-            read_queue_values(n);
-        }
-        queue_holding(wq, n)
-    }
-
-    /// Index of the cached queue value equal to `wq`, without reading any missing values (the
-    /// running queue's lookup: a copy of the reading code there doubled the verifier's work).
-    #[inline(always)]
-    fn queue_holding(wq: u64, n: usize) -> Option<u32> {
         for i in 0..MAX_QUEUES {
             if i >= n {
                 break;
@@ -378,12 +381,7 @@ mod probe {
             }
         }
         ev.running_wq = p;
-        let running = if global(&MATCH_BY_NAME) != 0 {
-            match_by_name(p)
-        } else {
-            queue_holding(p, global(&NR_QUEUES) as usize)
-        };
-        ev.running_queue = running.unwrap_or(NO_QUEUE);
+        ev.running_queue = system_queue(p).unwrap_or(NO_QUEUE);
         ev.running_name = queue_name(p);
         ev.flags |= FLAG_RUNNING_KNOWN;
     }

@@ -160,7 +160,7 @@ fn attach_fentry(ebpf: &mut Ebpf, target: &Target) -> Result<()> {
     let prog: &mut FEntry = program(ebpf, "flush_fentry")?;
     prog.load(target.function, btf)
         .map_err(|e| explain(e, "loading"))?;
-    mark_verified("fentry", prog.info().ok());
+    mark_verified("fentry", || prog.info().ok());
     prog.attach().map_err(|e| explain(e, "attaching"))?;
     Ok(())
 }
@@ -174,15 +174,16 @@ fn attach_kprobe(ebpf: &mut Ebpf, function: &str) -> Result<()> {
     }
     let prog: &mut KProbe = program(ebpf, "flush_kprobe")?;
     prog.load().map_err(|e| explain(e, "loading"))?;
-    mark_verified("kprobe", prog.info().ok());
+    mark_verified("kprobe", || prog.info().ok());
     prog.attach(function, 0)
         .map_err(|e| explain(e, "attaching"))?;
     Ok(())
 }
 
-fn mark_verified(method: &str, info: Option<aya::programs::ProgramInfo>) {
+/// With `WQFLUSH_TIMINGS`, how much the verifier walked (asking costs a syscall, so only then).
+fn mark_verified(method: &str, info: impl FnOnce() -> Option<aya::programs::ProgramInfo>) {
     if crate::timing::enabled() {
-        let insns = info.and_then(|i| i.verified_instruction_count());
+        let insns = info().and_then(|i| i.verified_instruction_count());
         crate::timing::mark(&format!(
             "{method} program verified ({} instructions processed)",
             insns.map_or("?".into(), |n| n.to_string())
@@ -269,7 +270,7 @@ fn errno_hint(errno: i32) -> Option<&'static str> {
     })
 }
 
-/// Notifications of module loads (see `watch_module_loads`); an error when the kernel refuses the
+/// Notifications of module loads (see `watch::module_loaded`); an error when the kernel refuses the
 /// tracepoint, in which case modules are re-read only when a new call site shows up.
 pub fn module_loads(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>> {
     let prog: &mut RawTracePoint = program(ebpf, "module_load")?;
