@@ -78,7 +78,9 @@ impl Kallsyms {
             ks.add_line(line, &keep_data)
                 .with_context(|| format!("line {}: {line:?}", n + 1))?;
         }
-        ks.text.sort_unstable_by_key(|s| s.addr);
+        // Stable: symbols sharing an address keep their kallsyms order, which `locate` needs to
+        // name a frame the way the kernel does.
+        ks.text.sort_by_key(|s| s.addr);
         ks.text.shrink_to_fit();
         ks.arena.shrink_to_fit();
         Ok(ks)
@@ -170,14 +172,23 @@ impl Kallsyms {
         Some((start, end))
     }
 
-    /// The function containing `addr`, if any symbol precedes it.
+    /// The function containing `addr`, if any symbol precedes it. Of several symbols at one
+    /// address it names the one the kernel's own `%pS` names: the first in kallsyms order
+    /// (`get_symbol_pos` walks back to the first alias), except that the aliases
+    /// `module_init()`/`module_exit()` add (`init_module`, `cleanup_module`) never win over
+    /// the function's real name.
     pub fn locate(&self, addr: u64) -> Option<Location<'_>> {
-        let i = self
+        let last = self
             .text
             .partition_point(|s| s.addr <= addr)
             .checked_sub(1)?;
-        let sym = &self.text[i];
-        let next = self.text[i + 1..].iter().find(|s| s.addr > sym.addr);
+        let first = self.text.partition_point(|s| s.addr < self.text[last].addr);
+        let same = &self.text[first..=last];
+        let sym = same
+            .iter()
+            .find(|s| !matches!(self.name(s), "init_module" | "cleanup_module"))
+            .unwrap_or(&same[0]);
+        let next = self.text.get(last + 1);
         Some(Location {
             func: self.name(sym),
             offset: addr - sym.addr,
@@ -286,6 +297,35 @@ ffffffffc0b00000 T e1000_probe\t[e1000]
         assert!(
             !ks.has_kernel_function("wqflush_test_flush_long"),
             "module, not kernel"
+        );
+    }
+
+    #[test]
+    fn aliases_are_named_as_the_kernel_names_them() {
+        // module_exit() makes cleanup_module an alias of the exit function; which one kallsyms
+        // lists first varies. The real name wins either way, and otherwise the first listed.
+        for text in [
+            "ffffffffc0a02000 t cleanup_module\t[m]\nffffffffc0a02000 t m_exit\t[m]\n",
+            "ffffffffc0a02000 t m_exit\t[m]\nffffffffc0a02000 t cleanup_module\t[m]\n",
+        ] {
+            let ks = Kallsyms::parse(&format!("{text}ffffffffc0a02040 t m_next\t[m]\n"), |_| false)
+                .unwrap();
+            let loc = ks.locate(0xffffffffc0a02010).unwrap();
+            assert_eq!((loc.func, loc.size), ("m_exit", 0x40), "{text}");
+        }
+        let ks = Kallsyms::parse(
+            "ffffffff81000000 T zeta\nffffffff81000000 T alpha\nffffffff81000100 T next\n",
+            |_| false,
+        )
+        .unwrap();
+        for _ in 0..3 {
+            assert_eq!(ks.locate(0xffffffff81000004).unwrap().func, "zeta");
+        }
+        let ks = Kallsyms::parse("ffffffffc0a02000 t cleanup_module\t[m]\n", |_| false).unwrap();
+        assert_eq!(
+            ks.locate(0xffffffffc0a02004).unwrap().func,
+            "cleanup_module",
+            "an alias is better than nothing"
         );
     }
 

@@ -150,7 +150,7 @@ fn load(target: &Target) -> Result<Ebpf> {
             true,
         )
         .load(EBPF_OBJECT)
-        .map_err(|e| explain_errno(e, "creating the probe's maps"))
+        .map_err(explain_object)
 }
 
 fn attach_fentry(ebpf: &mut Ebpf, target: &Target) -> Result<()> {
@@ -213,59 +213,76 @@ where
 
 /// Adds what an errno means for this tool to aya's error.
 fn explain(err: ProgramError, doing: &str) -> anyhow::Error {
-    let hint = io_error(&err)
-        .and_then(|e| e.raw_os_error())
-        .and_then(errno_hint);
+    let hint = errno(&err)
+        .and_then(|e| errno_hint(e, Step::Program))
+        .map(|h| format!(" ({h})"));
     let verifier = match &err {
-        ProgramError::LoadError { verifier_log, .. } => format!("\nverifier log:\n{verifier_log}"),
+        ProgramError::LoadError { verifier_log, .. } if hint.is_none() => {
+            format!("\nverifier log:\n{verifier_log}")
+        }
         _ => String::new(),
     };
-    let hint = hint.map(|h| format!(" ({h})")).unwrap_or_default();
-    anyhow!(
-        "{doing} failed: {err}{hint}{}",
-        if hint.is_empty() {
-            verifier
-        } else {
-            String::new()
-        }
-    )
+    anyhow!("{doing} failed: {err}{}{verifier}", hint.unwrap_or_default())
 }
 
-fn explain_errno(err: aya::EbpfError, doing: &str) -> anyhow::Error {
-    let hint = std::error::Error::source(&err)
-        .and_then(|s| s.downcast_ref::<io::Error>())
-        .and_then(|e| e.raw_os_error())
-        .and_then(errno_hint)
+/// Loading the object creates its maps (and reads its BTF): a failure there is about maps,
+/// never about tracing the flush function.
+fn explain_object(err: aya::EbpfError) -> anyhow::Error {
+    let hint = errno(&err)
+        .and_then(|e| errno_hint(e, Step::Maps))
         .map(|h| format!(" ({h})"))
         .unwrap_or_default();
-    anyhow!("{doing} failed: {err}{hint}")
+    anyhow!("creating the probe's maps failed: {err}{hint}")
 }
 
-fn io_error(err: &ProgramError) -> Option<&io::Error> {
-    match err {
-        ProgramError::LoadError { io_error, .. } => Some(io_error),
-        ProgramError::SyscallError(e) => Some(&e.io_error),
-        _ => std::error::Error::source(err).and_then(|s| s.downcast_ref::<io::Error>()),
+/// The errno in an aya error, wherever in its chain of sources it sits.
+fn errno(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(code) = e.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) {
+            return Some(code);
+        }
+        if let Some(ProgramError::LoadError { io_error, .. }) = e.downcast_ref::<ProgramError>() {
+            return io_error.raw_os_error();
+        }
+        cause = e.source();
     }
+    None
 }
 
 /// The kernel-internal errno BPF returns for unsupported attach types.
 const ENOTSUPP: i32 = 524;
 
-fn errno_hint(errno: i32) -> Option<&'static str> {
+/// Which step of attaching an errno came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Creating the maps (loading the object).
+    Maps,
+    /// Loading or attaching the program on the flush function.
+    Program,
+}
+
+fn errno_hint(errno: i32, step: Step) -> Option<&'static str> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    Some(match errno {
-        libc::EPERM | libc::EACCES if !root => {
+    Some(match (errno, step) {
+        (libc::EPERM | libc::EACCES, _) if !root => {
             "permission denied: run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYSLOG"
         }
-        libc::EPERM => {
+        (libc::EPERM, Step::Maps) => {
+            "EPERM as root: the kernel refused to create a BPF map; before 5.11 maps count \
+             against RLIMIT_MEMLOCK, so raise `ulimit -l` (LimitMEMLOCK=infinity in a unit)"
+        }
+        (libc::EPERM, Step::Program) => {
             "EPERM as root: this kernel does not allow tracing this function (lockdown, or a BPF restriction)"
         }
-        libc::EACCES => "EACCES as root: the kernel refused (lockdown, or an LSM policy)",
-        libc::ENOENT => "ENOENT: the kernel has no such function or probe type",
-        libc::EOPNOTSUPP | ENOTSUPP => "not supported by this kernel",
-        libc::EINVAL => "EINVAL: the kernel rejected the request",
+        (libc::EACCES, _) => "EACCES as root: the kernel refused (lockdown, or an LSM policy)",
+        (libc::ENOENT, _) => "ENOENT: the kernel has no such function or probe type",
+        (libc::EOPNOTSUPP | ENOTSUPP, _) => "not supported by this kernel",
+        (libc::EINVAL, Step::Maps) => {
+            "EINVAL: the kernel rejected a map (the ring buffer needs 5.8)"
+        }
+        (libc::EINVAL, Step::Program) => "EINVAL: the kernel rejected the request",
         _ => return None,
     })
 }
@@ -321,4 +338,43 @@ pub fn counts(ebpf: &Ebpf, out: &mut Vec<(CountKey, u64)>) -> Result<()> {
         out.push(entry.context("reading the flush counters")?);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_map_failure_is_not_blamed_on_tracing() {
+        // Root or not decides the first line; as root (CI) both differ by step.
+        let maps = errno_hint(libc::EPERM, Step::Maps).unwrap();
+        let prog = errno_hint(libc::EPERM, Step::Program).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            assert!(maps.contains("BPF map") && maps.contains("ulimit -l"), "{maps}");
+            assert!(!maps.contains("tracing"), "{maps}");
+            assert!(prog.contains("tracing this function"), "{prog}");
+        } else {
+            assert!(maps.contains("run as root") && prog.contains("run as root"));
+        }
+    }
+
+    #[test]
+    fn errno_is_found_through_the_chain_of_sources() {
+        #[derive(Debug)]
+        struct Outer(io::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("creating map EVENTS")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let err = Outer(io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(errno(&err), Some(libc::EPERM));
+        assert_eq!(errno(&Outer(io::Error::other("no errno"))), None);
+    }
 }

@@ -17,6 +17,7 @@ use crate::kallsyms::Kallsyms;
 ///   length BTF reports, which covers both.
 /// - system_bh_wq / system_bh_highpri_wq: 6.9. system_percpu_wq / system_dfl_wq: 6.17 (Debian
 ///   backported them to 6.12.y), named like system_wq / system_unbound_wq.
+/// - system_dfl_long_wq: 7.1.
 pub const KNOWN: &[(&str, &str)] = &[
     ("system_wq", "events"),
     ("system_highpri_wq", "events_highpri"),
@@ -36,6 +37,7 @@ pub const KNOWN: &[(&str, &str)] = &[
     ("system_bh_highpri_wq", "events_bh_highpri"),
     ("system_percpu_wq", "events"),
     ("system_dfl_wq", "events_unbound"),
+    ("system_dfl_long_wq", "events_dfl_long"),
 ];
 
 /// One system workqueue the probe recognizes.

@@ -198,10 +198,18 @@ impl<W: Write> State<W> {
         let mut frames = self.sym.frames(&flush.stack);
         // A new call site whose caller does not resolve to a plausible function may be in a
         // module loaded since kallsyms was read: re-read and retry. (Re-reading for every new
-        // site could drop the symbols of a module unloaded meanwhile.)
-        let plausible = symbolize::caller(&frames).is_some_and(|c| c.is_plausible());
-        if !plausible && self.sites.is_new(flush.queue, &frames) && self.sym.refresh()? {
-            frames = self.sym.frames(&flush.stack);
+        // site could drop the symbols of a module unloaded meanwhile.) The re-read wins only
+        // if it makes the caller plausible: a module's last function has no size in kallsyms,
+        // and when its module is being unloaded (a flush in its exit function) the old table is
+        // the only one that still names it.
+        let plausible = |frames: &[symbolize::Frame]| {
+            symbolize::caller(frames).is_some_and(|c| c.is_plausible())
+        };
+        if !plausible(&frames) && self.sites.is_new(flush.queue, &frames) && self.sym.refresh()? {
+            let reread = self.sym.frames(&flush.stack);
+            if plausible(&reread) {
+                frames = reread;
+            }
         }
         if let Some(site) = self.sites.record(flush, frames) {
             self.reporter.first_sighting(site)?;

@@ -22,7 +22,21 @@
 #include <linux/seq_file.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
+#include <linux/version.h>
 #include <linux/workqueue.h>
+
+/*
+ * The function every flush passes through: since 5.19 (c4f135d64382) flush_workqueue() is a
+ * macro around __flush_workqueue(); before, flush_workqueue() is the exported function itself.
+ */
+#if LINUX_VERSION_CODE < KERNEL_VERSION(5, 19, 0)
+#define WQFLUSH_TEST_FLUSH_FN flush_workqueue
+#else
+#define WQFLUSH_TEST_FLUSH_FN __flush_workqueue
+#endif
+
+/* system_dfl_long_wq ("events_dfl_long") exists since 7.1. */
+#define WQFLUSH_TEST_HAVE_DFL_LONG (LINUX_VERSION_CODE >= KERNEL_VERSION(7, 1, 0))
 
 #define WQFLUSH_TEST_NAME "wqflush_test"
 #define WQFLUSH_TEST_BENCH_NAME "wqflush_test_bench"
@@ -44,6 +58,8 @@ static struct workqueue_struct *own_wq;
  */
 struct wqflush_test_holder {
 	struct workqueue_struct *wq;
+	/* system_dfl_long_wq, for the 'dfl_long' trigger (7.1+; NULL before). */
+	struct workqueue_struct *dfl_long;
 };
 static struct wqflush_test_holder holder;
 
@@ -67,6 +83,29 @@ static noinline void wqflush_test_flush_pointer(void)
 	barrier();
 }
 
+/*
+ * 'deprecated': flush_workqueue(system_wq) written out. Since 6.18 the macro's compile-time
+ * check (and the 6.6 run-time warning) test system_percpu_wq instead, so no kernel check
+ * reports this any more; older kernels warn at build time.
+ */
+static noinline void wqflush_test_flush_deprecated(void)
+{
+	flush_workqueue(system_wq);
+	barrier();
+}
+
+/*
+ * 'dfl_long': system_dfl_long_wq (7.1+) through a run-time pointer, which no compile-time or
+ * run-time kernel check sees.
+ */
+static noinline void wqflush_test_flush_dfl_long(void)
+{
+	struct wqflush_test_holder *h = &holder;
+
+	flush_workqueue(READ_ONCE(h->dfl_long));
+	barrier();
+}
+
 static noinline void wqflush_test_flush_own(void)
 {
 	flush_workqueue(own_wq);
@@ -81,7 +120,8 @@ static noinline void wqflush_test_flush_bench(void)
 
 /*
  * 'sites': WQFLUSH_TEST_SITES separate calls that flush system_wq, so each has its own return
- * address (func+offset). Each site calls __flush_workqueue(system_wq), which is exactly what
+ * address (func+offset). Each site calls __flush_workqueue(system_wq) (flush_workqueue() before
+ * 5.19), which is exactly what
  * flush_workqueue(system_wq) expands to minus its compile-time system-queue check: with the
  * macro, gcc 12 needs minutes for 10000 sites (it evaluates 7 pointer comparisons per site),
  * this way seconds, and no "Please avoid flushing system-wide workqueues" warning per site.
@@ -96,7 +136,7 @@ static noinline void wqflush_test_flush_bench(void)
 	asm volatile("" : "+r" (n));					\
 	if (n <= (k))							\
 		goto out;						\
-	__flush_workqueue(system_wq);					\
+	WQFLUSH_TEST_FLUSH_FN(system_wq);				\
 	asm volatile("" : : "i" (k) : "memory");
 #define WQFLUSH_TEST_SITES10(k)						\
 	WQFLUSH_TEST_SITE((k) + 0) WQFLUSH_TEST_SITE((k) + 1)		\
@@ -154,6 +194,9 @@ static noinline void wqflush_test_work_flush_self(struct work_struct *work)
 	barrier();
 }
 
+/* 'exit': the module's exit function flushes the 'pointer' queue on unload. */
+static bool exit_flush;
+
 /* Duration of the last 'bench' run, for /proc/wqflush_test_bench. */
 static atomic64_t bench_ns = ATOMIC64_INIT(0);
 
@@ -209,6 +252,28 @@ static long wqflush_test_run_worker_self(struct wqflush_test_trigger *t, long co
 	return 0;
 }
 
+static long wqflush_test_run_dfl_long(struct wqflush_test_trigger *t, long count)
+{
+	long i;
+
+	if (!holder.dfl_long)
+		return -EOPNOTSUPP;
+	for (i = 0; i < count; i++) {
+		wqflush_test_flush_dfl_long();
+		cond_resched();
+	}
+	return count;
+}
+
+static long wqflush_test_run_exit(struct wqflush_test_trigger *t, long count)
+{
+	if (count != 1)
+		return -EINVAL;
+	WRITE_ONCE(exit_flush, true);
+	/* Counted now: the flush runs in rmmod, when nothing can read the count any more. */
+	return 1;
+}
+
 static long wqflush_test_run_bench(struct wqflush_test_trigger *t, long count)
 {
 	u64 start = ktime_get_ns();
@@ -237,6 +302,10 @@ static struct wqflush_test_trigger triggers[] = {
 	{ .name = "worker_self", .run = wqflush_test_run_worker_self,
 	  .listed_when_fired = true },
 	{ .name = "bench", .run = wqflush_test_run_bench, .listed_when_fired = true },
+	{ .name = "deprecated", .fire = wqflush_test_flush_deprecated,
+	  .listed_when_fired = true },
+	{ .name = "dfl_long", .run = wqflush_test_run_dfl_long, .listed_when_fired = true },
+	{ .name = "exit", .run = wqflush_test_run_exit, .listed_when_fired = true },
 };
 
 static struct wqflush_test_trigger *find_trigger(const char *name)
@@ -372,6 +441,9 @@ static int __init wqflush_test_init(void)
 	if (!own_wq)
 		return -ENOMEM;
 	WRITE_ONCE(holder.wq, queue_by_name(pointer_wq));
+#if WQFLUSH_TEST_HAVE_DFL_LONG
+	WRITE_ONCE(holder.dfl_long, system_dfl_long_wq);
+#endif
 	if (!holder.wq) {
 		pr_err(WQFLUSH_TEST_NAME ": unknown pointer_wq=%s\n", pointer_wq);
 		destroy_workqueue(own_wq);
@@ -390,9 +462,15 @@ static int __init wqflush_test_init(void)
 	return 0;
 }
 
-/* Never runs after 'worker_self': that trigger holds a module reference for good. */
+/*
+ * Never runs after 'worker_self': that trigger holds a module reference for good. After 'exit'
+ * it flushes a system queue first, as many drivers' exit functions did: module_exit() makes
+ * cleanup_module an alias of this function, and a report must name this one.
+ */
 static void __exit wqflush_test_exit(void)
 {
+	if (READ_ONCE(exit_flush))
+		flush_workqueue(READ_ONCE(holder.wq));
 	remove_proc_entry(WQFLUSH_TEST_BENCH_NAME, NULL);
 	remove_proc_entry(WQFLUSH_TEST_NAME, NULL);
 	destroy_workqueue(own_wq);

@@ -1,5 +1,9 @@
-//! Picks a Debian bookworm kernel ABI from apt's metadata, downloads the image, headers and
-//! kbuild packages and extracts them into the cache.
+//! Picks a Debian kernel ABI of each tested series from a private apt state, downloads the image,
+//! headers and kbuild packages and extracts them into the cache.
+//!
+//! The suites come from the mirrors this machine's apt already uses (read from
+//! `/etc/apt/sources.list{,.d}`), through apt lists, caches and a sources list of the harness's
+//! own under the cache: the machine's apt configuration is never changed.
 
 use crate::util::{lock, run, run_stdout};
 use anyhow::{Context, Result, bail};
@@ -7,44 +11,124 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-/// The two kernel series wqflush is tested on.
+/// The kernel series wqflush is tested on: the three generations a fleet runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Series {
+    /// bullseye(-security)'s 5.10: `linux-image-5.10.0-<N>-amd64`; the flush function is
+    /// `flush_workqueue()` itself (before 5.19).
+    V5_10,
     /// bookworm's own kernel: `linux-image-6.1.0-<N>-amd64`.
     V6_1,
     /// bookworm-security's backport: `linux-image-6.12.<N>+deb12-amd64`.
     V6_12,
+    /// trixie-backports' newest 7.x: `linux-binary-7.<M>.<P>+deb13-amd64` (7.x's
+    /// `linux-image-*` is an empty package); its modules need gcc-14, built in a trixie chroot.
+    V7,
+}
+
+/// How a series' ABI appears in its image package's name: `<image><head><numbers><tail>-amd64`.
+struct Naming {
+    image: &'static str,
+    head: &'static str,
+    tail: &'static str,
 }
 
 impl Series {
-    pub const ALL: [Series; 2] = [Series::V6_1, Series::V6_12];
+    pub const ALL: [Series; 4] = [Series::V5_10, Series::V6_1, Series::V6_12, Series::V7];
 
-    /// The ABI in an image package name (`6.1.0-56`, `6.12.117+deb12`) and its sort key.
-    fn parse_image(self, pkg: &str) -> Option<(u64, String)> {
-        let abi = pkg.strip_prefix("linux-image-")?.strip_suffix("-amd64")?;
-        let n = match self {
-            Series::V6_1 => abi.strip_prefix("6.1.0-")?,
-            Series::V6_12 => abi.strip_prefix("6.12.")?.strip_suffix("+deb12")?,
+    /// The series named as `cargo xtask --kernel` takes it: `5.10`, `6.1`, `6.12`, `7`.
+    pub fn from_name(name: &str) -> Option<Series> {
+        Series::ALL.into_iter().find(|s| s.to_string() == name)
+    }
+
+    /// Position in [`Series::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The function every workqueue flush passes through: `__flush_workqueue` since 5.19
+    /// (c4f135d64382 made `flush_workqueue()` a macro around it), `flush_workqueue` before.
+    pub fn flush_function(self) -> &'static str {
+        match self {
+            Series::V5_10 => "flush_workqueue",
+            _ => "__flush_workqueue",
+        }
+    }
+
+    /// The queue `flush_scheduled_work()` flushes: `system_percpu_wq` since 6.18, and in
+    /// Debian's 6.12, which backported that change; `system_wq` before.
+    pub fn scheduled_work_queue(self) -> &'static str {
+        match self {
+            Series::V5_10 | Series::V6_1 => "system_wq",
+            Series::V6_12 | Series::V7 => "system_percpu_wq",
+        }
+    }
+
+    fn naming(self) -> Naming {
+        let (image, head, tail) = match self {
+            Series::V5_10 => ("linux-image-", "5.10.0-", ""),
+            Series::V6_1 => ("linux-image-", "6.1.0-", ""),
+            Series::V6_12 => ("linux-image-", "6.12.", "+deb12"),
+            Series::V7 => ("linux-binary-", "7.", "+deb13"),
         };
-        // Rejects flavours like `-rt`/`-cloud` and `-dbg`, whose remainder is not a number.
-        let key = n.parse().ok()?;
+        Naming { image, head, tail }
+    }
+
+    /// The ABI in an image package name (`6.1.0-56`, `7.3.4+deb13`) and its sort key.
+    fn parse_image(self, pkg: &str) -> Option<(Vec<u64>, String)> {
+        let n = self.naming();
+        let abi = pkg.strip_prefix(n.image)?.strip_suffix("-amd64")?;
+        let numbers = abi.strip_prefix(n.head)?.strip_suffix(n.tail)?;
+        // Rejects flavours like `-rt`/`-cloud`, `-dbg` and `-unsigned`, whose remainder is not
+        // dotted numbers.
+        let key = numbers
+            .split('.')
+            .map(|part| part.parse().ok())
+            .collect::<Option<Vec<u64>>>()?;
         Some((key, abi.to_string()))
     }
 
-    fn image_prefix(self) -> &'static str {
+    /// The packages to extract for `abi`, besides the headers' dependencies.
+    fn packages(self, abi: &str) -> Vec<String> {
+        let image = format!("{}{abi}-amd64", self.naming().image);
         match self {
-            Series::V6_1 => "linux-image-6.1.0-",
-            Series::V6_12 => "linux-image-6.12.",
+            // 7.x moved the config (and the placeholder System.map) into linux-base-<abi>.
+            Series::V7 => vec![image, format!("linux-base-{abi}-amd64")],
+            _ => vec![image],
         }
     }
+
+    /// The compiler the test module is built with.
+    pub(crate) fn toolchain(self) -> Toolchain {
+        match self {
+            // 5.10's headers name gcc-10, which bookworm lacks; its gcc-12 builds the module.
+            Series::V5_10 => Toolchain::Host { cc: Some("gcc") },
+            Series::V6_1 | Series::V6_12 => Toolchain::Host { cc: None },
+            // 7.x's flags (-fmin-function-alignment) need gcc-14, and its kbuild tools link
+            // against trixie's glibc.
+            Series::V7 => Toolchain::TrixieChroot,
+        }
+    }
+}
+
+/// Where the test module for a series is compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Toolchain {
+    /// This machine's make and gcc; `cc` overrides the compiler the headers name.
+    Host { cc: Option<&'static str> },
+    /// A debootstrapped trixie with gcc-14 ([`crate::module`] builds it once).
+    TrixieChroot,
 }
 
 impl fmt::Display for Series {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Series::V5_10 => "5.10",
             Series::V6_1 => "6.1",
             Series::V6_12 => "6.12",
+            Series::V7 => "7",
         })
     }
 }
@@ -53,7 +137,7 @@ impl fmt::Display for Series {
 #[derive(Debug, Clone)]
 pub struct Kernel {
     pub series: Series,
-    /// Package ABI, e.g. `6.1.0-56` or `6.12.117+deb12`.
+    /// Package ABI, e.g. `6.1.0-56` or `7.3.4+deb13`.
     pub abi: String,
     /// `uname -r` in the guest, e.g. `6.1.0-56-amd64`.
     pub release: String,
@@ -61,9 +145,7 @@ pub struct Kernel {
     pub vmlinuz: PathBuf,
     /// The arch headers tree for `make -C <headers> M=... modules`.
     pub headers: PathBuf,
-    /// `lib/modules/<release>` of the image package (in-tree `.ko`/`.ko.xz` files).
-    pub modules_dir: PathBuf,
-    pub system_map: PathBuf,
+    /// The kernel's build configuration.
     pub config: PathBuf,
     /// Everything the packages contain, extracted as if `/`.
     pub root: PathBuf,
@@ -71,26 +153,181 @@ pub struct Kernel {
 
 /// Returns a ready kernel of `series`, downloading it into `cache/<abi>/` on first use.
 pub fn prepare_kernel(series: Series, cache: &Path) -> Result<Kernel> {
-    let abi = newest_abi(series)?;
+    let apt = Apt::open(cache)?;
+    let abi = newest_abi(&apt, series)?;
     let dir = cache.join(&abi);
     let _guard = lock(&cache.join(format!("{abi}.lock")))?;
     if !dir.join(".complete").exists() {
-        populate(&abi, &dir)
+        populate(&apt, series, &abi, &dir)
             .with_context(|| format!("preparing kernel {abi} in {}", dir.display()))?;
     }
     locate(series, &abi, &dir.join("root"))
 }
 
+/// apt with a state of its own under the cache.
+struct Apt {
+    dir: PathBuf,
+}
+
+/// Suites on the main mirror and on the security mirror that the series come from.
+const SUITES: &[&str] = &["bullseye", "bookworm", "trixie", "trixie-backports"];
+const SECURITY_SUITES: &[&str] = &["bullseye-security", "bookworm-security"];
+
+/// Lists older than this name kernels the archive may have dropped (ABIs move weekly).
+const LISTS_MAX_AGE: Duration = Duration::from_secs(6 * 3600);
+
+impl Apt {
+    /// Writes the sources list and refreshes the lists when they are missing, stale or were
+    /// made for other sources.
+    fn open(cache: &Path) -> Result<Apt> {
+        let apt = Apt {
+            dir: cache.join("apt"),
+        };
+        let _guard = lock(&cache.join("apt.lock"))?;
+        for sub in ["lists/partial", "archives/partial", "sources.list.d", "preferences.d"] {
+            let d = apt.dir.join(sub);
+            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        fs::write(apt.dir.join("status"), "").context("writing the private dpkg status")?;
+        let sources = sources_list(&mirrors()?);
+        let list = apt.dir.join("sources.list");
+        let changed = fs::read_to_string(&list).ok().as_deref() != Some(sources.as_str());
+        if changed {
+            fs::write(&list, &sources).with_context(|| format!("writing {}", list.display()))?;
+        }
+        if changed || apt.lists_stale() {
+            run(apt.command("apt-get").args(["update", "-qq"])).context(
+                "updating the harness's private apt lists (needs network to the Debian mirror)",
+            )?;
+        }
+        Ok(apt)
+    }
+
+    fn lists_stale(&self) -> bool {
+        let newest = fs::read_dir(self.dir.join("lists"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
+            .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .max();
+        !newest.is_some_and(|t| t.elapsed().unwrap_or_default() < LISTS_MAX_AGE)
+    }
+
+    /// `apt-get`/`apt-cache` reading only this state: nothing of the machine's sources,
+    /// preferences, lists or dpkg status.
+    fn command(&self, program: &str) -> Command {
+        let d = &self.dir;
+        let mut cmd = Command::new(program);
+        for (key, value) in [
+            ("Dir::Etc::SourceList", d.join("sources.list")),
+            ("Dir::Etc::SourceParts", d.join("sources.list.d")),
+            ("Dir::Etc::Preferences", d.join("preferences")),
+            ("Dir::Etc::PreferencesParts", d.join("preferences.d")),
+            ("Dir::State::Lists", d.join("lists")),
+            ("Dir::State::status", d.join("status")),
+            ("Dir::Cache", d.clone()),
+        ] {
+            cmd.arg("-o").arg(format!("{key}={}", value.display()));
+        }
+        for option in [
+            "APT::Architecture=amd64",
+            "APT::Architectures=amd64",
+            "Acquire::Languages=none",
+            // The cache is the harness's own, under the workspace; apt's _apt user may not
+            // be able to write there.
+            "APT::Sandbox::User=root",
+        ] {
+            cmd.arg("-o").arg(option);
+        }
+        cmd
+    }
+
+    /// `apt-cache pkgnames <prefix>`.
+    fn pkgnames(&self, prefix: &str) -> Result<Vec<String>> {
+        let out = run_stdout(self.command("apt-cache").args(["pkgnames", prefix]))?;
+        Ok(out.lines().map(str::to_string).collect())
+    }
+}
+
+/// The Debian archive and security archive URIs this machine's apt uses.
+#[derive(Debug, PartialEq, Eq)]
+struct Mirrors {
+    main: String,
+    security: String,
+}
+
+fn mirrors() -> Result<Mirrors> {
+    let mut texts = Vec::new();
+    for file in ["/etc/apt/sources.list"] {
+        texts.extend(fs::read_to_string(file).ok());
+    }
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut paths: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths {
+            if p.extension().is_some_and(|e| e == "sources" || e == "list") {
+                texts.extend(fs::read_to_string(p).ok());
+            }
+        }
+    }
+    mirrors_in(&texts.join("\n")).context(
+        "found no Debian mirror (a URI ending in /debian) in /etc/apt/sources.list or \
+         /etc/apt/sources.list.d; the harness downloads Debian kernels from it",
+    )
+}
+
+/// The Debian archive this machine's apt uses (debootstrap takes it too).
+pub(crate) fn main_mirror() -> Result<String> {
+    Ok(mirrors()?.main)
+}
+
+/// Mirrors named in apt sources text, deb822 (`URIs: ...`) or one-line (`deb [..] URI ...`).
+fn mirrors_in(text: &str) -> Option<Mirrors> {
+    let mut uris = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(list) = line.strip_prefix("URIs:") {
+            uris.extend(list.split_whitespace());
+        } else if let Some(rest) = line.strip_prefix("deb ") {
+            let mut words = rest.split_whitespace().skip_while(|w| w.starts_with('['));
+            // Options may hold spaces: `[ signed-by=... ]`.
+            uris.extend(words.find(|w| w.contains("://")));
+        }
+    }
+    let find = |suffix: &str| {
+        uris.iter()
+            .map(|u| u.trim_end_matches('/'))
+            .find(|u| u.ends_with(suffix))
+            .map(str::to_owned)
+    };
+    let main = find("/debian")?;
+    let security = find("/debian-security").unwrap_or_else(|| format!("{main}-security"));
+    Some(Mirrors { main, security })
+}
+
+fn sources_list(m: &Mirrors) -> String {
+    let key = "[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]";
+    let mut text = String::from("# Written by the wqflush test harness; see tests/src/debian.rs\n");
+    for suite in SUITES {
+        text.push_str(&format!("deb {key} {} {suite} main\n", m.main));
+    }
+    for suite in SECURITY_SUITES {
+        text.push_str(&format!("deb {key} {} {suite} main\n", m.security));
+    }
+    text
+}
+
 /// Downloads and extracts the packages of `abi` into `dir/root`, then marks `dir` complete.
-fn populate(abi: &str, dir: &Path) -> Result<()> {
+fn populate(apt: &Apt, series: Series, abi: &str, dir: &Path) -> Result<()> {
     let root = dir.join("root");
     if root.exists() {
         // A previous run died half-way; start from scratch rather than trust partial files.
         fs::remove_dir_all(&root).with_context(|| format!("removing stale {}", root.display()))?;
     }
     let debs_dir = dir.join("debs.tmp");
+    let _ = fs::remove_dir_all(&debs_dir);
     fs::create_dir_all(&debs_dir).with_context(|| format!("creating {}", debs_dir.display()))?;
-    let debs = download(&packages_for(abi)?, &debs_dir)?;
+    let debs = download(apt, &packages_for(apt, series, abi)?, &debs_dir)?;
     for deb in &debs {
         run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root))?;
     }
@@ -101,59 +338,55 @@ fn populate(abi: &str, dir: &Path) -> Result<()> {
 }
 
 /// The newest ABI of `series` that has both an image and an amd64 headers package.
-fn newest_abi(series: Series) -> Result<String> {
-    let mut images: Vec<(u64, String)> = pkgnames(series.image_prefix())?
+fn newest_abi(apt: &Apt, series: Series) -> Result<String> {
+    let n = series.naming();
+    let mut images: Vec<(Vec<u64>, String)> = apt
+        .pkgnames(&format!("{}{}", n.image, n.head))?
         .iter()
         .filter_map(|p| series.parse_image(p))
         .collect();
     images.sort();
-    let headers = pkgnames("linux-headers-")?;
+    let headers = apt.pkgnames("linux-headers-")?;
     images
         .into_iter()
         .rev()
         .map(|(_, abi)| abi)
         .find(|abi| headers.iter().any(|h| *h == format!("linux-headers-{abi}-amd64")))
         .with_context(|| {
-            format!("apt knows no linux-image-{series}.x amd64 package with matching headers; check /etc/apt/sources.list (6.12 comes from bookworm-security)")
+            format!(
+                "the Debian archive offers no {series} kernel ({}{}...-amd64) with matching \
+                 headers",
+                n.image, n.head
+            )
         })
 }
 
-/// `apt-cache pkgnames <prefix>`, running `apt-get update` once if the lists look empty.
-fn pkgnames(prefix: &str) -> Result<Vec<String>> {
-    let list = || -> Result<Vec<String>> {
-        let out = run_stdout(Command::new("apt-cache").args(["pkgnames", prefix]))?;
-        Ok(out.lines().map(str::to_string).collect())
-    };
-    let names = list()?;
-    if !names.is_empty() {
-        return Ok(names);
-    }
-    run(Command::new("apt-get").args(["update", "-qq"]))
-        .context("apt lists look empty and `apt-get update` failed (needs root and network)")?;
-    list()
-}
-
-/// The image, amd64 headers, and the headers' `-common` and `linux-kbuild-*` dependencies.
-fn packages_for(abi: &str) -> Result<Vec<String>> {
-    let image = format!("linux-image-{abi}-amd64");
+/// The image packages, amd64 headers, and the headers' `-common` and `linux-kbuild-*`
+/// dependencies.
+fn packages_for(apt: &Apt, series: Series, abi: &str) -> Result<Vec<String>> {
     let headers = format!("linux-headers-{abi}-amd64");
-    let mut pkgs = vec![image, headers.clone()];
-    for dep in depends(&headers)? {
-        if dep.starts_with("linux-headers-") && dep.ends_with("-common")
-            || dep.starts_with("linux-kbuild-")
-        {
-            pkgs.push(dep);
-        }
+    let mut pkgs = series.packages(abi);
+    pkgs.push(headers.clone());
+    let extra: Vec<String> = depends(apt, &headers)?
+        .into_iter()
+        .filter(|d| {
+            d.starts_with("linux-headers-") && d.ends_with("-common")
+                || d.starts_with("linux-kbuild-")
+        })
+        .collect();
+    if extra.len() != 2 {
+        bail!("expected -common and linux-kbuild-* among the Depends of {headers}, got {extra:?}");
     }
-    if pkgs.len() != 4 {
-        bail!("expected -common and linux-kbuild-* among the Depends of {headers}, got {pkgs:?}");
-    }
+    pkgs.extend(extra);
     Ok(pkgs)
 }
 
 /// Package names in the candidate's `Depends:` (first alternative, versions dropped).
-fn depends(pkg: &str) -> Result<Vec<String>> {
-    let out = run_stdout(Command::new("apt-cache").args(["show", "--no-all-versions", pkg]))?;
+fn depends(apt: &Apt, pkg: &str) -> Result<Vec<String>> {
+    let out = run_stdout(
+        apt.command("apt-cache")
+            .args(["show", "--no-all-versions", pkg]),
+    )?;
     let line = out
         .lines()
         .find_map(|l| l.strip_prefix("Depends:"))
@@ -167,8 +400,9 @@ fn depends(pkg: &str) -> Result<Vec<String>> {
 }
 
 /// `apt-get download` into `dir`; returns the `.deb` files found there afterwards.
-fn download(pkgs: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
-    run(Command::new("apt-get")
+fn download(apt: &Apt, pkgs: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
+    run(apt
+        .command("apt-get")
         .arg("download")
         .arg("-q")
         .args(pkgs)
@@ -192,8 +426,9 @@ fn download(pkgs: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(debs)
 }
 
-/// The arch headers' Makefile includes the common tree by absolute `/usr/src/...` path; point
-/// it into the extracted root so the tree works wherever the cache lives.
+/// The arch headers' Makefile includes the common tree (and, from 7.x, sets `KBUILD_OUTPUT`)
+/// by absolute `/usr/src/...` path; point it into the extracted root so the tree works
+/// wherever the cache lives.
 fn patch_headers_makefile(root: &Path, abi: &str) -> Result<()> {
     let makefile = root.join(format!("usr/src/linux-headers-{abi}-amd64/Makefile"));
     let text =
@@ -203,26 +438,31 @@ fn patch_headers_makefile(root: &Path, abi: &str) -> Result<()> {
     fs::write(&makefile, patched).with_context(|| format!("writing {}", makefile.display()))
 }
 
-/// Finds the files of an extracted kernel; `release` comes from its modules directory.
+/// Finds the files of an extracted kernel: under `boot/` up to 6.x, under
+/// `usr/lib/modules/<release>/` from 7.x.
 fn locate(series: Series, abi: &str, root: &Path) -> Result<Kernel> {
     let release = format!("{abi}-amd64");
-    let modules_dir = ["lib/modules", "usr/lib/modules"]
-        .iter()
-        .map(|d| root.join(d).join(&release))
-        .find(|d| d.is_dir())
-        .with_context(|| format!("no lib/modules/{release} in {}", root.display()))?;
+    let first = |candidates: [PathBuf; 2]| {
+        let [a, b] = candidates;
+        if a.exists() { a } else { b }
+    };
+    let modules = root.join("usr/lib/modules").join(&release);
     let kernel = Kernel {
         series,
         abi: abi.to_string(),
-        vmlinuz: root.join(format!("boot/vmlinuz-{release}")),
+        vmlinuz: first([
+            root.join(format!("boot/vmlinuz-{release}")),
+            modules.join("vmlinuz"),
+        ]),
         headers: root.join(format!("usr/src/linux-headers-{release}")),
-        system_map: root.join(format!("boot/System.map-{release}")),
-        config: root.join(format!("boot/config-{release}")),
-        modules_dir,
+        config: first([
+            root.join(format!("boot/config-{release}")),
+            modules.join("config"),
+        ]),
         root: root.to_path_buf(),
         release,
     };
-    for p in [&kernel.vmlinuz, &kernel.headers] {
+    for p in [&kernel.vmlinuz, &kernel.headers, &kernel.config] {
         if !p.exists() {
             bail!(
                 "{} missing; delete {} to re-download",
@@ -238,21 +478,71 @@ fn locate(series: Series, abi: &str, root: &Path) -> Result<Kernel> {
 mod tests {
     use super::*;
 
+    fn key(parts: &[u64], abi: &str) -> Option<(Vec<u64>, String)> {
+        Some((parts.to_vec(), abi.to_string()))
+    }
+
     #[test]
     fn image_names() {
-        let v61 = Series::V6_1;
+        let v = Series::V5_10;
         assert_eq!(
-            v61.parse_image("linux-image-6.1.0-56-amd64"),
-            Some((56, "6.1.0-56".into()))
+            v.parse_image("linux-image-5.10.0-46-amd64"),
+            key(&[46], "5.10.0-46")
         );
-        assert_eq!(v61.parse_image("linux-image-6.1.0-56-rt-amd64"), None);
-        assert_eq!(v61.parse_image("linux-image-6.1.0-56-amd64-dbg"), None);
-        let v612 = Series::V6_12;
-        let abi = Some((117, "6.12.117+deb12".into()));
-        assert_eq!(v612.parse_image("linux-image-6.12.117+deb12-amd64"), abi);
+        assert_eq!(v.parse_image("linux-image-5.10.0-46-amd64-unsigned"), None);
+        assert_eq!(v.parse_image("linux-image-5.10.0-46-rt-amd64"), None);
+        let v = Series::V6_1;
         assert_eq!(
-            v612.parse_image("linux-image-6.12.117+deb12-cloud-amd64"),
+            v.parse_image("linux-image-6.1.0-56-amd64"),
+            key(&[56], "6.1.0-56")
+        );
+        assert_eq!(v.parse_image("linux-image-6.1.0-56-rt-amd64"), None);
+        assert_eq!(v.parse_image("linux-image-6.1.0-56-amd64-dbg"), None);
+        let v = Series::V6_12;
+        let abi = key(&[117], "6.12.117+deb12");
+        assert_eq!(v.parse_image("linux-image-6.12.117+deb12-amd64"), abi);
+        assert_eq!(
+            v.parse_image("linux-image-6.12.117+deb12-cloud-amd64"),
             None
         );
+        let v = Series::V7;
+        assert_eq!(
+            v.parse_image("linux-binary-7.3.4+deb13-amd64"),
+            key(&[3, 4], "7.3.4+deb13")
+        );
+        assert_eq!(v.parse_image("linux-binary-unsigned-7.3.4+deb13-amd64"), None);
+        assert_eq!(v.parse_image("linux-binary-7.3.4+deb13-rt-amd64"), None);
+        assert_eq!(v.parse_image("linux-image-7.3.4+deb13-amd64"), None);
+        // 7.10 sorts after 7.9.
+        assert!(v.parse_image("linux-binary-7.10.1+deb13-amd64") > v.parse_image("linux-binary-7.9.12+deb13-amd64"));
+    }
+
+    #[test]
+    fn series_names_round_trip() {
+        for s in Series::ALL {
+            assert_eq!(Series::from_name(&s.to_string()), Some(s));
+            assert_eq!(Series::ALL[s.index()], s);
+        }
+        assert_eq!(Series::from_name("6"), None);
+    }
+
+    #[test]
+    fn mirrors_from_deb822_and_one_line_sources() {
+        let deb822 = "Types: deb\n# http://snapshot.example/archive/debian/2025\nURIs: http://m.example/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://m.example/debian-security/\nSuites: bookworm-security\n";
+        assert_eq!(
+            mirrors_in(deb822),
+            Some(Mirrors {
+                main: "http://m.example/debian".into(),
+                security: "http://m.example/debian-security".into()
+            })
+        );
+        let one_line = "deb [ signed-by=/k.gpg ] https://n.example/debian bookworm main\n";
+        let m = mirrors_in(one_line).unwrap();
+        assert_eq!(m.main, "https://n.example/debian");
+        assert_eq!(m.security, "https://n.example/debian-security");
+        assert_eq!(mirrors_in("deb https://packages.example/apt cloud main\n"), None);
+        let list = sources_list(&m);
+        assert!(list.contains("https://n.example/debian trixie-backports main"));
+        assert!(list.contains("https://n.example/debian-security bullseye-security main"));
     }
 }

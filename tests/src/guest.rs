@@ -79,6 +79,16 @@ stop_bg() {
 	wait "$1"
 }
 
+# flush_fn: the function every workqueue flush passes through on this kernel:
+# __flush_workqueue since 5.19, flush_workqueue (the exported function itself) before.
+flush_fn() {
+	if awk '$3 == "__flush_workqueue" && NF == 3 { f = 1; exit } END { exit !f }' /proc/kallsyms; then
+		echo __flush_workqueue
+	else
+		echo flush_workqueue
+	fi
+}
+
 # load_test_module [PARAMS...]: insmods the wqflush_test module copied to /lib/wqflush_test.ko.
 load_test_module() {
 	insmod /lib/wqflush_test.ko "$@"

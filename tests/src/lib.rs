@@ -42,26 +42,25 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// One `#[test]` per kernel and check: `per_kernel_tests! { test_name => check_fn, ... }` makes
-/// `debian_6_1::test_name` and `debian_6_12::test_name`, each calling `check_fn(series)`. They
-/// boot QEMU, so they are ignored by plain `cargo test`; `cargo xtask test` includes them.
+/// `debian_5_10::test_name`, `debian_6_1::test_name`, `debian_6_12::test_name` and
+/// `debian_7::test_name`, each calling `check_fn(series)` (`cargo xtask test --kernel 6.12`
+/// runs one of them). They boot QEMU, so they are ignored by plain `cargo test`;
+/// `cargo xtask test` includes them.
 #[macro_export]
 macro_rules! per_kernel_tests {
     ($($name:ident => $check:ident),* $(,)?) => {
-        mod debian_6_1 {
+        $crate::per_kernel_tests!(@series debian_5_10, V5_10; $($name => $check),*);
+        $crate::per_kernel_tests!(@series debian_6_1, V6_1; $($name => $check),*);
+        $crate::per_kernel_tests!(@series debian_6_12, V6_12; $($name => $check),*);
+        $crate::per_kernel_tests!(@series debian_7, V7; $($name => $check),*);
+    };
+    (@series $module:ident, $series:ident; $($name:ident => $check:ident),*) => {
+        mod $module {
             $(
                 #[test]
                 #[ignore = "boots QEMU; run through cargo xtask test"]
                 fn $name() -> anyhow::Result<()> {
-                    super::$check($crate::Series::V6_1)
-                }
-            )*
-        }
-        mod debian_6_12 {
-            $(
-                #[test]
-                #[ignore = "boots QEMU; run through cargo xtask test"]
-                fn $name() -> anyhow::Result<()> {
-                    super::$check($crate::Series::V6_12)
+                    super::$check($crate::Series::$series)
                 }
             )*
         }

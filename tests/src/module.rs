@@ -1,6 +1,6 @@
 //! Builds the `wqflush_test` kernel module (tests/module/) against a prepared kernel.
 
-use crate::debian::Kernel;
+use crate::debian::{Kernel, Toolchain};
 use crate::util::{copy_if_changed, lock, run};
 use anyhow::{Context, Result, bail};
 use std::fs;
@@ -32,8 +32,19 @@ pub fn build_module(kernel: &Kernel, out: &Path) -> Result<PathBuf> {
     for name in SOURCES {
         copy_if_changed(&src.join(name), &dir.join(name))?;
     }
-    run(&mut make_command(kernel, &dir))
-        .with_context(|| format!("building {MODULE_NAME}.ko for {}", kernel.release))?;
+    let make = make_args(kernel, &dir);
+    let mut cmd = match kernel.series.toolchain() {
+        Toolchain::Host { .. } => {
+            let mut cmd = Command::new("make");
+            cmd.args(&make);
+            cmd
+        }
+        Toolchain::TrixieChroot => {
+            let chroot = trixie_chroot(out)?;
+            in_chroot(&chroot, &[&kernel.root, &dir], &make)
+        }
+    };
+    run(&mut cmd).with_context(|| format!("building {MODULE_NAME}.ko for {}", kernel.release))?;
     let ko = dir.join(format!("{MODULE_NAME}.ko"));
     if !ko.exists() {
         bail!("make succeeded but {} is missing", ko.display());
@@ -41,17 +52,71 @@ pub fn build_module(kernel: &Kernel, out: &Path) -> Result<PathBuf> {
     Ok(ko)
 }
 
-/// `make -C <headers> M=<dir> modules`, without BTF when pahole is missing (6.12 needs it).
-fn make_command(kernel: &Kernel, dir: &Path) -> Command {
-    let mut cmd = Command::new("make");
-    cmd.arg("-C")
-        .arg(&kernel.headers)
-        .arg(format!("M={}", dir.display()))
-        .arg(format!("-j{}", jobs()));
-    if !have_pahole() {
-        cmd.arg("CONFIG_DEBUG_INFO_BTF_MODULES=");
+/// `make -C <headers> M=<dir> modules`'s arguments, without BTF when the host has no pahole
+/// (6.12 needs it; the chroot has its own).
+fn make_args(kernel: &Kernel, dir: &Path) -> Vec<String> {
+    let mut args = vec![
+        "-C".to_owned(),
+        kernel.headers.display().to_string(),
+        format!("M={}", dir.display()),
+        format!("-j{}", jobs()),
+    ];
+    if let Toolchain::Host { cc } = kernel.series.toolchain() {
+        args.extend(cc.map(|cc| format!("CC={cc}")));
+        if !have_pahole() {
+            args.push("CONFIG_DEBUG_INFO_BTF_MODULES=".to_owned());
+        }
     }
-    cmd.arg("modules");
+    args.push("modules".to_owned());
+    args
+}
+
+/// What the trixie chroot holds: gcc-14 for 7.x's flags, pahole for module BTF, libelf for
+/// objtool, bc and kmod for kbuild's scripts.
+const CHROOT_PACKAGES: &str = "gcc-14,make,libc6-dev,libelf-dev,bc,kmod,dwarves";
+
+/// A minimal trixie under `out/chroot-trixie` (debootstrap, about 80 s once), for kernels
+/// whose modules this machine's compiler and glibc cannot build.
+fn trixie_chroot(out: &Path) -> Result<PathBuf> {
+    let dir = out.join("chroot-trixie");
+    let root = dir.join("root");
+    let _guard = lock(&out.join("chroot-trixie.lock"))?;
+    if dir.join(".complete").exists() {
+        return Ok(root);
+    }
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mirror = crate::debian::main_mirror()?;
+    eprintln!("vmtest: debootstrapping trixie into {} (once)", root.display());
+    run(Command::new("debootstrap")
+        .args(["--variant=minbase", &format!("--include={CHROOT_PACKAGES}"), "trixie"])
+        .arg(&root)
+        .arg(&mirror))
+    .context("debootstrap of the trixie build chroot failed (apt-get install debootstrap; needs root)")?;
+    fs::write(dir.join(".complete"), "trixie\n").context("writing .complete marker")?;
+    Ok(root)
+}
+
+/// Runs `make args` inside `chroot` with each of `dirs` bind-mounted at its own path, so the
+/// headers' absolute paths hold inside too, and /proc (objtool reads it). The mounts live in a
+/// private mount namespace and vanish with it, whatever happens to the build.
+fn in_chroot(chroot: &Path, dirs: &[&Path], args: &[String]) -> Command {
+    let mut script = String::from("set -e\n");
+    for (i, _) in dirs.iter().enumerate() {
+        script.push_str(&format!(
+            "mkdir -p \"$R$D{i}\"\nmount --bind \"$D{i}\" \"$R$D{i}\"\n"
+        ));
+    }
+    script.push_str("mount -t proc proc \"$R/proc\"\n");
+    // A clean environment: cargo's MAKEFLAGS and jobserver must not reach this make.
+    script.push_str("exec chroot \"$R\" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin make \"$@\"\n");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c", &script, "sh"])
+        .args(args)
+        .env("R", chroot);
+    for (i, d) in dirs.iter().enumerate() {
+        cmd.env(format!("D{i}"), d);
+    }
     cmd
 }
 

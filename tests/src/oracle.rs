@@ -1,5 +1,6 @@
-//! An oracle independent of wqflush: a tracefs kprobe event on `__flush_workqueue` that records
-//! the flushed queue, the current value of every `system_*wq` pointer and the kernel stack.
+//! An oracle independent of wqflush: a tracefs kprobe event on the flush function
+//! (`__flush_workqueue`, `flush_workqueue` before 5.19) that records the flushed queue, the
+//! current value of every `system_*wq` pointer and the kernel stack.
 //!
 //! In the guest: `oracle_start` before the workload, `oracle_stop` after it, `oracle_dump` to
 //! write sections `oracle-symbols` and `oracle-trace` to the data port. On the host:
@@ -23,10 +24,10 @@ oracle_symbols() {
 	awk 'NF == 3 && $3 ~ /^system_[a-z0-9_]*wq$/ { print $1, $2, $3 }' /proc/kallsyms | sort -u -k3
 }
 
-# oracle_start [BUFFER_KB]: starts recording every __flush_workqueue call (per-CPU buffer
+# oracle_start [BUFFER_KB]: starts recording every call of the flush function (per-CPU buffer
 # BUFFER_KB, default 8192; raise it for floods, overruns show up as lost events).
 oracle_start() {
-	_or_def="p:wqf/flush __flush_workqueue wq=%di"
+	_or_def="p:wqf/flush $(flush_fn) wq=%di"
 	for _or_sym in $(oracle_symbols | awk '{ print $3 }'); do
 		_or_arg=sys${_or_sym#system}
 		_or_def="$_or_def ${_or_arg%_wq}=@$_or_sym:x64"
@@ -210,10 +211,10 @@ fn parse_hex(value: &str) -> Result<u64> {
 }
 
 /// Appends `function`, first discarding the tracing machinery once the probed function shows up
-/// (`kprobe_trace_func`, `kprobe_dispatcher`, the ftrace trampoline, `__flush_workqueue`).
+/// (`kprobe_trace_func`, `kprobe_dispatcher`, the ftrace trampoline, the flush function).
 fn push_frame(event: &mut FlushEvent, frame: &str) {
     let function = frame_function(frame);
-    if function == PROBED {
+    if PROBED.contains(&function.as_str()) {
         event.stack.clear();
         event.frames.clear();
     } else {
@@ -222,8 +223,9 @@ fn push_frame(event: &mut FlushEvent, frame: &str) {
     }
 }
 
-/// The function the oracle's kprobe sits on.
-pub const PROBED: &str = "__flush_workqueue";
+/// The functions the oracle's kprobe sits on: `__flush_workqueue` since 5.19, `flush_workqueue`
+/// before (the guest's `flush_fn` picks the one the kernel has).
+pub const PROBED: &[&str] = &["__flush_workqueue", "flush_workqueue"];
 
 /// `wqflush_test_flush_long+0x9/0x20 [wqflush_test]` -> `wqflush_test_flush_long`.
 fn frame_function(frame: &str) -> String {

@@ -52,11 +52,11 @@ pub fn boot_scenario(series: Series, script: &str, guest: &Guest) -> Result<(VmR
 }
 
 /// One boot per kernel, shared by the tests of one test binary.
-pub struct PerKernel([OnceLock<Result<VmRun, String>>; 2]);
+pub struct PerKernel([OnceLock<Result<VmRun, String>>; Series::ALL.len()]);
 
 impl PerKernel {
     pub const fn new() -> Self {
-        PerKernel([OnceLock::new(), OnceLock::new()])
+        PerKernel([const { OnceLock::new() }; Series::ALL.len()])
     }
 
     /// The run for `series`, booting it with `boot` the first time.
@@ -65,10 +65,7 @@ impl PerKernel {
         series: Series,
         boot: impl FnOnce() -> Result<VmRun>,
     ) -> Result<&'static VmRun> {
-        let cell = &self.0[match series {
-            Series::V6_1 => 0,
-            Series::V6_12 => 1,
-        }];
+        let cell = &self.0[series.index()];
         match cell.get_or_init(|| boot().map_err(|e| format!("{e:#}"))) {
             Ok(run) => Ok(run),
             Err(e) => bail!("{series} boot failed: {e}"),

@@ -238,8 +238,9 @@ fn kmsg(series: Series) -> Result<()> {
         block.contains(" PID: ") && block.contains(" at wqflush_test_flush_pointer+0x"),
         "{block}"
     );
+    let flush_fn = format!(" {}+0x", series.flush_function());
     ensure!(
-        block.contains("Call Trace:") && block.contains("__flush_workqueue+0x"),
+        block.contains("Call Trace:") && block.contains(&flush_fn),
         "{block}"
     );
     ensure!(

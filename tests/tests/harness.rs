@@ -8,6 +8,11 @@ use wqflush_vmtest::{
     Guest, Oracle, Series, VmRun, boot_scenario, cache_dir, prepare_kernel, run_scenario,
 };
 
+wqflush_vmtest::per_kernel_tests! {
+    module_and_oracle => check,
+    guest_helpers_background_job => background_job,
+}
+
 const SCENARIO: &str = r#"
 load_test_module || exit 1
 oracle_start || exit 1
@@ -39,7 +44,8 @@ fn module_counts(run: &VmRun) -> Result<BTreeMap<String, u64>> {
     Ok(counts)
 }
 
-fn check(series: Series, scheduled_wq: &str) -> Result<()> {
+fn check(series: Series) -> Result<()> {
+    let scheduled_wq = series.scheduled_work_queue();
     let run = boot_with_module(series)?;
     let counts = module_counts(&run)?;
     let want: BTreeMap<String, u64> = [("scheduled", 3), ("long", 2), ("pointer", 4), ("own", 5)]
@@ -82,24 +88,10 @@ fn check(series: Series, scheduled_wq: &str) -> Result<()> {
     Ok(())
 }
 
-#[test]
-#[ignore = "boots QEMU; run through cargo xtask test"]
-fn debian_6_1_module_and_oracle() -> Result<()> {
-    check(Series::V6_1, "system_wq")
-}
-
-#[test]
-#[ignore = "boots QEMU; run through cargo xtask test"]
-fn debian_6_12_module_and_oracle() -> Result<()> {
-    check(Series::V6_12, "system_percpu_wq")
-}
-
 /// The background-job pattern scenarios use for the monitor: start, wait for a ready file,
 /// stop with SIGTERM (busybox sh ignores SIGINT in `&` jobs).
-#[test]
-#[ignore = "boots QEMU; run through cargo xtask test"]
-fn guest_helpers_background_job() -> Result<()> {
-    let kernel = prepare_kernel(Series::V6_1, &cache_dir())?;
+fn background_job(series: Series) -> Result<()> {
+    let kernel = prepare_kernel(series, &cache_dir())?;
     let script = format!(
         "sh -c 'sleep 1; touch /tmp/ready; exec sleep 100' &\npid=$!\n{}\
          emit ready echo ok\nstop_bg $pid 5\nemit stopped echo $?\n",

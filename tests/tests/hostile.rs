@@ -18,7 +18,7 @@ start() {
 	echo $! > /tmp/$_n.pid
 	wait_for_file /tmp/$_n.ready 60 || { cat /tmp/$_n.err; return 1; }
 }
-probes() { grep -c __flush_workqueue /sys/kernel/debug/kprobes/list /sys/kernel/tracing/enabled_functions; true; }
+probes() { grep -cw "$(flush_fn)" /sys/kernel/debug/kprobes/list /sys/kernel/tracing/enabled_functions; true; }
 
 # Not root: an unprivileged user.
 echo 'nobody:x:65534:65534:nobody:/:/bin/sh' >> /etc/passwd
@@ -80,13 +80,20 @@ fire long 1
 emit full.status stop_bg $full 20
 emit full.err cat /tmp/full.err
 
+# Before 5.11 BPF maps are charged to RLIMIT_MEMLOCK (64 KiB by default there): wqflush must
+# still attach and report under that limit.
+emit memlock sh -c 'ulimit -l 64 && echo "memlock: $(ulimit -l)" &&
+	exec wqflush check --json -- sh -c "echo long 1 > /proc/wqflush_test"'
+
 # A module loaded after wqflush started (it re-reads kallsyms on the module_load tracepoint),
 # that flushes and is unloaded right away, is still named: symbols are looked up on arrival.
+# Its exit function flushes too ('exit'): it must be named as the kernel names it, not by its
+# alias cleanup_module.
 rmmod wqflush_test || exit 1
 start unload || exit 1
 insmod /lib/wqflush_test.ko || exit 1
 sleep 1
-echo "long 1" > /proc/wqflush_test && rmmod wqflush_test
+echo "long 1" > /proc/wqflush_test && echo "exit 1" > /proc/wqflush_test && rmmod wqflush_test
 emit unload.status stop_bg $(cat /tmp/unload.pid) 20
 emit unload.json cat /tmp/unload.json
 emit unload.err cat /tmp/unload.err
@@ -236,16 +243,51 @@ fn faults(series: Series) -> Result<()> {
 }
 
 fn unloaded_module_is_named(series: Series) -> Result<()> {
-    ensure!(
-        summary_count(series, "unload", "wqflush_test_flush_long")? == 1,
-        "count"
-    );
     let recs = records(run(series)?, "unload.json")?;
-    let first = recs
-        .iter()
-        .find(|r| r["type"] == "flush" && r["caller"] == "wqflush_test_flush_long");
-    let first = first.context("no first sighting named after the unloaded module's function")?;
-    ensure!(first["module"] == "wqflush_test", "{first}");
+    for caller in ["wqflush_test_flush_long", "wqflush_test_exit"] {
+        ensure!(
+            summary_count(series, "unload", caller)? == 1,
+            "want one flush from {caller} in the summary: {:?}",
+            recs.last()
+        );
+        let first = recs
+            .iter()
+            .find(|r| r["type"] == "flush" && r["caller"] == caller);
+        let first = first.with_context(|| format!("no first sighting named {caller}"))?;
+        ensure!(first["module"] == "wqflush_test", "{first}");
+        ensure!(
+            first["call_site"]
+                .as_str()
+                .is_some_and(|c| c.starts_with(&format!("{caller}+0x"))),
+            "{first}"
+        );
+    }
+    // The alias of the exit function is never the name: an alias module_exit() adds is never
+    // chosen over a real name.
+    ensure!(
+        !recs
+            .iter()
+            .any(|r| r.to_string().contains("cleanup_module")),
+        "cleanup_module named: {recs:?}"
+    );
+    Ok(())
+}
+
+/// Under `ulimit -l 64` (the default before 5.16; maps count against it before 5.11) wqflush
+/// attaches and reports.
+fn reports_under_a_small_memlock_limit(series: Series) -> Result<()> {
+    let run = run(series)?;
+    let text = run.section("memlock")?;
+    ensure!(text.contains("memlock: 64\n"), "the limit was not set:\n{text}");
+    ensure!(
+        run.section_status("memlock")? == 3,
+        "check under ulimit -l 64 did not report the flush:\n{text}"
+    );
+    let reported = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|r| r["type"] == "flush" && r["caller"] == "wqflush_test_flush_long");
+    ensure!(reported, "no flush record:\n{text}");
     Ok(())
 }
 
@@ -255,4 +297,5 @@ wqflush_vmtest::per_kernel_tests! {
     sigkill_leaves_no_probe_attached => sigkill_leaves_no_probe,
     twins_signals_and_a_full_disk => faults,
     a_module_unloaded_right_after_it_flushed_is_named => unloaded_module_is_named,
+    reports_under_ulimit_l_64 => reports_under_a_small_memlock_limit,
 }

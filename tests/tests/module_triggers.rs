@@ -72,7 +72,7 @@ fn module_counts(text: &str) -> Result<BTreeMap<String, u64>> {
 
 /// Return address offsets of the `__flush_workqueue` calls in `function`, from objdump's
 /// relocations: proves gcc kept one call instruction per site.
-fn call_sites(ko: &Path, function: &str) -> Result<BTreeSet<u64>> {
+fn call_sites(ko: &Path, function: &str, flush_fn: &str) -> Result<BTreeSet<u64>> {
     let out = Command::new("objdump")
         .arg("-dr")
         .arg(ko)
@@ -95,7 +95,8 @@ fn call_sites(ko: &Path, function: &str) -> Result<BTreeSet<u64>> {
         }
         // `   d6: R_X86_64_PLT32	__flush_workqueue-0x4`: the 4-byte operand at d6, so the
         // call returns to d6 + 4.
-        if line.contains("R_X86_64_PLT32") && line.contains("__flush_workqueue-0x4") {
+        let target = line.split_whitespace().last().unwrap_or_default();
+        if line.contains("R_X86_64_PLT32") && target == format!("{flush_fn}-0x4") {
             let at = line.trim_start().split(':').next().context("reloc line")?;
             sites.insert(u64::from_str_radix(at, 16)? + 4 - base);
         }
@@ -123,10 +124,11 @@ fn innermost<'a>(oracle: &'a Oracle, function: &'a str) -> Result<Vec<&'a FlushE
 fn check(series: Series) -> Result<()> {
     let (run, ko) = boot(series)?;
 
-    let sites = call_sites(&ko, "wqflush_test_flush_sites")?;
+    let flush_fn = series.flush_function();
+    let sites = call_sites(&ko, "wqflush_test_flush_sites", flush_fn)?;
     ensure!(
         sites.len() == SITES,
-        "objdump: {} calls of __flush_workqueue in wqflush_test_flush_sites, want {SITES}",
+        "objdump: {} calls of {flush_fn} in wqflush_test_flush_sites, want {SITES}",
         sites.len()
     );
 
@@ -217,7 +219,7 @@ fn check(series: Series) -> Result<()> {
         offsets == first,
         "return addresses are not the first 300 call sites"
     );
-    if series == Series::V6_12 {
+    if series.scheduled_work_queue() == "system_percpu_wq" {
         let percpu = oracle.symbols.contains_key("system_percpu_wq");
         let aliased = ev.iter().any(|e| e.flushes("system_percpu_wq"));
         eprintln!(
@@ -256,14 +258,6 @@ fn check(series: Series) -> Result<()> {
     Ok(())
 }
 
-#[test]
-#[ignore = "boots QEMU; run through cargo xtask test"]
-fn debian_6_1_module_triggers() -> Result<()> {
-    check(Series::V6_1)
-}
-
-#[test]
-#[ignore = "boots QEMU; run through cargo xtask test"]
-fn debian_6_12_module_triggers() -> Result<()> {
-    check(Series::V6_12)
+wqflush_vmtest::per_kernel_tests! {
+    module_triggers => check,
 }

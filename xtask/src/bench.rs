@@ -333,10 +333,12 @@ pred=
 for s in $(awk 'NF == 3 && $3 ~ /^system_[a-z0-9_]*wq$/ { print $3 }' /proc/kallsyms | sort -u); do
 	pred="$pred${pred:+ || }arg0 == *kaddr(\"$s\")"
 done
-printf 'BEGIN { printf("bpftrace: live\\n"); }\nkprobe:__flush_workqueue /%s/ { @[kstack] = count(); }\n' "$pred" > /tmp/wqflush.bt
+# __flush_workqueue, or flush_workqueue before 5.19.
+FN=$(flush_fn)
+printf 'BEGIN { printf("bpftrace: live\\n"); }\nkprobe:%s /%s/ { @[kstack] = count(); }\n' "$FN" "$pred" > /tmp/wqflush.bt
 log "bpftrace program: $(cat /tmp/wqflush.bt)"
-printf 'BEGIN { printf("bpftrace: live\\n"); }\nkfunc:__flush_workqueue { }\n' > /tmp/empty-fentry.bt
-printf 'BEGIN { printf("bpftrace: live\\n"); }\nkprobe:__flush_workqueue { }\n' > /tmp/empty-kprobe.bt
+printf 'BEGIN { printf("bpftrace: live\\n"); }\nkfunc:%s { }\n' "$FN" > /tmp/empty-fentry.bt
+printf 'BEGIN { printf("bpftrace: live\\n"); }\nkprobe:%s { }\n' "$FN" > /tmp/empty-kprobe.bt
 # Room for every call site (the default is 4096 keys).
 export BPFTRACE_MAP_KEYS_MAX=65536
 

@@ -32,17 +32,22 @@ enum Cmd {
     Build,
     /// Boot a Debian kernel under QEMU and show wqflush catching the test module's flushes
     Demo {
-        /// Which Debian kernel to boot
-        #[arg(long, value_parser = ["6.1", "6.12"], default_value = "6.1")]
-        kernel: String,
+        /// Which Debian kernel series to boot
+        #[arg(long, value_parser = parse_series, default_value = "6.1")]
+        kernel: Series,
     },
-    /// Unit tests, the host's clear-error path, and the QEMU tests on Debian 6.1 and 6.12
-    Test,
+    /// Unit tests, the host's clear-error path, and the QEMU tests on Debian 5.10, 6.1, 6.12
+    /// and 7.x
+    Test {
+        /// Run the QEMU tests on this kernel series only (a quick loop)
+        #[arg(long, value_parser = parse_series)]
+        kernel: Option<Series>,
+    },
     /// Benchmark in QEMU: wqflush (fentry, kprobe) against no probe and bpftrace; one table
     Bench {
-        /// Which Debian kernel to boot
-        #[arg(long, value_parser = ["6.1", "6.12"], default_value = "6.1")]
-        kernel: String,
+        /// Which Debian kernel series to boot
+        #[arg(long, value_parser = parse_series, default_value = "6.1")]
+        kernel: Series,
         /// Interleaved rounds (each runs every configuration once)
         #[arg(long, default_value_t = 5)]
         rounds: u32,
@@ -62,6 +67,14 @@ enum Cmd {
     },
 }
 
+/// `5.10`, `6.1`, `6.12` or `7` (the newest 7.x Debian has).
+fn parse_series(name: &str) -> Result<Series, String> {
+    Series::from_name(name).ok_or_else(|| {
+        let names: Vec<String> = Series::ALL.iter().map(ToString::to_string).collect();
+        format!("no such kernel series; use one of {}", names.join(", "))
+    })
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,15 +90,8 @@ fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Setup => Ok(()),
         Cmd::Build => build::wqflush().map(|p| println!("{}", p.display())),
-        Cmd::Demo { kernel } => {
-            let series = if kernel == "6.12" {
-                Series::V6_12
-            } else {
-                Series::V6_1
-            };
-            demo::run(series, &build::wqflush()?)
-        }
-        Cmd::Test => test(),
+        Cmd::Demo { kernel } => demo::run(kernel, &build::wqflush()?),
+        Cmd::Test { kernel } => test(kernel),
         Cmd::Bench {
             kernel,
             rounds,
@@ -94,13 +100,8 @@ fn run(cmd: Cmd) -> Result<()> {
             sites,
             replay,
         } => {
-            let series = if kernel == "6.12" {
-                Series::V6_12
-            } else {
-                Series::V6_1
-            };
             let opts = bench::Options {
-                series,
+                series: kernel,
                 rounds,
                 iterations,
                 flushes,
@@ -114,10 +115,10 @@ fn run(cmd: Cmd) -> Result<()> {
     }
 }
 
-fn test() -> Result<()> {
+fn test(kernel: Option<Series>) -> Result<()> {
     let bin = build::wqflush()?;
     let mut total = Tally::default();
-    let result = test_all(bin.to_str().context("non-UTF-8 path")?, &mut total);
+    let result = test_all(bin.to_str().context("non-UTF-8 path")?, kernel, &mut total);
     println!(
         "tests: {} passed, {} failed, {} skipped",
         total.passed, total.failed, total.ignored
@@ -126,8 +127,9 @@ fn test() -> Result<()> {
 }
 
 /// Fastest first: unit and host tests, the fuzz smoke, then the VM tests, which boot kernels two
-/// at a time (this project's machines have 2 cores).
-fn test_all(wqflush: &str, total: &mut Tally) -> Result<()> {
+/// at a time (this project's machines have 2 cores). With `kernel`, the VM tests of that series
+/// only (`per_kernel_tests!` puts them in a module named after it).
+fn test_all(wqflush: &str, kernel: Option<Series>, total: &mut Tally) -> Result<()> {
     let unit = [
         "test",
         "--workspace",
@@ -139,7 +141,8 @@ fn test_all(wqflush: &str, total: &mut Tally) -> Result<()> {
     ];
     cargo_test(&unit, &[], total)?;
     fuzz::smoke(total)?;
-    let vm = [
+    let filter = kernel.map(|s| format!("debian_{}::", s.to_string().replace('.', "_")));
+    let mut vm = vec![
         "test",
         "-p",
         "wqflush-vmtest",
@@ -148,6 +151,7 @@ fn test_all(wqflush: &str, total: &mut Tally) -> Result<()> {
         "--include-ignored",
         "--test-threads=2",
     ];
+    vm.extend(filter.as_deref());
     cargo_test(&vm, &[("WQFLUSH_BIN", wqflush)], total)
 }
 

@@ -9,11 +9,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// Debian packages: QEMU and the guest's userland, plus what building the test module against
-/// Debian's kernel headers needs (6.12's kbuild runs pahole for module BTF).
+/// Debian's kernel headers needs (6.12's kbuild runs pahole for module BTF; 7.x's modules are
+/// built in a trixie chroot that debootstrap makes).
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    "debootstrap",
     "dwarves",
     "xz-utils",
     "gcc",
