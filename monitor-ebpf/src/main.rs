@@ -274,10 +274,9 @@ mod probe {
         };
         // SAFETY: this CPU's scratch slot; BPF programs do not nest on a CPU here.
         let ev = unsafe { &mut *ev };
-        let size = (MAX_FRAMES * 8) as u32;
-        // SAFETY: the helper writes at most `size` bytes into `ev.stack`.
-        ev.stack_bytes =
-            unsafe { bpf_get_stack(ctx.as_ptr(), ev.stack.as_mut_ptr().cast(), size, 0) } as i32;
+        // Unwinding is most of an offending flush's cost, and the call site is among the
+        // innermost CALLER_DEPTH frames: only a site's first flush unwinds the whole stack.
+        stack(ctx, ev, CALLER_DEPTH);
         let key = CountKey {
             queue,
             _pad: 0,
@@ -292,6 +291,7 @@ mod probe {
             Err(_) if count(&key) => return,
             Err(_) => return lose(LOST_UNCOUNTED),
         }
+        stack(ctx, ev, MAX_FRAMES);
         let pid_tgid = bpf_get_current_pid_tgid();
         ev.time_ns = unsafe { bpf_ktime_get_ns() };
         ev.wq = wq;
@@ -307,6 +307,15 @@ mod probe {
         if EVENTS.output::<FlushEvent>(&*ev, 0).is_err() {
             lose(LOST_RINGBUF);
         }
+    }
+
+    /// The innermost `frames` return addresses into `ev.stack`; the kernel stops unwinding there.
+    #[inline(always)]
+    fn stack<C: EbpfContext>(ctx: &C, ev: &mut FlushEvent, frames: usize) {
+        let size = (frames.min(MAX_FRAMES) * 8) as u32;
+        // SAFETY: the helper writes at most `size` bytes into `ev.stack`.
+        ev.stack_bytes =
+            unsafe { bpf_get_stack(ctx.as_ptr(), ev.stack.as_mut_ptr().cast(), size, 0) } as i32;
     }
 
     /// Adds one to an existing counter; false when the call site has none yet.

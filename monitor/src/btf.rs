@@ -34,7 +34,7 @@ const STRUCTS: &[&str] = &[
 
 pub fn read_offsets() -> Result<Offsets> {
     let btf = open_vmlinux().with_context(|| format!("cannot read kernel BTF {VMLINUX}"))?;
-    let structs = Structs::find(&btf)?;
+    let structs = Structs::find(&btf, STRUCTS)?;
     let (wq_name, name_type) = structs.member("workqueue_struct", "name")?;
     let Type::Array(array) = resolve(&btf, name_type)? else {
         bail!("workqueue_struct.name is not an array");
@@ -46,6 +46,35 @@ pub fn read_offsets() -> Result<Offsets> {
         wq_name_len: array.len() as u32,
         task_flags,
         worker_chain,
+    })
+}
+
+/// Which of the kernel's counters of skipped probe runs this kernel keeps. Read from BTF, not
+/// guessed from a version: a field in `bpf_prog_info`/`bpf_link_info` exists exactly where the
+/// kernel reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MissCounters {
+    /// `bpf_prog_info.recursion_misses` (5.12+, with the trampolines' recursion check).
+    pub recursion_misses: bool,
+    /// `bpf_link_info.kprobe_multi.missed` (6.7+): that series also counts the runs a kprobe
+    /// or kprobe-multi program was skipped for in `recursion_misses`.
+    pub kprobe_missed: bool,
+}
+
+/// Reads [`MissCounters`]; off the attach path, since it costs two more scans of the BTF.
+pub fn read_miss_counters() -> Result<MissCounters> {
+    let btf = open_vmlinux().with_context(|| format!("cannot read kernel BTF {VMLINUX}"))?;
+    let structs = Structs::find(&btf, &["bpf_prog_info", "bpf_link_info"])?;
+    let kprobe_missed = structs
+        .member("bpf_link_info", "kprobe_multi")
+        .ok()
+        .map(|(_, ty)| resolve(&btf, ty).and_then(|t| find_member(&btf, &t, "missed")))
+        .transpose()?
+        .flatten()
+        .is_some();
+    Ok(MissCounters {
+        recursion_misses: structs.member("bpf_prog_info", "recursion_misses").is_ok(),
+        kprobe_missed,
     })
 }
 
@@ -89,7 +118,7 @@ fn worker_chain(structs: &Structs) -> Result<[u32; WORKER_CHAIN]> {
     ])
 }
 
-/// The `STRUCTS` definitions, each looked up once: a lookup by name is a scan of all ~130k types
+/// The structs a caller asks for, each looked up once: a lookup by name is a scan of all ~130k types
 /// with the mmap backend. (One regex pass over the names measured slower than five plain scans.)
 struct Structs<'a> {
     btf: &'a Btf,
@@ -97,9 +126,9 @@ struct Structs<'a> {
 }
 
 impl<'a> Structs<'a> {
-    fn find(btf: &'a Btf) -> Result<Self> {
+    fn find(btf: &'a Btf, names: &[&'static str]) -> Result<Self> {
         let mut by_name = HashMap::new();
-        for &name in STRUCTS {
+        for &name in names {
             let types = btf.resolve_types_by_name(name).unwrap_or_default();
             let structs = types
                 .into_iter()
@@ -174,5 +203,8 @@ mod tests {
         assert!(o.task_flags > 0, "{o:?}");
         let chain = o.worker_chain.expect("worker chain");
         assert!(chain.iter().all(|&off| off > 0), "{chain:?}");
+        // This host runs 6.18: both counters exist.
+        let c = read_miss_counters().unwrap();
+        assert!(c.recursion_misses && c.kprobe_missed, "{c:?}");
     }
 }

@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 use crate::{
     btf,
     kallsyms::{self, Kallsyms},
+    preemption,
     probe::{self, Method},
     queues,
     watch::{self, MatchMode},
@@ -36,11 +37,14 @@ fn report(out: &mut impl Write) -> Result<bool> {
     };
     print_queues(out, &target)?;
     writeln!(out, "attach methods (tried on {}):", target.function)?;
+    let counters = btf::read_miss_counters().unwrap_or_default();
+    let fentry_risk = preemption::fentry_can_miss();
     let mut working = Vec::new();
-    for &method in &[Method::Fentry, Method::Kprobe] {
+    for &method in probe::Attach::Auto.methods() {
         match probe::attach_with(&target, method) {
             Ok(_probe) => {
-                writeln!(out, "  {method}: available")?;
+                let note = method_note(method, &counters, fentry_risk.as_deref());
+                writeln!(out, "  {method}: available; {note}")?;
                 working.push(method.to_string());
             }
             Err(e) => writeln!(out, "  {method}: unavailable: {e:#}")?,
@@ -59,6 +63,35 @@ fn report(out: &mut impl Write) -> Result<bool> {
         )?;
     }
     Ok(!working.is_empty())
+}
+
+/// Whether `method` can miss flushes here, and whether the kernel would count it if it did.
+fn method_note(method: Method, counters: &btf::MissCounters, fentry_risk: Option<&str>) -> String {
+    let counted = if counters.kprobe_missed {
+        "the kernel counts any miss"
+    } else {
+        "this kernel keeps no count of misses for it (6.7+ does)"
+    };
+    match method {
+        Method::KprobeMulti => format!(
+            "cannot miss flushes (its handler runs with preemption off; no perf event needed); {counted}"
+        ),
+        Method::Kprobe => format!(
+            "cannot miss flushes (its handler runs with preemption off), but needs perf_event_open \
+             (CAP_SYS_ADMIN when kernel.perf_event_paranoid is 3); {counted}"
+        ),
+        Method::Fentry => match fentry_risk {
+            Some(why) => format!(
+                "WARNING: can miss flushes here ({why}): the kernel skips it on a CPU where a \
+                 preempted flusher is inside it; it counts the misses (recursion_misses), and \
+                 --attach auto does not choose it"
+            ),
+            None if counters.recursion_misses => {
+                "cannot miss flushes here (no preemption inside it)".to_owned()
+            }
+            None => "cannot miss flushes (before 5.12 a trampoline never skips a run)".to_owned(),
+        },
+    }
 }
 
 /// CAP_SYSLOG (34), CAP_PERFMON (38), CAP_BPF (39); before 5.8 CAP_SYS_ADMIN (21) covers all.

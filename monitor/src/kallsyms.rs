@@ -172,6 +172,27 @@ impl Kallsyms {
         Some((start, end))
     }
 
+    /// A table of the text symbols of the modules `keep` accepts, and nothing else.
+    pub fn only_modules(&self, keep: impl Fn(&str) -> bool) -> Kallsyms {
+        let mut out = Kallsyms {
+            nonzero_addrs: self.nonzero_addrs,
+            ..Kallsyms::default()
+        };
+        for sym in &self.text {
+            if let Some(module) = self.module_name(sym.module).filter(|m| keep(m)) {
+                out.add_text(sym.addr, self.name(sym), Some(module));
+            }
+        }
+        out.text.shrink_to_fit();
+        out.arena.shrink_to_fit();
+        out
+    }
+
+    /// The modules that have text symbols here.
+    pub fn modules(&self) -> impl Iterator<Item = &str> {
+        self.modules.iter().map(String::as_str)
+    }
+
     /// The function containing `addr`, if any symbol precedes it. Of several symbols at one
     /// address it names the one the kernel's own `%pS` names: the first in kallsyms order
     /// (`get_symbol_pos` walks back to the first alias), except that the aliases

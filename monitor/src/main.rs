@@ -1,9 +1,12 @@
 //! wqflush: reports kernel code that flushes a kernel-global (system_*) workqueue.
 
+mod bpf_syscall;
 mod btf;
 mod doctor;
 mod kmsg;
+mod kprobe_multi;
 mod metrics;
+mod preemption;
 mod probe;
 mod queues;
 mod report;
@@ -208,6 +211,9 @@ async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
 async fn check(args: WatchArgs, command: Vec<OsString>) -> anyhow::Result<ExitCode> {
     let outcome = watch::run(&args.options(), Some(&command)).await?;
     let name = command[0].to_string_lossy();
+    if let Some(line) = report::missed_line(outcome.missed) {
+        eprint!("{line}");
+    }
     let (status, failed) = match &outcome.end {
         End::Exited(s) if s.success() => ("succeeded".to_owned(), false),
         End::Exited(s) => (format!("failed ({s})"), true),

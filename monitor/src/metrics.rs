@@ -50,12 +50,14 @@ pub struct SiteMetric {
 pub struct Snapshot {
     pub sites: Vec<SiteMetric>,
     pub lost: u64,
+    /// Flushes the kernel did not run the probe for; None where it keeps no such count.
+    pub missed: Option<u64>,
 }
 
 /// Facts fixed for the life of the process, exported as `wqflush_info`.
 #[derive(Clone, Debug)]
 pub struct Info {
-    /// `fentry` or `kprobe`.
+    /// `kprobe-multi`, `fentry` or `kprobe`.
     pub attach: String,
     /// `uname -r`.
     pub kernel: String,
@@ -139,6 +141,13 @@ pub fn render(info: &Info, snap: &Snapshot) -> Result<String> {
         "First sightings of call sites the kernel could not deliver because the ring buffer was full; their flushes are still counted",
         ConstCounter::new(snap.lost),
     );
+    if let Some(missed) = snap.missed {
+        registry.register(
+            "wqflush_probe_missed",
+            "Flushes the kernel did not run the probe for, by its own counters (recursion_misses, kprobe missed); absent where this kernel keeps no such count",
+            ConstCounter::new(missed),
+        );
+    }
     let info_labels = InfoLabels {
         attach: info.attach.clone(),
         kernel: info.kernel.clone(),
@@ -146,7 +155,7 @@ pub fn render(info: &Info, snap: &Snapshot) -> Result<String> {
     };
     registry.register(
         "wqflush",
-        "How wqflush watches: probe type (fentry or kprobe), kernel release, and whether system workqueues are recognized by address or by name",
+        "How wqflush watches: probe type (kprobe-multi, fentry or kprobe), kernel release, and whether system workqueues are recognized by address or by name",
         InfoMetric::new(info_labels),
     );
     let mut text = String::new();
@@ -321,6 +330,7 @@ mod tests {
                 site("system_long_wq", "rfkill_fop_release", "", 1),
             ],
             lost: 7,
+            missed: Some(3),
         }
     }
 
@@ -372,6 +382,8 @@ mod tests {
             "wqflush_call_sites 4",
             "# TYPE wqflush_events_lost_total counter",
             "wqflush_events_lost_total 7",
+            "# TYPE wqflush_probe_missed_total counter",
+            "wqflush_probe_missed_total 3",
             "# TYPE wqflush_info gauge",
             r#"wqflush_info{attach="fentry",kernel="6.1.0-56-amd64",kallsyms_mode="address"} 1"#,
         ] {
@@ -391,6 +403,7 @@ mod tests {
         let snap = Snapshot {
             sites: vec![site("system_wq", "odd\"name\\", "", 1)],
             lost: 0,
+            missed: None,
         };
         let text = render(&info(), &snap).expect("render");
         assert!(text.contains(r#"caller="odd\"name\\""#), "{text}");
@@ -403,6 +416,10 @@ mod tests {
         assert!(
             !text.lines().any(|l| l.starts_with("wqflush_flushes_total")),
             "{text}"
+        );
+        assert!(
+            !text.contains("wqflush_probe_missed"),
+            "no count kept, no metric: {text}"
         );
     }
 

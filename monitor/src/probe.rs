@@ -1,7 +1,21 @@
-//! Loading the eBPF object and attaching it to the flush function, fentry first, kprobe second.
+//! Loading the eBPF object and attaching it to the flush function: by a kprobe-multi link, by
+//! fentry or by a kprobe.
 //!
-//! Nothing here outlives the process: aya's links are file descriptors (BPF links for fentry,
-//! perf events for kprobes), so the kernel detaches them when wqflush exits, however it exits.
+//! Why `--attach auto` tries them in this order (measured under QEMU, 4 kthreads flushing on
+//! one CPU beside a busy one; README "Exact on every preemption model"):
+//! - kprobe-multi (5.18+, CONFIG_FPROBE): its handler runs with preemption disabled, so it never
+//!   skips a flush, and it needs no perf event, so it works without CAP_SYS_ADMIN under
+//!   Debian's `perf_event_paranoid=3` (the shipped unit).
+//! - fentry, only where it cannot lose: a trampoline program runs preemptibly, and since 5.12
+//!   the kernel skips it on a CPU where a preempted flusher is still inside it
+//!   (`recursion_misses`; 84-91% of such a storm on full or lazy preemption, Debian 7.x's
+//!   default). Kernels before 5.12 have no such check; without preemption nothing interrupts
+//!   the program.
+//! - kprobe: runs with preemption off, loses nothing, but needs `perf_event_open`.
+//! `--attach fentry` stays possible; its misses are counted and reported.
+//!
+//! Nothing here outlives the process: every link and program is a file descriptor, so the
+//! kernel detaches them when wqflush exits, however it exits.
 
 use std::{fmt, io};
 
@@ -15,22 +29,35 @@ use monitor_ebpf::{
     CountKey, LOST_RINGBUF, LOST_UNCOUNTED, MAX_FLUSH_RANGES, MAX_QUEUES, NAME_LEN,
 };
 
-use crate::{btf::Offsets, kallsyms::Kallsyms, queues::SystemQueue};
+use std::os::fd::AsFd as _;
+
+use crate::{
+    bpf_syscall,
+    btf::{MissCounters, Offsets},
+    kallsyms::Kallsyms,
+    kprobe_multi, preemption,
+    queues::SystemQueue,
+};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wqflush-ebpf"));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Attach {
-    /// fentry, falling back to kprobe
+    /// kprobe-multi, else fentry where it cannot miss flushes, else kprobe
     Auto,
+    /// a BPF trampoline; can miss flushes on full or lazy preemption (counted)
     Fentry,
+    /// a perf-event kprobe (needs CAP_SYS_ADMIN under perf_event_paranoid=3)
     Kprobe,
+    /// a kprobe-multi (fprobe) link, 5.18+
+    KprobeMulti,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     Fentry,
     Kprobe,
+    KprobeMulti,
 }
 
 impl fmt::Display for Method {
@@ -38,6 +65,7 @@ impl fmt::Display for Method {
         f.write_str(match self {
             Method::Fentry => "fentry",
             Method::Kprobe => "kprobe",
+            Method::KprobeMulti => "kprobe-multi",
         })
     }
 }
@@ -45,9 +73,10 @@ impl fmt::Display for Method {
 impl Attach {
     pub fn methods(self) -> &'static [Method] {
         match self {
-            Attach::Auto => &[Method::Fentry, Method::Kprobe],
+            Attach::Auto => &[Method::KprobeMulti, Method::Fentry, Method::Kprobe],
             Attach::Fentry => &[Method::Fentry],
             Attach::Kprobe => &[Method::Kprobe],
+            Attach::KprobeMulti => &[Method::KprobeMulti],
         }
     }
 }
@@ -62,7 +91,8 @@ pub struct Target {
     /// [start, end) of the flush function and its wrappers, from kallsyms.
     pub flush_ranges: Vec<(u64, u64)>,
     /// The kernel's BTF as aya parsed it (fentry needs it), or why it could not be read.
-    pub kernel_btf: Result<Btf, String>,
+    /// Parsed ahead of time when fentry is the only method asked for, else on its first use.
+    pub kernel_btf: std::cell::OnceCell<Result<Btf, String>>,
     /// A loader made ahead of time, for the first method tried.
     pub loader: std::cell::Cell<Option<EbpfLoader<'static>>>,
 }
@@ -70,7 +100,7 @@ pub struct Target {
 impl Target {
     /// Drops what only attaching needs: aya's parsed BTF is megabytes a daemon should not keep.
     pub fn forget_btf(&mut self) {
-        self.kernel_btf = Err("dropped once the probe was attached".to_owned());
+        self.kernel_btf = Err("dropped once the probe was attached".to_owned()).into();
         self.loader.take();
     }
 }
@@ -87,12 +117,24 @@ pub fn flush_function(ks: &Kallsyms) -> Result<&'static str> {
 pub struct Probe {
     pub ebpf: Ebpf,
     pub method: Method,
+    /// The kprobe-multi program and link, which aya does not hold.
+    multi: Option<kprobe_multi::MultiLink>,
 }
 
 /// Attaches with the first method that works; the error lists every method's reason.
 pub fn attach(target: &Target, attach: Attach) -> Result<Probe> {
     let mut reasons = Vec::new();
     for &method in attach.methods() {
+        if attach == Attach::Auto
+            && method == Method::Fentry
+            && let Some(why) = preemption::fentry_can_miss()
+        {
+            reasons.push(format!(
+                "  fentry: not chosen: it can miss flushes here ({why}); --attach fentry accepts \
+                 that, with the misses counted"
+            ));
+            continue;
+        }
         match attach_with(target, method) {
             Ok(probe) => return Ok(probe),
             Err(err) => reasons.push(format!("  {method}: {err:#}")),
@@ -110,11 +152,51 @@ pub fn attach(target: &Target, attach: Attach) -> Result<Probe> {
 pub fn attach_with(target: &Target, method: Method) -> Result<Probe> {
     let mut ebpf = load(target)?;
     crate::timing::mark("eBPF object parsed, maps created");
+    let mut multi = None;
     match method {
         Method::Fentry => attach_fentry(&mut ebpf, target)?,
         Method::Kprobe => attach_kprobe(&mut ebpf, target.function)?,
+        Method::KprobeMulti => {
+            multi = Some(kprobe_multi::attach(
+                &ebpf,
+                EBPF_OBJECT,
+                "flush_kprobe",
+                target.function,
+            )?);
+        }
     }
-    Ok(Probe { ebpf, method })
+    Ok(Probe {
+        ebpf,
+        method,
+        multi,
+    })
+}
+
+impl Probe {
+    /// Flushes the kernel did not run the probe for, by its own counters; None where this
+    /// kernel keeps no such count for this method (`counters` says which it keeps).
+    pub fn missed(&self, counters: &MissCounters) -> Result<Option<u64>> {
+        let prog = |name: &str| -> Result<u64> {
+            let prog = self
+                .ebpf
+                .program(name)
+                .with_context(|| format!("eBPF object has no program {name}"))?;
+            let fd = prog.fd().context("the probe's program is not loaded")?;
+            Ok(bpf_syscall::prog_recursion_misses(fd.as_fd())?)
+        };
+        Ok(match self.method {
+            // Before 5.12 a trampoline has no recursion check, so it skips nothing.
+            Method::Fentry if !counters.recursion_misses => Some(0),
+            Method::Fentry => Some(prog("flush_fentry")?),
+            _ if !counters.kprobe_missed => None,
+            Method::Kprobe => Some(prog("flush_kprobe")?),
+            Method::KprobeMulti => {
+                let multi = self.multi.as_ref().context("no kprobe-multi link")?;
+                let progs = bpf_syscall::prog_recursion_misses(multi.prog.as_fd())?;
+                Some(progs + bpf_syscall::kprobe_multi_missed(multi.link.as_fd())?)
+            }
+        })
+    }
 }
 
 fn load(target: &Target) -> Result<Ebpf> {
@@ -154,7 +236,10 @@ fn load(target: &Target) -> Result<Ebpf> {
 }
 
 fn attach_fentry(ebpf: &mut Ebpf, target: &Target) -> Result<()> {
-    let btf = target.kernel_btf.as_ref().map_err(|e| {
+    let btf = target.kernel_btf.get_or_init(|| {
+        Btf::from_sys_fs().map_err(|e| e.to_string())
+    });
+    let btf = btf.as_ref().map_err(|e| {
         anyhow!("fentry needs kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): {e}")
     })?;
     let prog: &mut FEntry = program(ebpf, "flush_fentry")?;
@@ -175,9 +260,24 @@ fn attach_kprobe(ebpf: &mut Ebpf, function: &str) -> Result<()> {
     let prog: &mut KProbe = program(ebpf, "flush_kprobe")?;
     prog.load().map_err(|e| explain(e, "loading"))?;
     mark_verified("kprobe", || prog.info().ok());
-    prog.attach(function, 0)
-        .map_err(|e| explain(e, "attaching"))?;
+    prog.attach(function, 0).map_err(|e| match errno(&e) {
+        Some(libc::EACCES | libc::EPERM) if perf_event_paranoid() >= 3 => anyhow!(
+            "attaching failed: {e} (perf_event_open refused: kernel.perf_event_paranoid is 3, \
+             Debian's default, which allows perf events only with CAP_SYS_ADMIN; kprobe-multi \
+             and fentry need no perf event, or run `sysctl kernel.perf_event_paranoid=2`)"
+        ),
+        _ => explain(e, "attaching"),
+    })?;
     Ok(())
+}
+
+/// `kernel.perf_event_paranoid`; Debian's kernels add level 3 (perf events for CAP_SYS_ADMIN
+/// only), upstream stops at 2.
+fn perf_event_paranoid() -> i32 {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(2)
 }
 
 /// With `WQFLUSH_TIMINGS`, how much the verifier walked (asking costs a syscall, so only then).
@@ -315,16 +415,22 @@ pub struct Lost {
     pub events: u64,
     /// Flushes not counted because the per-call-site counter map was full.
     pub uncounted: u64,
+    /// Flushes the kernel did not run the probe for ([`Probe::missed`]).
+    pub missed: Option<u64>,
 }
 
-pub fn lost(ebpf: &Ebpf) -> Result<Lost> {
-    let map = ebpf.map("LOST").context("eBPF object has no LOST map")?;
-    let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-    let sum = |slot| -> Result<u64> { Ok(lost.get(&slot, 0)?.iter().sum()) };
-    Ok(Lost {
-        events: sum(LOST_RINGBUF)?,
-        uncounted: sum(LOST_UNCOUNTED)?,
-    })
+impl Probe {
+    /// The loss slots the probe keeps, and the kernel's own count of skipped runs.
+    pub fn lost(&self, counters: &MissCounters) -> Result<Lost> {
+        let map = self.ebpf.map("LOST").context("eBPF object has no LOST map")?;
+        let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        let sum = |slot| -> Result<u64> { Ok(lost.get(&slot, 0)?.iter().sum()) };
+        Ok(Lost {
+            events: sum(LOST_RINGBUF)?,
+            uncounted: sum(LOST_UNCOUNTED)?,
+            missed: self.missed(counters)?,
+        })
+    }
 }
 
 /// The kernel's per-call-site flush counters, into `out`.

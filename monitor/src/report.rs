@@ -71,6 +71,9 @@ struct SummaryRecord<'a> {
     lost: u64,
     /// Flushes not counted because the kernel's counter map was full.
     uncounted: u64,
+    /// Flushes the kernel did not run the probe for, by its own counters; null where this
+    /// kernel keeps no such count for the method in use.
+    missed: Option<u64>,
 }
 
 impl<W: Write> Reporter<W> {
@@ -126,6 +129,10 @@ impl<W: Write> Reporter<W> {
     /// Reports every site, highest count first, and the totals.
     pub fn summary(&mut self, sites: &Sites, lost: Lost) -> Result<()> {
         let text = if self.json {
+            // The text summary carries this line; JSON has `missed`, and a person reads stderr.
+            if let Some(line) = missed_line(lost.missed) {
+                eprint!("{line}");
+            }
             self.summary_json(sites, lost)?
         } else {
             self.table(sites, lost)
@@ -146,6 +153,7 @@ impl<W: Write> Reporter<W> {
             flushes: sites.total(),
             lost: lost.events,
             uncounted: lost.uncounted,
+            missed: lost.missed,
         };
         Ok(serde_json::to_string(&summary)? + "\n")
     }
@@ -161,12 +169,15 @@ impl<W: Write> Reporter<W> {
             sites.len(),
             sites.total()
         );
-        if lost != Lost::default() {
+        if lost.events > 0 || lost.uncounted > 0 {
             text.push_str(&format!(
                 "wqflush: {} first sighting(s) lost (ring buffer full; still counted), {} flush(es) \
                  not counted (counter map full)\n",
                 lost.events, lost.uncounted
             ));
+        }
+        if let Some(line) = missed_line(lost.missed) {
+            text.push_str(&line);
         }
         if sites.len() > 0 {
             text.push_str(&format!(
@@ -192,6 +203,16 @@ impl<W: Write> Reporter<W> {
         }
         text
     }
+}
+
+/// The warning for flushes the kernel did not run the probe for, when there were any.
+pub fn missed_line(missed: Option<u64>) -> Option<String> {
+    missed.filter(|&n| n > 0).map(|n| {
+        format!(
+            "wqflush: warning: the kernel skipped the probe {n} time(s): those flushes are not in \
+             the counts (fentry under full or lazy preemption; --attach auto does not lose them)\n"
+        )
+    })
 }
 
 fn record<'a>(
@@ -427,10 +448,12 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
             Lost {
                 events: 2,
                 uncounted: 1,
+                missed: Some(4),
             },
         )
         .unwrap();
         let v = &lines(r.into_inner())[0];
+        assert_eq!(v["missed"], 4);
         assert_eq!(v["type"], "summary");
         assert_eq!(v["sites"][0]["count"], 3);
         assert_eq!(v["sites"][0]["wq"], "system_long_wq");
@@ -443,6 +466,25 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
             ),
             (Some(3), Some(2), Some(1))
         );
+    }
+
+    #[test]
+    fn misses_are_a_warning_in_text_and_null_in_json_when_unknown() {
+        let mut r = Reporter::new(Vec::new(), false, queues());
+        let lost = Lost {
+            missed: Some(7),
+            ..Lost::default()
+        };
+        r.summary(&sites(1), lost).unwrap();
+        let text = String::from_utf8(r.into_inner()).unwrap();
+        assert!(
+            text.contains("wqflush: warning: the kernel skipped the probe 7 time(s)"),
+            "{text}"
+        );
+        let mut r = Reporter::new(Vec::new(), true, queues());
+        r.summary(&sites(1), Lost::default()).unwrap();
+        assert!(lines(r.into_inner())[0]["missed"].is_null());
+        assert_eq!(missed_line(Some(0)), None);
     }
 
     #[test]

@@ -127,8 +127,12 @@ impl fmt::Display for Frame {
 /// starts at the flush function the way a kernel warning would. Those frames (BPF program,
 /// trampoline) are not reliably in kallsyms: JITed programs are listed only with
 /// net.core.bpf_jit_kallsyms=1, and otherwise resolve to whatever symbol precedes them.
+#[cfg(test)]
 pub fn symbolize(ks: &Kallsyms, stack: &[u64]) -> Vec<Frame> {
-    let frames: Vec<Frame> = stack.iter().map(|&a| Frame::new(a, ks.locate(a))).collect();
+    drop_probe_frames(stack.iter().map(|&a| Frame::new(a, ks.locate(a))).collect())
+}
+
+fn drop_probe_frames(frames: Vec<Frame>) -> Vec<Frame> {
     let skip = frames
         .iter()
         .position(Frame::is_flush_function)
@@ -143,28 +147,89 @@ pub fn caller(frames: &[Frame]) -> Option<&Frame> {
     frames.iter().find(|f| !f.is_flush_function())
 }
 
+/// Where a module's core lies, from /proc/modules: its functions end there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ModuleRange {
+    name: String,
+    start: u64,
+    end: u64,
+}
+
+/// `name size refcount deps state address ...` lines of /proc/modules.
+fn module_ranges(proc_modules: &str) -> Vec<ModuleRange> {
+    proc_modules
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let size: u64 = f.get(1)?.parse().ok()?;
+            let start = u64::from_str_radix(f.get(5)?.strip_prefix("0x")?, 16).ok()?;
+            Some(ModuleRange {
+                name: f[0].to_owned(),
+                start,
+                end: start.checked_add(size)?,
+            })
+        })
+        .collect()
+}
+
 /// Symbolizes against kallsyms and re-reads it when modules came or went since, so a module
-/// loaded after wqflush started is named too.
+/// loaded after wqflush started is named too; one that went away since keeps its names until
+/// the next re-read, so a flush from its exit function (processed after the unload) is named.
 pub struct Symbolizer {
     ks: Kallsyms,
     modules: String,
+    /// The modules of `modules`, and of `departed`, with their extents.
+    ranges: Vec<ModuleRange>,
+    /// The symbols of the modules the last re-read found gone.
+    departed: Kallsyms,
 }
 
 const PROC_MODULES: &str = "/proc/modules";
 
 impl Symbolizer {
     pub fn new(ks: Kallsyms) -> Self {
-        let modules = std::fs::read_to_string(PROC_MODULES).unwrap_or_default();
-        Symbolizer { ks, modules }
+        Self::with_modules(ks, std::fs::read_to_string(PROC_MODULES).unwrap_or_default())
+    }
+
+    /// A symbolizer for `ks` read while /proc/modules said `modules`.
+    fn with_modules(ks: Kallsyms, modules: String) -> Self {
+        Symbolizer {
+            ks,
+            ranges: module_ranges(&modules),
+            modules,
+            departed: Kallsyms::default(),
+        }
     }
 
     pub fn frames(&self, stack: &[u64]) -> Vec<Frame> {
-        symbolize(&self.ks, stack)
+        drop_probe_frames(stack.iter().map(|&a| self.frame(a)).collect())
     }
 
-    /// One address, as it is (no frames dropped).
+    /// One address, as it is (no frames dropped): from the current table, or from a departed
+    /// module's when only that names it plausibly.
     pub fn frame(&self, addr: u64) -> Frame {
-        Frame::new(addr, self.ks.locate(addr))
+        let current = self.resolve(&self.ks, addr);
+        if current.is_plausible() {
+            return current;
+        }
+        let gone = self.resolve(&self.departed, addr);
+        if gone.is_plausible() { gone } else { current }
+    }
+
+    /// kallsyms gives no sizes: a module's last function ends where the module does.
+    fn resolve(&self, ks: &Kallsyms, addr: u64) -> Frame {
+        let mut frame = Frame::new(addr, ks.locate(addr));
+        let start = addr - frame.offset;
+        let range = frame
+            .module
+            .as_deref()
+            .and_then(|m| self.ranges.iter().find(|r| r.name == m && r.start <= start));
+        if let Some(r) = range
+            && (frame.size == 0 || start + frame.size > r.end)
+        {
+            frame.size = r.end.saturating_sub(start);
+        }
+        frame
     }
 
     /// Re-reads kallsyms if /proc/modules changed; true when it did.
@@ -173,7 +238,19 @@ impl Symbolizer {
         if modules == self.modules {
             return Ok(false);
         }
-        self.ks = Kallsyms::load(crate::queues::is_queue_var)?;
+        let new = Kallsyms::load(crate::queues::is_queue_var)?;
+        let live: HashSet<&str> = new.modules().collect();
+        self.departed = self.ks.only_modules(|m| !live.contains(m));
+        let kept: HashSet<&str> = self.departed.modules().collect();
+        let mut ranges = module_ranges(&modules);
+        ranges.extend(
+            self.ranges
+                .iter()
+                .filter(|r| kept.contains(r.name.as_str()) && !live.contains(r.name.as_str()))
+                .cloned(),
+        );
+        self.ranges = ranges;
+        self.ks = new;
         self.modules = modules;
         Ok(true)
     }
@@ -282,6 +359,54 @@ ffffffffc0a01100 t wqflush_test_flush_own\t[wqflush_test]
             "past the last symbol"
         );
         assert!(!frame(0x10).is_plausible(), "unknown");
+    }
+
+    #[test]
+    fn a_modules_last_function_ends_with_the_module() {
+        // 5.10 lists a module's exit function last: kallsyms alone gives it no size.
+        let ks = Kallsyms::parse(
+            "ffffffff810b5e20 T __flush_workqueue\nffffffff810b6300 t next\n\
+             ffffffffc0a01000 t m_flush\t[m]\nffffffffc0a02000 t m_exit\t[m]\n",
+            |_| false,
+        )
+        .unwrap();
+        let modules = "m 16384 0 - Live 0xffffffffc0a00000 (OE)\n".to_owned();
+        let sym = Symbolizer::with_modules(ks, modules);
+        let exit = sym.frame(0xffffffffc0a0201a);
+        assert_eq!(exit.func.as_deref(), Some("m_exit"));
+        assert_eq!(exit.size, 0xffffffffc0a04000 - 0xffffffffc0a02000);
+        assert!(exit.is_plausible(), "{exit:?}");
+        assert!(!sym.frame(0xffffffffc0a05000).is_plausible(), "past the module's end");
+    }
+
+    #[test]
+    fn a_departed_module_is_still_named() {
+        let with_m = Kallsyms::parse(
+            "ffffffff810b5e20 T __flush_workqueue\nffffffff810b6300 t next\n\
+             ffffffffc0a01000 t m_exit\t[m]\n",
+            |_| false,
+        )
+        .unwrap();
+        let without = Kallsyms::parse(
+            "ffffffff810b5e20 T __flush_workqueue\nffffffff810b6300 t next\n\
+             ffffffffc09ff000 t bpf_prog_x\t[bpf]\n",
+            |_| false,
+        )
+        .unwrap();
+        let mut sym = Symbolizer::with_modules(without, String::new());
+        sym.departed = with_m.only_modules(|m| m == "m");
+        sym.ranges = module_ranges("m 8192 0 - Live 0xffffffffc0a00000\n");
+        let frames = sym.frames(&[0xffffffff810b5e29, 0xffffffffc0a01010]);
+        let c = caller(&frames).unwrap();
+        assert_eq!(
+            (c.func.as_deref(), c.module.as_deref()),
+            (Some("m_exit"), Some("m"))
+        );
+        // Live symbols win where they are plausible.
+        assert_eq!(
+            sym.frame(0xffffffff810b5e29).func.as_deref(),
+            Some("__flush_workqueue")
+        );
     }
 
     #[test]

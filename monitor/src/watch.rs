@@ -21,7 +21,7 @@ use crate::{
     kallsyms::Kallsyms,
     kmsg::Kmsg,
     metrics,
-    probe::{self, Attach, Lost, Target},
+    probe::{self, Attach, Lost, Probe, Target},
     queues,
     report::Reporter,
     sites::Sites,
@@ -51,6 +51,8 @@ pub struct Options {
 
 pub struct Outcome {
     pub flushes: u64,
+    /// Flushes the kernel did not run the probe for (None: it keeps no count).
+    pub missed: Option<u64>,
     pub end: End,
 }
 
@@ -116,7 +118,7 @@ pub fn prepare(mode: MatchMode, attach: Attach) -> Result<(Kallsyms, Target)> {
         by_name,
         offsets: offsets.ok(),
         flush_ranges,
-        kernel_btf,
+        kernel_btf: kernel_btf.map(std::cell::OnceCell::from).unwrap_or_default(),
         loader: loader.into(),
     };
     Ok((ks, target))
@@ -126,7 +128,7 @@ pub fn prepare(mode: MatchMode, attach: Attach) -> Result<(Kallsyms, Target)> {
 struct KernelFacts {
     kallsyms: Result<Kallsyms>,
     offsets: Result<btf::Offsets>,
-    kernel_btf: Result<aya::Btf, String>,
+    kernel_btf: Option<Result<aya::Btf, String>>,
     loader: Option<aya::EbpfLoader<'static>>,
 }
 
@@ -142,14 +144,13 @@ fn read_kernel_facts(attach: Attach) -> KernelFacts {
         });
         let aya = s.spawn(|| {
             // EbpfLoader::new() parses the BTF for relocations, and fentry needs a parse of its
-            // own; aya also probes the kernel's BPF features once.
+            // own (made here only when fentry is the one method; `--attach auto` starts with
+            // kprobe-multi and parses it only if it gets to fentry); aya also probes the
+            // kernel's BPF features once.
             let loader = aya::EbpfLoader::new();
             aya::features();
-            let kernel_btf = if attach.methods().contains(&probe::Method::Fentry) {
-                aya::Btf::from_sys_fs().map_err(|e| format!("{e}"))
-            } else {
-                Err("not read: fentry was not asked for".to_owned())
-            };
+            let kernel_btf = (attach.methods() == [probe::Method::Fentry])
+                .then(|| aya::Btf::from_sys_fs().map_err(|e| format!("{e}")));
             crate::timing::mark("BTF parsed by aya, loader ready");
             (kernel_btf, Some(loader))
         });
@@ -159,7 +160,7 @@ fn read_kernel_facts(attach: Attach) -> KernelFacts {
         let offsets = offsets.join().unwrap_or_else(|_| Err(panicked()));
         let aya = aya
             .join()
-            .unwrap_or_else(|_| (Err(panicked().to_string()), None));
+            .unwrap_or_else(|_| (Some(Err(panicked().to_string())), None));
         KernelFacts {
             kallsyms,
             offsets,
@@ -189,6 +190,10 @@ struct State<W: Write> {
     sites: Sites,
     reporter: Reporter<W>,
     queues: Vec<queues::SystemQueue>,
+    /// Which miss counters the kernel keeps, once known.
+    miss_counters: Option<btf::MissCounters>,
+    /// What the kernel side lost by the last reading of its counters.
+    lost: Lost,
 }
 
 impl<W: Write> State<W> {
@@ -198,18 +203,10 @@ impl<W: Write> State<W> {
         let mut frames = self.sym.frames(&flush.stack);
         // A new call site whose caller does not resolve to a plausible function may be in a
         // module loaded since kallsyms was read: re-read and retry. (Re-reading for every new
-        // site could drop the symbols of a module unloaded meanwhile.) The re-read wins only
-        // if it makes the caller plausible: a module's last function has no size in kallsyms,
-        // and when its module is being unloaded (a flush in its exit function) the old table is
-        // the only one that still names it.
-        let plausible = |frames: &[symbolize::Frame]| {
-            symbolize::caller(frames).is_some_and(|c| c.is_plausible())
-        };
-        if !plausible(&frames) && self.sites.is_new(flush.queue, &frames) && self.sym.refresh()? {
-            let reread = self.sym.frames(&flush.stack);
-            if plausible(&reread) {
-                frames = reread;
-            }
+        // site would cost seconds under a burst; a module gone meanwhile keeps its names.)
+        let plausible = symbolize::caller(&frames).is_some_and(|c| c.is_plausible());
+        if !plausible && self.sites.is_new(flush.queue, &frames) && self.sym.refresh()? {
+            frames = self.sym.frames(&flush.stack);
         }
         if let Some(site) = self.sites.record(flush, frames) {
             self.reporter.first_sighting(site)?;
@@ -226,12 +223,16 @@ impl<W: Write> State<W> {
     }
 
     /// Takes the kernel's exact counts; returns what was lost.
-    fn refresh_counts(&mut self, ebpf: &Ebpf) -> Result<Lost> {
-        probe::counts(ebpf, &mut self.counts)?;
+    fn refresh_counts(&mut self, probe: &Probe) -> Result<Lost> {
+        probe::counts(&probe.ebpf, &mut self.counts)?;
         let sym = &self.sym;
         self.sites
             .apply_counts(&self.counts, |addr| sym.frame(addr));
-        probe::lost(ebpf)
+        // Read on first use, after the probe went live: two more scans of the kernel's BTF.
+        let counters = *self
+            .miss_counters
+            .get_or_insert_with(|| btf::read_miss_counters().unwrap_or_default());
+        probe.lost(&counters)
     }
 
     /// Flushes at call sites the ignore list does not cover.
@@ -264,6 +265,7 @@ impl<W: Write> State<W> {
         metrics::Snapshot {
             sites: sites.collect(),
             lost: lost.events,
+            missed: lost.missed,
         }
     }
 }
@@ -322,6 +324,8 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         sites: Sites::default(),
         reporter: reporter(opts, &target, sinks.ignore, sinks.kmsg),
         queues: target.queues.clone(),
+        miss_counters: None,
+        lost: Lost::default(),
     };
     let shared = metrics::Shared::default();
     let server = sinks.metrics.map(|listener| {
@@ -332,7 +336,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     announce(&target, probe.method, opts.ready_file.as_ref())?;
     crate::timing::mark("announced");
     let looped = Loop {
-        ebpf: &probe.ebpf,
+        probe: &probe,
         shared: server.is_some().then_some(&shared),
         duration: opts.duration,
     };
@@ -346,12 +350,13 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         }
     };
     state.drain(ring.get_mut())?;
-    finish(&mut state, &probe.ebpf)?;
+    finish(&mut state, &probe)?;
     if let Some(server) = server {
         server.abort();
     }
     Ok(Outcome {
         flushes: state.offending(),
+        missed: state.lost.missed,
         end,
     })
 }
@@ -401,8 +406,9 @@ fn reporter(
 }
 
 /// The exact counts, the summary, and what the kernel log did not get.
-fn finish<W: Write>(state: &mut State<W>, ebpf: &Ebpf) -> Result<()> {
-    let lost = state.refresh_counts(ebpf)?;
+fn finish<W: Write>(state: &mut State<W>, probe: &Probe) -> Result<()> {
+    let lost = state.refresh_counts(probe)?;
+    state.lost = lost;
     state.reporter.summary(&state.sites, lost)?;
     let suppressed = state.reporter.kmsg_suppressed();
     if suppressed > 0 {
@@ -463,7 +469,7 @@ struct Signals {
 
 /// The event loop's fixed inputs.
 struct Loop<'a> {
-    ebpf: &'a Ebpf,
+    probe: &'a Probe,
     /// The metrics server's copy of the sites, when there is a server.
     shared: Option<&'a metrics::Shared>,
     duration: Option<Duration>,
@@ -498,9 +504,13 @@ impl Loop<'_> {
                     guard.clear_ready();
                 }
                 _ = tick.tick() => {
+                    // Modules that came or went without a module_load notification (the
+                    // tracepoint refused, or a load and unload between two reads) are read
+                    // here at the latest: /proc/modules is a small file.
+                    state.sym.refresh()?;
                     // Sightings first, so counters rarely precede their call site's stack.
                     state.drain(ring.get_mut())?;
-                    let lost = state.refresh_counts(self.ebpf)?;
+                    let lost = state.refresh_counts(self.probe)?;
                     if let Some(shared) = self.shared {
                         *shared.lock().unwrap_or_else(|e| e.into_inner()) = state.snapshot(lost);
                     }

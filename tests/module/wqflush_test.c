@@ -14,7 +14,10 @@
  * adding one line to triggers[].
  */
 #include <linux/atomic.h>
+#include <linux/completion.h>
+#include <linux/delay.h>
 #include <linux/kernel.h>
+#include <linux/kthread.h>
 #include <linux/ktime.h>
 #include <linux/module.h>
 #include <linux/proc_fs.h>
@@ -33,6 +36,17 @@
 #define WQFLUSH_TEST_FLUSH_FN flush_workqueue
 #else
 #define WQFLUSH_TEST_FLUSH_FN __flush_workqueue
+#endif
+
+/*
+ * The module's own queue is per-CPU, as alloc_workqueue(name, 0, 0) always was; 6.17 added
+ * WQ_PERCPU to say so, and 7.x warns (a WARN with a stack) when neither it nor WQ_UNBOUND is
+ * given.
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 17, 0)
+#define WQFLUSH_TEST_OWN_FLAGS WQ_PERCPU
+#else
+#define WQFLUSH_TEST_OWN_FLAGS 0
 #endif
 
 /* system_dfl_long_wq ("events_dfl_long") exists since 7.1. */
@@ -106,6 +120,15 @@ static noinline void wqflush_test_flush_dfl_long(void)
 	barrier();
 }
 
+/* 'storm': system_highpri_wq through a pointer, from kthreads sharing CPU 0 (see below). */
+static struct workqueue_struct *storm_wq;
+
+static noinline void wqflush_test_flush_storm(void)
+{
+	flush_workqueue(READ_ONCE(storm_wq));
+	barrier();
+}
+
 static noinline void wqflush_test_flush_own(void)
 {
 	flush_workqueue(own_wq);
@@ -136,6 +159,7 @@ static noinline void wqflush_test_flush_bench(void)
 	asm volatile("" : "+r" (n));					\
 	if (n <= (k))							\
 		goto out;						\
+	wqflush_test_pace();						\
 	WQFLUSH_TEST_FLUSH_FN(system_wq);				\
 	asm volatile("" : : "i" (k) : "memory");
 #define WQFLUSH_TEST_SITES10(k)						\
@@ -162,6 +186,20 @@ static noinline void wqflush_test_flush_bench(void)
 	WQFLUSH_TEST_SITES1000((k) + 4000) WQFLUSH_TEST_SITES1000((k) + 5000) \
 	WQFLUSH_TEST_SITES1000((k) + 6000) WQFLUSH_TEST_SITES1000((k) + 7000) \
 	WQFLUSH_TEST_SITES1000((k) + 8000) WQFLUSH_TEST_SITES1000((k) + 9000)
+
+/*
+ * 'sites_paced': the same sites with a pause before each flush, so that a monitor can take every
+ * first sighting as it happens (a burst overruns a ring buffer). Off unless that trigger runs.
+ */
+static unsigned int sites_pace_us;
+
+static noinline void wqflush_test_pace(void)
+{
+	unsigned int us = READ_ONCE(sites_pace_us);
+
+	if (us)
+		usleep_range(us, us + us / 2);
+}
 
 /* Flushes system_wq once from each of the first n call sites. */
 static noinline void wqflush_test_flush_sites(long n)
@@ -219,6 +257,17 @@ static long wqflush_test_run_sites(struct wqflush_test_trigger *t, long count)
 	return count;
 }
 
+/* 'sites_paced <n>': 'sites <n>' with about 1 ms before each flush. */
+static long wqflush_test_run_sites_paced(struct wqflush_test_trigger *t, long count)
+{
+	long fired;
+
+	WRITE_ONCE(sites_pace_us, 1000);
+	fired = wqflush_test_run_sites(t, count);
+	WRITE_ONCE(sites_pace_us, 0);
+	return fired;
+}
+
 static long wqflush_test_run_worker_other(struct wqflush_test_trigger *t, long count)
 {
 	long i;
@@ -274,6 +323,80 @@ static long wqflush_test_run_exit(struct wqflush_test_trigger *t, long count)
 	return 1;
 }
 
+/*
+ * 'storm <n>': WQFLUSH_TEST_STORM_THREADS kthreads bound to CPU 0 flush system_highpri_wq n
+ * times in all, beside a kthread that keeps CPU 0 busy, so flushers are preempted wherever
+ * the kernel can preempt them: inside a preemptible probe program among other places.
+ */
+#define WQFLUSH_TEST_STORM_THREADS 4
+
+struct wqflush_test_storm {
+	struct wqflush_test_trigger *t;
+	long flushes;
+	struct completion done;
+};
+
+static int wqflush_test_storm_flusher(void *data)
+{
+	struct wqflush_test_storm *s = data;
+	long i;
+
+	for (i = 0; i < s->flushes; i++) {
+		wqflush_test_flush_storm();
+		atomic_long_inc(&s->t->fired);
+	}
+	complete(&s->done);
+	return 0;
+}
+
+static int wqflush_test_storm_busy(void *data)
+{
+	/* cond_resched() is where a non-preemptible kernel lets the flushers run at all. */
+	while (!kthread_should_stop())
+		cond_resched();
+	return 0;
+}
+
+static struct task_struct *storm_thread(int (*fn)(void *), void *data, const char *name)
+{
+	struct task_struct *task = kthread_create(fn, data, "%s", name);
+
+	if (IS_ERR(task))
+		return task;
+	kthread_bind(task, 0);
+	wake_up_process(task);
+	return task;
+}
+
+static long wqflush_test_run_storm(struct wqflush_test_trigger *t, long count)
+{
+	static struct wqflush_test_storm storms[WQFLUSH_TEST_STORM_THREADS];
+	struct task_struct *busy;
+	int i, started = 0;
+
+	if (count < WQFLUSH_TEST_STORM_THREADS)
+		return -EINVAL;
+	busy = storm_thread(wqflush_test_storm_busy, NULL, "wqflush_busy");
+	if (IS_ERR(busy))
+		return PTR_ERR(busy);
+	for (i = 0; i < WQFLUSH_TEST_STORM_THREADS; i++) {
+		struct wqflush_test_storm *s = &storms[i];
+
+		s->t = t;
+		s->flushes = count / WQFLUSH_TEST_STORM_THREADS +
+			(i < count % WQFLUSH_TEST_STORM_THREADS);
+		init_completion(&s->done);
+		if (IS_ERR(storm_thread(wqflush_test_storm_flusher, s, "wqflush_storm")))
+			break;
+		started++;
+	}
+	for (i = 0; i < started; i++)
+		wait_for_completion(&storms[i].done);
+	kthread_stop(busy);
+	/* The flushers counted themselves. */
+	return started == WQFLUSH_TEST_STORM_THREADS ? 0 : -ENOMEM;
+}
+
 static long wqflush_test_run_bench(struct wqflush_test_trigger *t, long count)
 {
 	u64 start = ktime_get_ns();
@@ -306,6 +429,9 @@ static struct wqflush_test_trigger triggers[] = {
 	  .listed_when_fired = true },
 	{ .name = "dfl_long", .run = wqflush_test_run_dfl_long, .listed_when_fired = true },
 	{ .name = "exit", .run = wqflush_test_run_exit, .listed_when_fired = true },
+	{ .name = "storm", .run = wqflush_test_run_storm, .listed_when_fired = true },
+	{ .name = "sites_paced", .run = wqflush_test_run_sites_paced,
+	  .listed_when_fired = true },
 };
 
 static struct wqflush_test_trigger *find_trigger(const char *name)
@@ -437,10 +563,11 @@ static struct workqueue_struct *queue_by_name(const char *name)
 
 static int __init wqflush_test_init(void)
 {
-	own_wq = alloc_workqueue(WQFLUSH_TEST_NAME, 0, 0);
+	own_wq = alloc_workqueue(WQFLUSH_TEST_NAME, WQFLUSH_TEST_OWN_FLAGS, 0);
 	if (!own_wq)
 		return -ENOMEM;
 	WRITE_ONCE(holder.wq, queue_by_name(pointer_wq));
+	WRITE_ONCE(storm_wq, system_highpri_wq);
 #if WQFLUSH_TEST_HAVE_DFL_LONG
 	WRITE_ONCE(holder.dfl_long, system_dfl_long_wq);
 #endif

@@ -66,6 +66,18 @@ impl Series {
         }
     }
 
+    /// Whether Debian builds this kernel with fprobe (CONFIG_FPROBE), so kprobe-multi links
+    /// (5.18+) work: not 5.10 (too old) and not 6.1 (not enabled).
+    pub fn has_fprobe(self) -> bool {
+        matches!(self, Series::V6_12 | Series::V7)
+    }
+
+    /// Whether the kernel counts the runs a kprobe or kprobe-multi program was skipped for
+    /// (6.7+).
+    pub fn counts_kprobe_misses(self) -> bool {
+        matches!(self, Series::V6_12 | Series::V7)
+    }
+
     fn naming(self) -> Naming {
         let (image, head, tail) = match self {
             Series::V5_10 => ("linux-image-", "5.10.0-", ""),

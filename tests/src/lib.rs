@@ -8,6 +8,7 @@
 
 pub mod debian;
 pub mod guest;
+pub mod host_program;
 pub mod initramfs;
 pub mod module;
 pub mod oracle;

@@ -10,7 +10,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    MODULE_GUEST_PATH, Series, VmRun, build_module, cache_dir, prepare_kernel, run_scenario,
+    MODULE_GUEST_PATH, Series, VmRun, build_module, cache_dir, prepare_kernel,
+    qemu::run_scenario_with,
 };
 
 /// How a scenario's guest is set up and judged.
@@ -20,6 +21,10 @@ pub struct Guest {
     pub timeout: Duration,
     /// A "WARNING: CPU:" console line containing this is expected (wqflush --kmsg).
     pub expected_warning: Option<&'static str>,
+    /// Added to the kernel command line (e.g. `preempt=full`).
+    pub append: &'static str,
+    /// More files for the initramfs: (host path, guest path).
+    pub files: Vec<(PathBuf, String)>,
 }
 
 /// The static wqflush binary `cargo xtask test` built, from `WQFLUSH_BIN`.
@@ -44,8 +49,16 @@ pub fn boot_scenario(series: Series, script: &str, guest: &Guest) -> Result<(VmR
     if let Some(bin) = &guest.wqflush {
         files.push((bin.clone(), "/bin/wqflush".to_owned()));
     }
+    files.extend(guest.files.iter().cloned());
     let t = Instant::now();
-    let run = run_scenario(&kernel, &files, script, guest.timeout)?;
+    let run = run_scenario_with(
+        &kernel,
+        &files,
+        script,
+        guest.timeout,
+        crate::qemu::DEFAULT_MEMORY_MB,
+        guest.append,
+    )?;
     eprintln!("{series}: boot and scenario took {:?}", t.elapsed());
     run.ensure_success_allowing(guest.expected_warning)?;
     Ok((run, ko))
@@ -87,6 +100,8 @@ impl PerKernel {
                 wqflush: Some(wqflush_bin()?),
                 timeout,
                 expected_warning,
+                append: "",
+                files: Vec::new(),
             };
             Ok(boot_scenario(series, script, &guest)?.0)
         })

@@ -214,9 +214,16 @@ fn metrics(series: Series) -> Result<()> {
             &text[..text.len().min(3000)]
         );
     }
-    let attach = "wqflush_info{attach=\"fentry\",kernel=\"";
+    // What --attach auto picks: kprobe-multi where the kernel has fprobe, else fentry, which
+    // cannot lose flushes on these kernels' default (voluntary) preemption.
+    let method = if series.has_fprobe() {
+        "kprobe-multi"
+    } else {
+        "fentry"
+    };
+    let attach = format!("wqflush_info{{attach=\"{method}\",kernel=\"");
     ensure!(
-        text.contains(attach) && text.contains("kallsyms_mode=\"address\"} 1"),
+        text.contains(&attach) && text.contains("kallsyms_mode=\"address\"} 1"),
         "info"
     );
     ensure!(

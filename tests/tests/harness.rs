@@ -31,6 +31,8 @@ fn boot_with_module(series: Series) -> Result<VmRun> {
         wqflush: None,
         timeout: Duration::from_secs(120),
         expected_warning: None,
+        append: "",
+        files: Vec::new(),
     };
     Ok(boot_scenario(series, SCENARIO, &guest)?.0)
 }

@@ -47,9 +47,12 @@ emit no_btf.json cat /tmp/no_btf.json
 emit no_btf.err cat /tmp/no_btf.err
 umount /sys/kernel/btf/vmlinux
 
-# SIGKILL leaves no probe attached, for either method.
+# SIGKILL leaves no probe attached, for every method the kernel offers.
 emit probes_before probes
-for m in fentry kprobe; do
+methods="fentry kprobe"
+wqflush doctor | grep -q "kprobe-multi: available" && methods="$methods kprobe-multi"
+emit methods echo $methods
+for m in $methods; do
 	start kill_$m --attach $m || exit 1
 	emit probes_live_$m probes
 	kill -KILL $(cat /tmp/kill_$m.pid); sleep 1
@@ -200,7 +203,16 @@ fn sigkill_leaves_no_probe(series: Series) -> Result<()> {
             .sum())
     };
     let before = count("probes_before")?;
-    for m in ["fentry", "kprobe"] {
+    let mut methods = vec!["fentry", "kprobe"];
+    if series.has_fprobe() {
+        methods.push("kprobe-multi");
+    }
+    ensure!(
+        run.section("methods")?.split_whitespace().eq(methods.iter().copied()),
+        "methods tried: {}",
+        run.section("methods")?
+    );
+    for m in methods {
         let live = count(&format!("probes_live_{m}"))?;
         let after = count(&format!("probes_after_{m}"))?;
         ensure!(

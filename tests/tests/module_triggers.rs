@@ -57,6 +57,8 @@ fn boot(series: Series) -> Result<(VmRun, std::path::PathBuf)> {
         wqflush: None,
         timeout: Duration::from_secs(180),
         expected_warning: None,
+        append: "",
+        files: Vec::new(),
     };
     boot_scenario(series, SCENARIO, &guest)
 }

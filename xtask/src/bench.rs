@@ -12,12 +12,16 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use wqflush_vmtest::{
-    MODULE_GUEST_PATH, Series, VmRun, build_module, cache_dir, prepare_kernel,
-    qemu::run_scenario_with_memory,
+    MODULE_GUEST_PATH, Series, VmRun, build_module, cache_dir, host_program, prepare_kernel,
+    qemu::run_scenario_with,
 };
 
 /// The monitors compared, in the order each round runs them.
-const CONFIGS: [&str; 4] = ["none", "fentry", "kprobe", "bpftrace"];
+const CONFIGS: [&str; 5] = ["none", "kprobe-multi", "fentry", "kprobe", "bpftrace"];
+/// wqflush's own configurations (its attach methods), the default first.
+const METHODS: [&str; 3] = ["kprobe-multi", "fentry", "kprobe"];
+/// Flushes in each storm: 4 kthreads bound to CPU 0 beside a busy one (the `storm` trigger).
+const STORM: u64 = 100_000;
 /// Empty bpftrace programs on the same hook (fentry, kprobe), run in the own-queue rounds only:
 /// what entering a probe costs before any program runs, the floor for any tool.
 const FLOORS: [&str; 2] = ["empty-fentry", "empty-kprobe"];
@@ -55,24 +59,35 @@ pub fn run(opts: &Options, wqflush: &Path) -> Result<()> {
         (ko, MODULE_GUEST_PATH.to_owned()),
         (wqflush.to_path_buf(), "/bin/wqflush".to_owned()),
         (benchrun, "/bin/benchrun".to_owned()),
-        (bpftrace.clone(), BPFTRACE_GUEST.to_owned()),
     ];
-    files.extend(libraries(&bpftrace)?);
+    files.extend(host_program::with_libraries(&bpftrace, BPFTRACE_GUEST)?);
     let script = scenario(opts);
     // Every run boots its monitor, and bpftrace compiles its program with LLVM under TCG.
     let timeout = Duration::from_secs(
-        900 + u64::from(opts.rounds) * (240 + opts.flushes / 10_000 + opts.iterations / 10_000),
+        900 + u64::from(opts.rounds) * (600 + opts.flushes / 10_000 + opts.iterations / 10_000),
     );
+    let append = preemption(opts.series);
     eprintln!(
-        "xtask: bench on Debian {} ({}), {} rounds of {}, guest timeout {:?}",
+        "xtask: bench on Debian {} ({}{}), {} rounds of {}, guest timeout {:?}",
         opts.series,
         kernel.release,
+        if append.is_empty() { String::new() } else { format!(", {append}") },
         opts.rounds,
         CONFIGS.join(" "),
         timeout
     );
-    let run = run_scenario_with_memory(&kernel, &files, &script, timeout, GUEST_MEMORY_MB)?;
+    let run = run_scenario_with(&kernel, &files, &script, timeout, GUEST_MEMORY_MB, append)?;
     report(opts, &run, &kernel.release, Some(started.elapsed()))
+}
+
+/// The kernel command line of the bench: 6.x, built with dynamic preemption and voluntary by
+/// default, boots with full preemption so the storm shows what preemption does to a probe
+/// (7.x's own default is lazy; 5.10 is built voluntary).
+fn preemption(series: Series) -> &'static str {
+    match series {
+        Series::V6_1 | Series::V6_12 => "preempt=full",
+        Series::V5_10 | Series::V7 => "",
+    }
 }
 
 /// Prints the table again from a boot kept with `WQFLUSH_VM_KEEP=1` (its console.log and
@@ -131,34 +146,6 @@ fn host_bpftrace() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The shared libraries `ldd` lists for `bin`, with the dynamic loader, at their host paths.
-fn libraries(bin: &Path) -> Result<Vec<(PathBuf, String)>> {
-    let out = Command::new("ldd")
-        .arg(bin)
-        .output()
-        .context("running ldd")?;
-    ensure!(out.status.success(), "ldd {} failed", bin.display());
-    let mut libs = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line
-                .split_whitespace()
-                .next()
-                .filter(|p| p.starts_with('/')),
-        };
-        if let Some(path) = path.filter(|p| p.starts_with('/')) {
-            libs.push((PathBuf::from(path), path.to_owned()));
-        }
-    }
-    ensure!(
-        libs.iter().any(|(_, g)| g.contains("ld-linux")),
-        "ldd {} names no dynamic loader",
-        bin.display()
-    );
-    Ok(libs)
-}
 
 /// Compiles the guest's timer (static) into `dir`, again only when its source changed.
 fn build_benchrun(dir: &Path) -> Result<PathBuf> {
@@ -302,7 +289,7 @@ usage:
 fn scenario(opts: &Options) -> String {
     let half = opts.flushes / 2;
     let params = format!(
-        "ROUNDS={}\nITER={}\nHALF1={}\nHALF2={}\nSITES={}\nCONFIGS=\"{}\"\nFLOORS=\"{}\"\nBPFTRACE={BPFTRACE_GUEST}\n",
+        "ROUNDS={}\nITER={}\nHALF1={}\nHALF2={}\nSITES={}\nSTORM={STORM}\nCONFIGS=\"{}\"\nFLOORS=\"{}\"\nBPFTRACE={BPFTRACE_GUEST}\n",
         opts.rounds,
         opts.iterations,
         half,
@@ -350,7 +337,7 @@ start() {
 	case $1 in
 	none)
 		return 0 ;;
-	fentry|kprobe)
+	fentry|kprobe|kprobe-multi)
 		benchrun /tmp/attach_ns file /tmp/ready -- \
 			wqflush --json --attach $1 --ready-file /tmp/ready >/tmp/out 2>/tmp/err &
 		PID=$! ;;
@@ -363,7 +350,8 @@ start() {
 	esac
 	wait_for_file /tmp/attach_ns 300 || fail "$1 did not start"
 	[ "$(cat /tmp/attach_ns)" -ge 0 ] || fail "$1 never got ready"
-	if [ $1 != fentry ] && [ $1 != kprobe ]; then
+	case $1 in fentry|kprobe|kprobe-multi) _wq=1 ;; *) _wq= ;; esac
+	if [ -z "$_wq" ]; then
 		# "Attaching N probes..." comes before the attach; BEGIN fires once it is done.
 		_n=3000
 		until grep -q "bpftrace: live" /tmp/out; do
@@ -435,7 +423,7 @@ while [ $ROUND -lt $ROUNDS ]; do
 		fi
 		stop $c
 		case $c in
-		fentry|kprobe)
+		fentry|kprobe|kprobe-multi)
 			s=$(summary)
 			[ -n "$s" ] || fail "$c printed no summary"
 			rec flood_summary $ROUND $c "$s" ;;
@@ -472,7 +460,7 @@ while [ $ROUND -lt $ROUNDS ]; do
 		rec rss_sites_kb $ROUND $c $(rss_kb)
 		stop $c
 		case $c in
-		fentry|kprobe)
+		fentry|kprobe|kprobe-multi)
 			# The summary names all sites (megabytes): only its numbers go to the results.
 			summary > /tmp/summary
 			rec sites_summary_sites $ROUND $c $(grep -o '"caller":"wqflush_test_flush_sites"' /tmp/summary | wc -l)
@@ -481,6 +469,32 @@ while [ $ROUND -lt $ROUNDS ]; do
 			rec sites_bt $ROUND $c $(bt_count wqflush_test_flush_sites) ;;
 		esac
 		log "round $ROUND $c: sites done"
+	done
+	# Exactness: a storm of flushes from kthreads sharing CPU 0 with a busy one.
+	for c in $CONFIGS; do
+		[ $c = none ] && continue
+		start $c
+		before=$(module_count storm)
+		echo "storm $STORM" > /proc/wqflush_test || fail "storm trigger"
+		rec storm_module $ROUND $c $(( $(module_count storm) - before ))
+		stop $c
+		case $c in
+		bpftrace) rec storm_bt $ROUND $c $(bt_count wqflush_test_flush_storm) ;;
+		*) rec storm_summary $ROUND $c "$(summary)" ;;
+		esac
+		log "round $ROUND $c: storm done"
+	done
+	# Memory when every first sighting streams live: the same sites, one every ~1 ms.
+	for c in $CONFIGS; do
+		case $c in none|bpftrace) continue ;; esac
+		start $c
+		echo "sites_paced $SITES" > /proc/wqflush_test || fail "sites_paced trigger"
+		sleep 2
+		rec paced_records $ROUND $c $(grep -c '"type":"flush"' /tmp/out)
+		rec rss_paced_kb $ROUND $c $(rss_kb)
+		stop $c
+		rec paced_lost $ROUND $c $(summary | grep -o '"lost":[0-9]*' | tail -n 1 | cut -d: -f2)
+		log "round $ROUND $c: paced sites done"
 	done
 done
 emit log cat $L
@@ -542,7 +556,13 @@ impl Results {
 
     fn table(&self, opts: &Options, release: &str, took: Option<Duration>) -> String {
         let mut t = Table::default();
-        let cols = ["no probe", "wqflush fentry", "wqflush kprobe", "bpftrace"];
+        let cols = [
+            "no probe",
+            "wqflush kprobe-multi (auto)",
+            "wqflush fentry",
+            "wqflush kprobe",
+            "bpftrace",
+        ];
         let stat = |metric: &str, scale: f64, digits: usize| -> Vec<String> {
             CONFIGS
                 .iter()
@@ -612,6 +632,7 @@ impl Results {
             stat("flood_ns", 1e9, 2),
         );
         t.row("  ratio to no probe", ratio("flood_ns", "none"));
+        t.row("  ratio to bpftrace", ratio("flood_ns", "bpftrace"));
         t.row("  counted / module's count", self.flood_counts());
         t.row("  lost / uncounted", self.flood_losses());
         t.row("  monitor's user+sys CPU s during the flood", {
@@ -646,6 +667,16 @@ impl Results {
             "  sites in the summary (first sightings streamed live)",
             self.sites_reported(),
         );
+        t.row(
+            &format!("RSS MB after {} call sites, one every ~1 ms", opts.sites),
+            stat("rss_paced_kb", 1024.0, 1),
+        );
+        t.row("  first sightings streamed live / lost", self.paced_streamed());
+        t.row(
+            &format!("storm: {STORM} flushes from 4 kthreads on CPU 0: counted / fired"),
+            self.storm_counts(),
+        );
+        t.row("  missed (the kernel's count of skipped runs)", self.storm_missed());
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -726,7 +757,7 @@ impl Results {
         CONFIGS
             .iter()
             .map(|c| match *c {
-                "fentry" | "kprobe" => {
+                "fentry" | "kprobe" | "kprobe-multi" => {
                     let (mut lost, mut uncounted) = (0, 0);
                     for s in self.raw("flood_summary", c) {
                         lost += json_u64(s, "lost").unwrap_or(u64::MAX / 4);
@@ -736,6 +767,54 @@ impl Results {
                 }
                 "bpftrace" => "n/a (map)".into(),
                 _ => "-".into(),
+            })
+            .collect()
+    }
+
+    /// Per round `counted/fired` of the storm, fired being the module's own count.
+    fn storm_counts(&self) -> Vec<String> {
+        CONFIGS
+            .iter()
+            .map(|c| {
+                let fired = self.nums("storm_module", c);
+                let counted = self.counted(c, "storm", "wqflush_test_flush_storm");
+                if fired.is_empty() {
+                    return "-".into();
+                }
+                let cells: Vec<String> = fired
+                    .iter()
+                    .map(|(r, f)| format!("{}/{f}", counted.get(r).map_or(0, |x| x.0)))
+                    .collect();
+                cells.join(" ")
+            })
+            .collect()
+    }
+
+    /// The summaries' `missed`, per round (`null`: the kernel keeps no count for the method).
+    fn storm_missed(&self) -> Vec<String> {
+        CONFIGS
+            .iter()
+            .map(|c| {
+                let v: Vec<String> = self
+                    .raw("storm_summary", c)
+                    .iter()
+                    .map(|s| json_u64(s, "missed").map_or("null".into(), |n| n.to_string()))
+                    .collect();
+                if v.is_empty() { "-".into() } else { v.join(" ") }
+            })
+            .collect()
+    }
+
+    fn paced_streamed(&self) -> Vec<String> {
+        CONFIGS
+            .iter()
+            .map(|c| {
+                let live: Vec<f64> = self.nums("paced_records", c).values().copied().collect();
+                let lost: Vec<f64> = self.nums("paced_lost", c).values().copied().collect();
+                if live.is_empty() {
+                    return "-".into();
+                }
+                format!("{} / {}", Stat::of(&live).show(0), Stat::of(&lost).show(0))
             })
             .collect()
     }
@@ -801,7 +880,7 @@ impl Results {
     fn goals(&self, opts: &Options) -> String {
         let mut out = String::from("goals:\n");
         let med = |v: Vec<f64>| Stat::of(&v).median;
-        for c in ["fentry", "kprobe"] {
+        for c in METHODS {
             let floor = format!("empty-{c}");
             if let (Some(e), Some(w)) = (
                 med(self.ratios("bench_ns", &floor, "none")),
@@ -847,6 +926,19 @@ impl Results {
                 .map(|s| json_u64(s, "uncounted").unwrap_or(1))
                 .sum();
             line(uncounted == 0, format!("uncounted {uncounted} (goal 0)"));
+            if let Some(r) = med(self.ratios("flood_ns", c, "bpftrace")) {
+                line(
+                    r <= 1.0,
+                    format!("offending flood {r:.3}x bpftrace's time (goal <= 1x, aim 0.8x)"),
+                );
+            }
+            let fired = self.nums("storm_module", c);
+            let counted = self.counted(c, "storm", "wqflush_test_flush_storm");
+            let storm_exact = !fired.is_empty()
+                && fired
+                    .iter()
+                    .all(|(r, f)| counted.get(r).is_some_and(|x| x.0 as f64 == *f));
+            line(storm_exact, "counted every flush of the storm".to_owned());
             if let Some(ms) = med(self
                 .nums("attach_ns", c)
                 .values()
@@ -864,6 +956,7 @@ impl Results {
             for (m, what) in [
                 ("rss_attach_kb", "after attach"),
                 ("rss_sites_kb", "after the sites"),
+                ("rss_paced_kb", "after the paced sites (all streamed live)"),
             ] {
                 if let Some(mb) = med(self.nums(m, c).values().map(|x| x / 1024.0).collect()) {
                     line(mb <= 10.0, format!("RSS {what} {mb:.1} MB (goal <= 10 MB)"));

@@ -13,7 +13,10 @@ pub fn wqflush() -> Result<PathBuf> {
         &["build", "--release", "-p", "wqflush", "--target", TARGET],
         &[("RUSTFLAGS", "-C target-feature=+crt-static")],
     )?;
-    let bin = wqflush_vmtest::workspace_root().join(format!("target/{TARGET}/release/wqflush"));
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| wqflush_vmtest::workspace_root().join("target"));
+    let bin = target_dir.join(format!("{TARGET}/release/wqflush"));
     ensure!(bin.exists(), "{} missing after the build", bin.display());
     Ok(bin)
 }

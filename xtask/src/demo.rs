@@ -36,6 +36,8 @@ pub fn run(series: Series, wqflush: &Path) -> Result<()> {
         timeout: Duration::from_secs(300),
         // --kmsg writes kernel-style warnings on purpose, all at the test module's call sites.
         expected_warning: Some(" at wqflush_test_"),
+        append: "",
+        files: Vec::new(),
     };
     let (run, _) = boot_scenario(series, SCENARIO, &guest)?;
     let release = run
