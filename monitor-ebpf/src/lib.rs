@@ -3,6 +3,8 @@
 //! Everything here is `#[repr(C)]` plain data: the kernel writes it, user space reads it as bytes.
 #![no_std]
 
+pub mod kernels;
+
 /// Most system workqueue pointer variables the probe compares against. Kernels have 7 (5.x) to
 /// 11 (6.17); the rest is headroom for queues added later, found by pattern in kallsyms.
 pub const MAX_QUEUES: usize = 16;
@@ -48,6 +50,7 @@ pub const MAX_FLUSH_RANGES: usize = 4;
 /// Key of the in-kernel per-call-site counters (`COUNTS` hash map).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct CountKey {
     /// Index of the system queue in the table user space passed in.
     pub queue: u32,
@@ -60,6 +63,7 @@ pub struct CountKey {
 /// One flush of a system workqueue, sent through the `EVENTS` ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlushEvent {
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, nanoseconds.
     pub time_ns: u64,
@@ -91,6 +95,7 @@ pub struct FlushEvent {
     pub stack: [u64; MAX_FRAMES],
 }
 
-// SAFETY: CountKey is repr(C) plain data with its padding spelled out, valid for any bytes.
+// SAFETY: aya's own marker for map keys: CountKey is bytemuck::Pod (above), which proves it is
+// repr(C) plain data without padding, valid for any bytes.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CountKey {}

@@ -1,27 +1,9 @@
 //! The kernel side of wqflush: one probe on the workqueue flush entry point.
 //!
-//! Attach point, by kernel version (user space picks it from kallsyms):
-//! - 5.19 and later: `__flush_workqueue(struct workqueue_struct *wq)`. Since commit c4f135d64382
-//!   `flush_workqueue()` is a macro around it, so this is the one function every flush passes.
-//! - before 5.19: `flush_workqueue(struct workqueue_struct *wq)`, the exported function itself.
-//! - `flush_scheduled_work()` is a macro (5.19+) or a wrapper (older) around the above, so it needs
-//!   no probe of its own.
-//!
-//! Per kernel generation (each proven by the VM tests on Debian's kernel of that series):
-//! - 5.10 (Debian 11): no `__flush_workqueue`; `flush_workqueue()` is the probed function, and
-//!   `flush_scheduled_work()` an inline wrapper that leaves no frame, so its callers are the
-//!   first frame past `flush_workqueue`. No `system_percpu_wq`: `flush_scheduled_work()`
-//!   flushes `system_wq`. BPF maps are charged to RLIMIT_MEMLOCK (64 KiB by default) before
-//!   5.11; aya raises the limit when a map cannot be created. `struct kthread` hangs off
-//!   `task_struct.set_child_tid` (before 5.17). `WQ_NAME_LEN` is 24.
-//! - 6.1: `__flush_workqueue`; the classic seven system queues.
-//! - 6.12 (Debian's backport) and 6.18+: `flush_scheduled_work()` flushes `system_percpu_wq`,
-//!   a queue of its own beside `system_wq` (both named "events").
-//! - 7.x (Debian 13 backports): since 6.18 the `flush_workqueue()` macro's compile-time check
-//!   (and the 6.6 run-time warning) test `system_percpu_wq`/`system_dfl_wq` instead of
-//!   `system_wq`/`system_unbound_wq`, so a literal `flush_workqueue(system_wq)` draws no
-//!   warning at all; 7.1 added `system_dfl_long_wq` ("events_dfl_long"). The queues are found
-//!   by pattern, so none of this needs code here. Debian builds 7.x with lazy preemption.
+//! The probed function is `__flush_workqueue` (5.19+; `flush_workqueue()` is a macro around it)
+//! or `flush_workqueue` itself before; `flush_scheduled_work()` is a macro or wrapper around
+//! those and needs no probe of its own. What changed in which kernel, and how each change is
+//! handled: `src/kernels.rs`, the project's per-kernel notes.
 //!
 //! Filtering stays here so a flush of a module's own queue costs a few loads and compares and
 //! sends nothing: only a flush whose target equals the value of a `system_*wq` pointer variable

@@ -1,7 +1,7 @@
 //! Struct offsets from the running kernel's BTF. Rust eBPF has no CO-RE relocations, so user
 //! space reads the offsets the probe needs and passes them in as globals.
 
-use std::{collections::HashMap, fs::File, io::Write as _, os::fd::FromRawFd as _};
+use std::{collections::HashMap, fs::File, io::Write as _, os::fd::AsRawFd as _};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Backend, Btf, Type};
@@ -86,19 +86,15 @@ fn open_vmlinux() -> Result<Btf> {
         return Ok(btf);
     }
     let bytes = std::fs::read(VMLINUX)?;
-    // SAFETY: a valid C string and flags; the fd is handed to a File that owns it.
-    let fd = unsafe { libc::memfd_create(c"wqflush-btf".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("memfd_create");
-    }
-    // SAFETY: fd was just created and nothing else owns it.
-    let mut memfd = unsafe { File::from_raw_fd(fd) };
+    let memfd = rustix::fs::memfd_create("wqflush-btf", rustix::fs::MemfdFlags::CLOEXEC)
+        .context("memfd_create")?;
+    let mut memfd = File::from(memfd);
     memfd
         .write_all(&bytes)
         .context("copying BTF into a memfd")?;
     // The mapping btf-rs makes outlives both the path's fd and `memfd`.
     Ok(Btf::from_file_with_backend(
-        format!("/proc/self/fd/{fd}"),
+        format!("/proc/self/fd/{}", memfd.as_raw_fd()),
         Backend::Mmap,
     )?)
 }

@@ -10,12 +10,12 @@ use crate::{
     preemption,
     probe::{self, Method},
     queues,
-    watch::{self, MatchMode},
+    target::{self, MatchMode, Target},
 };
 
 /// Prints the report; Ok(true) when at least one attach method works.
 pub fn run() -> Result<bool> {
-    let mut out = std::io::stdout().lock();
+    let mut out = io::stdout().lock();
     report(&mut out).context("writing the doctor report")
 }
 
@@ -23,12 +23,13 @@ fn report(out: &mut impl Write) -> Result<bool> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     writeln!(out, "kernel:           {}", release.trim())?;
     print_privileges(out)?;
-    print_btf(out)?;
-    match Kallsyms::load(queues::is_queue_var) {
-        Ok(ks) => print_kallsyms(out, &ks)?,
+    let kernel = target::read(false);
+    print_btf(out, &kernel.offsets)?;
+    match &kernel.kallsyms {
+        Ok(ks) => print_kallsyms(out, ks)?,
         Err(e) => writeln!(out, "kallsyms:         unusable: {e:#}")?,
     }
-    let target = match watch::prepare(MatchMode::Auto, probe::Attach::Auto) {
+    let target = match kernel.target(MatchMode::Auto) {
         Ok((_, target)) => target,
         Err(e) => {
             writeln!(out, "verdict:          wqflush cannot run here: {e:#}")?;
@@ -38,7 +39,7 @@ fn report(out: &mut impl Write) -> Result<bool> {
     print_queues(out, &target)?;
     writeln!(out, "attach methods (tried on {}):", target.function)?;
     let counters = btf::read_miss_counters().unwrap_or_default();
-    let fentry_risk = preemption::fentry_can_miss();
+    let fentry_risk = preemption::fentry_can_miss(counters);
     let mut working = Vec::new();
     for &method in probe::Attach::Auto.methods() {
         match probe::attach_with(&target, method) {
@@ -123,8 +124,8 @@ fn print_privileges(out: &mut impl Write) -> io::Result<()> {
     Ok(())
 }
 
-fn print_btf(out: &mut impl Write) -> io::Result<()> {
-    match btf::read_offsets() {
+fn print_btf(out: &mut impl Write, offsets: &Result<btf::Offsets>) -> io::Result<()> {
+    match offsets {
         Ok(o) => writeln!(
             out,
             "BTF:              {}: workqueue_struct.name at +{} ({} bytes), task_struct.flags at +{}",
@@ -158,7 +159,7 @@ fn print_kallsyms(out: &mut impl Write, ks: &Kallsyms) -> io::Result<()> {
     Ok(())
 }
 
-fn print_queues(out: &mut impl Write, target: &probe::Target) -> io::Result<()> {
+fn print_queues(out: &mut impl Write, target: &Target) -> io::Result<()> {
     let how = if target.by_name {
         "by name"
     } else {

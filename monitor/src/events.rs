@@ -1,8 +1,12 @@
 //! Decoding the probe's ring buffer records (`monitor_ebpf::FlushEvent`).
 
+use std::sync::Arc;
+
 use anyhow::{Result, bail};
 pub use monitor_ebpf::MAX_FRAMES;
 use monitor_ebpf::{FLAG_BY_NAME, FLAG_RUNNING_KNOWN, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent};
+
+use crate::interned::intern;
 
 /// One flush of a system workqueue, as user space sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,9 +20,9 @@ pub struct Flush {
     pub by_name: bool,
     /// Whether the flushing task is a workqueue worker; None when BTF could not tell.
     pub worker: Option<bool>,
-    pub comm: String,
+    pub comm: Arc<str>,
     /// The queue's name as the kernel has it (`wq->name`), when BTF gave its offset.
-    pub wq_name: Option<String>,
+    pub wq_name: Option<Arc<str>>,
     /// For a workqueue worker: the work item it is running, and so the flush it can deadlock on.
     pub running: Option<Running>,
     /// The call site the kernel counts this flush under (return address in the caller).
@@ -35,7 +39,7 @@ pub struct Running {
     pub wq: u64,
     /// Its index in the system queue table, when it is a system queue.
     pub queue: Option<usize>,
-    pub name: Option<String>,
+    pub name: Option<Arc<str>>,
 }
 
 /// Decodes one record. The bytes come from the kernel, but are checked anyway: a record of the
@@ -48,8 +52,7 @@ pub fn decode(bytes: &[u8], nr_queues: usize) -> Result<Flush> {
             size_of::<FlushEvent>()
         );
     }
-    // SAFETY: the length matches and FlushEvent is plain old data valid for any bit pattern.
-    let ev: FlushEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let ev: FlushEvent = bytemuck::pod_read_unaligned(bytes);
     if ev.queue as usize >= nr_queues {
         bail!("event names system queue #{} of {nr_queues}", ev.queue);
     }
@@ -80,22 +83,16 @@ pub fn decode(bytes: &[u8], nr_queues: usize) -> Result<Flush> {
     })
 }
 
-/// The bytes up to the first NUL (the kernel's fixed-size name arrays).
-fn c_string(bytes: &[u8]) -> String {
+/// The bytes up to the first NUL (the kernel's fixed-size name arrays), interned: task and queue
+/// names repeat across sites.
+fn c_string(bytes: &[u8]) -> Arc<str> {
     let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..len]).into_owned()
+    intern(&String::from_utf8_lossy(&bytes[..len]))
 }
 
 /// The bytes of a record, as the kernel sends them (for tests and fuzzing).
 pub fn encode(ev: &FlushEvent) -> Vec<u8> {
-    // SAFETY: FlushEvent is plain old data; viewing it as bytes is always valid.
-    unsafe {
-        std::slice::from_raw_parts(
-            (ev as *const FlushEvent).cast::<u8>(),
-            size_of::<FlushEvent>(),
-        )
-    }
-    .to_vec()
+    bytemuck::bytes_of(ev).to_vec()
 }
 
 /// A plausible record (for tests and fuzzing).
@@ -136,7 +133,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (f.pid, f.tgid, f.cpu, f.queue, f.comm.as_str()),
+            (f.pid, f.tgid, f.cpu, f.queue, &*f.comm),
             (77, 76, 1, 2, "sh")
         );
         assert_eq!(f.stack, [0xffffffff810b5e25, 0xffffffffc0a0101e]);

@@ -329,8 +329,10 @@ ffffffffc0b00000 T e1000_probe\t[e1000]
             "ffffffffc0a02000 t cleanup_module\t[m]\nffffffffc0a02000 t m_exit\t[m]\n",
             "ffffffffc0a02000 t m_exit\t[m]\nffffffffc0a02000 t cleanup_module\t[m]\n",
         ] {
-            let ks = Kallsyms::parse(&format!("{text}ffffffffc0a02040 t m_next\t[m]\n"), |_| false)
-                .unwrap();
+            let ks = Kallsyms::parse(&format!("{text}ffffffffc0a02040 t m_next\t[m]\n"), |_| {
+                false
+            })
+            .unwrap();
             let loc = ks.locate(0xffffffffc0a02010).unwrap();
             assert_eq!((loc.func, loc.size), ("m_exit", 0x40), "{text}");
         }

@@ -45,20 +45,23 @@ pub fn attach(ebpf: &Ebpf, object: &[u8], program: &str, function: &str) -> Resu
             Some(libc::EINVAL) if log.is_empty() => " (kprobe-multi needs 5.18+)",
             _ => "",
         };
-        let log = if log.is_empty() { log } else { format!("\nverifier log:\n{log}") };
+        let log = if log.is_empty() {
+            log
+        } else {
+            format!("\nverifier log:\n{log}")
+        };
         anyhow!("loading failed: {err}{hint}{log}")
     })?;
     let name = CString::new(function).context("function name")?;
-    let link = bpf_syscall::kprobe_multi_link(prog.as_fd(), &[&name], false)
-        .map_err(|e| {
-            let hint = match e.raw_os_error() {
-                Some(libc::EOPNOTSUPP) | Some(524) => " (the kernel has no fprobe: CONFIG_FPROBE)",
-                Some(libc::EINVAL) => " (kprobe-multi links need 5.18+)",
-                Some(libc::ESRCH) | Some(libc::ENOENT) => " (no such function to probe)",
-                _ => "",
-            };
-            anyhow!("attaching failed: {e}{hint}")
-        })?;
+    let link = bpf_syscall::kprobe_multi_link(prog.as_fd(), &[&name], false).map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(524) => " (the kernel has no fprobe: CONFIG_FPROBE)",
+            Some(libc::EINVAL) => " (kprobe-multi links need 5.18+)",
+            Some(libc::ESRCH) | Some(libc::ENOENT) => " (no such function to probe)",
+            _ => "",
+        };
+        anyhow!("attaching failed: {e}{hint}")
+    })?;
     Ok(MultiLink { prog, link })
 }
 
@@ -101,7 +104,11 @@ fn map_fd(ebpf: &Ebpf, name: &str) -> Result<i32> {
         .with_context(|| format!("aya created no map {name}"))?;
     let data = match map {
         Map::Array(d) | Map::HashMap(d) | Map::PerCpuArray(d) | Map::RingBuf(d) => d,
-        _ => return Err(anyhow!("map {name} is of a type this loader does not expect")),
+        _ => {
+            return Err(anyhow!(
+                "map {name} is of a type this loader does not expect"
+            ));
+        }
     };
     Ok(data.fd().as_fd().as_raw_fd())
 }

@@ -7,13 +7,14 @@
 //! debugfs `sched/preempt`. Debian builds 5.10 voluntary, 6.x dynamic (voluntary by default)
 //! and 7.x dynamic with lazy by default, which is not visible without debugfs.
 
-use crate::btf;
+use crate::btf::MissCounters;
 
 const SCHED_PREEMPT: &str = "/sys/kernel/debug/sched/preempt";
 
-/// Why fentry can miss flushes here, or None when it cannot.
-pub fn fentry_can_miss() -> Option<String> {
-    if !btf::read_miss_counters().unwrap_or_default().recursion_misses {
+/// Why fentry can miss flushes here, or None when it cannot; `counters` say whether the kernel
+/// has the recursion check at all.
+pub fn fentry_can_miss(counters: MissCounters) -> Option<String> {
+    if !counters.recursion_misses {
         // No recursion check (before 5.12), or no BTF to tell: fentry needs BTF anyway.
         return None;
     }
@@ -68,22 +69,44 @@ mod tests {
     #[test]
     fn models_from_debugfs_cmdline_and_uname() {
         let dynamic = DEBIAN_6_1;
-        assert_eq!(model(dynamic, Some("none voluntary (full) lazy\n"), ""), Some("full"));
-        assert_eq!(model(dynamic, Some("none (voluntary) full\n"), "preempt=full"), Some("voluntary"));
-        assert_eq!(model(dynamic, None, "BOOT_IMAGE=x preempt=full ro"), Some("full"));
-        assert_eq!(model(dynamic, None, "BOOT_IMAGE=x ro"), None, "the built-in default is not visible");
-        assert_eq!(model("#1 SMP Debian 5.10.262-1", None, ""), Some("voluntary"));
+        assert_eq!(
+            model(dynamic, Some("none voluntary (full) lazy\n"), ""),
+            Some("full")
+        );
+        assert_eq!(
+            model(dynamic, Some("none (voluntary) full\n"), "preempt=full"),
+            Some("voluntary")
+        );
+        assert_eq!(
+            model(dynamic, None, "BOOT_IMAGE=x preempt=full ro"),
+            Some("full")
+        );
+        assert_eq!(
+            model(dynamic, None, "BOOT_IMAGE=x ro"),
+            None,
+            "the built-in default is not visible"
+        );
+        assert_eq!(
+            model("#1 SMP Debian 5.10.262-1", None, ""),
+            Some("voluntary")
+        );
         assert_eq!(model("#1 SMP PREEMPT_RT Debian", None, ""), Some("rt"));
         assert_eq!(model("#1 SMP PREEMPT Debian", None, ""), Some("full"));
     }
 
     #[test]
     fn only_a_known_unpreemptible_model_is_safe() {
-        assert_eq!(preemptible(DEBIAN_6_1, Some("none (voluntary) full lazy"), ""), None);
+        assert_eq!(
+            preemptible(DEBIAN_6_1, Some("none (voluntary) full lazy"), ""),
+            None
+        );
         let lazy = preemptible(DEBIAN_6_1, Some("none voluntary full (lazy)"), "");
         assert_eq!(lazy.as_deref(), Some("lazy preemption"));
         let unknown = preemptible(DEBIAN_6_1, None, "").unwrap();
-        assert!(unknown.contains("not readable"), "unknown counts as preemptible: {unknown}");
+        assert!(
+            unknown.contains("not readable"),
+            "unknown counts as preemptible: {unknown}"
+        );
         assert_eq!(preemptible("#1 SMP Debian 5.10.262-1", None, ""), None);
     }
 }

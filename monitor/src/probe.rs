@@ -12,6 +12,7 @@
 //!   default). Kernels before 5.12 have no such check; without preemption nothing interrupts
 //!   the program.
 //! - kprobe: runs with preemption off, loses nothing, but needs `perf_event_open`.
+//!
 //! `--attach fentry` stays possible; its misses are counted and reported.
 //!
 //! Nothing here outlives the process: every link and program is a file descriptor, so the
@@ -21,7 +22,7 @@ use std::{fmt, io};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
-    Btf, Ebpf, EbpfLoader,
+    Btf, Ebpf,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{FEntry, KProbe, ProgramError, RawTracePoint},
 };
@@ -33,10 +34,9 @@ use std::os::fd::AsFd as _;
 
 use crate::{
     bpf_syscall,
-    btf::{MissCounters, Offsets},
-    kallsyms::Kallsyms,
+    btf::{self, MissCounters},
     kprobe_multi, preemption,
-    queues::SystemQueue,
+    target::Target,
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wqflush-ebpf"));
@@ -81,38 +81,6 @@ impl Attach {
     }
 }
 
-/// What the probe attaches to and what it compares against.
-pub struct Target {
-    /// `__flush_workqueue` (5.19+) or `flush_workqueue` (older).
-    pub function: &'static str,
-    pub queues: Vec<SystemQueue>,
-    pub by_name: bool,
-    pub offsets: Option<Offsets>,
-    /// [start, end) of the flush function and its wrappers, from kallsyms.
-    pub flush_ranges: Vec<(u64, u64)>,
-    /// The kernel's BTF as aya parsed it (fentry needs it), or why it could not be read.
-    /// Parsed ahead of time when fentry is the only method asked for, else on its first use.
-    pub kernel_btf: std::cell::OnceCell<Result<Btf, String>>,
-    /// A loader made ahead of time, for the first method tried.
-    pub loader: std::cell::Cell<Option<EbpfLoader<'static>>>,
-}
-
-impl Target {
-    /// Drops what only attaching needs: aya's parsed BTF is megabytes a daemon should not keep.
-    pub fn forget_btf(&mut self) {
-        self.kernel_btf = Err("dropped once the probe was attached".to_owned()).into();
-        self.loader.take();
-    }
-}
-
-/// The function every workqueue flush passes through on this kernel.
-pub fn flush_function(ks: &Kallsyms) -> Result<&'static str> {
-    ["__flush_workqueue", "flush_workqueue"]
-        .into_iter()
-        .find(|f| ks.has_kernel_function(f))
-        .ok_or_else(|| anyhow!("neither __flush_workqueue nor flush_workqueue is in kallsyms"))
-}
-
 /// A live probe: dropping it detaches and unloads everything.
 pub struct Probe {
     pub ebpf: Ebpf,
@@ -127,7 +95,8 @@ pub fn attach(target: &Target, attach: Attach) -> Result<Probe> {
     for &method in attach.methods() {
         if attach == Attach::Auto
             && method == Method::Fentry
-            && let Some(why) = preemption::fentry_can_miss()
+            && let Some(why) =
+                preemption::fentry_can_miss(btf::read_miss_counters().unwrap_or_default())
         {
             reasons.push(format!(
                 "  fentry: not chosen: it can miss flushes here ({why}); --attach fentry accepts \
@@ -236,9 +205,9 @@ fn load(target: &Target) -> Result<Ebpf> {
 }
 
 fn attach_fentry(ebpf: &mut Ebpf, target: &Target) -> Result<()> {
-    let btf = target.kernel_btf.get_or_init(|| {
-        Btf::from_sys_fs().map_err(|e| e.to_string())
-    });
+    let btf = target
+        .kernel_btf
+        .get_or_init(|| Btf::from_sys_fs().map_err(|e| e.to_string()));
     let btf = btf.as_ref().map_err(|e| {
         anyhow!("fentry needs kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): {e}")
     })?;
@@ -322,7 +291,10 @@ fn explain(err: ProgramError, doing: &str) -> anyhow::Error {
         }
         _ => String::new(),
     };
-    anyhow!("{doing} failed: {err}{}{verifier}", hint.unwrap_or_default())
+    anyhow!(
+        "{doing} failed: {err}{}{verifier}",
+        hint.unwrap_or_default()
+    )
 }
 
 /// Loading the object creates its maps (and reads its BTF): a failure there is about maps,
@@ -339,7 +311,10 @@ fn explain_object(err: aya::EbpfError) -> anyhow::Error {
 fn errno(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
     let mut cause = Some(err);
     while let Some(e) = cause {
-        if let Some(code) = e.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) {
+        if let Some(code) = e
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
             return Some(code);
         }
         if let Some(ProgramError::LoadError { io_error, .. }) = e.downcast_ref::<ProgramError>() {
@@ -422,7 +397,10 @@ pub struct Lost {
 impl Probe {
     /// The loss slots the probe keeps, and the kernel's own count of skipped runs.
     pub fn lost(&self, counters: &MissCounters) -> Result<Lost> {
-        let map = self.ebpf.map("LOST").context("eBPF object has no LOST map")?;
+        let map = self
+            .ebpf
+            .map("LOST")
+            .context("eBPF object has no LOST map")?;
         let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         let sum = |slot| -> Result<u64> { Ok(lost.get(&slot, 0)?.iter().sum()) };
         Ok(Lost {
@@ -457,7 +435,10 @@ mod tests {
         let prog = errno_hint(libc::EPERM, Step::Program).unwrap();
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
-            assert!(maps.contains("BPF map") && maps.contains("ulimit -l"), "{maps}");
+            assert!(
+                maps.contains("BPF map") && maps.contains("ulimit -l"),
+                "{maps}"
+            );
             assert!(!maps.contains("tracing"), "{maps}");
             assert!(prog.contains("tracing this function"), "{prog}");
         } else {

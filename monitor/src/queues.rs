@@ -11,7 +11,8 @@ use monitor_ebpf::{MAX_QUEUES, NAME_LEN};
 
 use crate::kallsyms::Kallsyms;
 
-/// Variable -> workqueue name, for reports and for name mode. Kernel history:
+/// Variable -> workqueue name, for reports and for name mode (per-kernel notes:
+/// `monitor_ebpf::kernels`):
 /// - events_freezable_power_efficient was truncated to 23 bytes before 6.9 (WQ_NAME_LEN 24) and
 ///   renamed events_freezable_pwr_efficient in 6.9 (WQ_NAME_LEN 32); `name_mode` truncates to the
 ///   length BTF reports, which covers both.
@@ -49,6 +50,25 @@ pub struct SystemQueue {
     pub name: Option<String>,
     /// Address of the pointer variable (address mode), else 0.
     pub addr: u64,
+}
+
+impl SystemQueue {
+    /// The one name reports give the queue: its pointer variable, or in name mode (where names
+    /// are ambiguous) the workqueue's name.
+    pub fn label(&self) -> &str {
+        self.var.as_deref().or(self.name.as_deref()).unwrap_or("?")
+    }
+
+    /// The label with the workqueue's name beside it: `system_long_wq (events_long)`, or
+    /// `"events" (matched by name)`. `kernel_name` is the name the probe read, when it did.
+    pub fn describe(&self, kernel_name: Option<&str>) -> String {
+        match (&self.var, kernel_name.or(self.name.as_deref())) {
+            (Some(v), Some(n)) => format!("{v} ({n})"),
+            (Some(v), None) => v.clone(),
+            (None, Some(n)) => format!("\"{n}\" (matched by name)"),
+            (None, None) => "?".to_owned(),
+        }
+    }
 }
 
 /// Whether a kallsyms data symbol is a system workqueue pointer variable.
@@ -171,6 +191,20 @@ ffffffffc0002000 d system_fake_wq\t[evil]
         );
         assert_eq!(known_name("system_wq", Some(24)).as_deref(), Some("events"));
         assert_eq!(known_name("system_new_wq", Some(32)), None);
+    }
+
+    #[test]
+    fn one_label_for_each_queue() {
+        let by_addr = SystemQueue {
+            var: Some("system_long_wq".into()),
+            name: Some("events_long".into()),
+            addr: 1,
+        };
+        assert_eq!(by_addr.label(), "system_long_wq");
+        assert_eq!(by_addr.describe(None), "system_long_wq (events_long)");
+        let by_name = &by_name(32)[0];
+        assert_eq!(by_name.label(), by_name.name.as_deref().unwrap());
+        assert!(by_name.describe(None).ends_with("(matched by name)"));
     }
 
     #[test]

@@ -179,7 +179,7 @@ impl<W: Write> Reporter<W> {
         if let Some(line) = missed_line(lost.missed) {
             text.push_str(&line);
         }
-        if sites.len() > 0 {
+        if !sites.is_empty() {
             text.push_str(&format!(
                 "{:>10}  {:<40}  {}\n",
                 "COUNT", "WORKQUEUE", "CALL SITE"
@@ -237,7 +237,7 @@ fn record<'a>(
         stack: stack.then(|| site.frames.iter().map(ToString::to_string).collect()),
         pid: f.map(|f| f.pid),
         tgid: f.map(|f| f.tgid),
-        comm: f.map(|f| f.comm.as_str()),
+        comm: f.map(|f| &*f.comm),
         cpu: f.map(|f| f.cpu),
         worker: f.and_then(|f| f.worker),
         worker_wq: running.and_then(|r| queues.get(r.queue?)?.var.as_deref()),
@@ -252,14 +252,8 @@ fn record<'a>(
 }
 
 fn queue_label(queues: &[SystemQueue], site: &Site) -> String {
-    let q = &queues[site.queue];
-    let kernel_name = site.first.as_ref().and_then(|f| f.wq_name.as_ref());
-    match (&q.var, kernel_name.or(q.name.as_ref())) {
-        (Some(v), Some(n)) => format!("{v} ({n})"),
-        (Some(v), None) => v.clone(),
-        (None, Some(n)) => format!("\"{n}\" (matched by name)"),
-        (None, None) => "?".to_owned(),
-    }
+    let kernel_name = site.first.as_ref().and_then(|f| f.wq_name.as_deref());
+    queues[site.queue].describe(kernel_name)
 }
 
 fn caller_text(site: &Site) -> String {
@@ -283,7 +277,7 @@ fn call_trace(site: &Site) -> String {
 /// wqflush's own warning, for stdout.
 fn warning(queues: &[SystemQueue], site: &Site) -> String {
     let (comm, pid, tgid, cpu) = match &site.first {
-        Some(f) => (f.comm.as_str(), f.pid, f.tgid, f.cpu),
+        Some(f) => (&*f.comm, f.pid, f.tgid, f.cpu),
         None => ("?", 0, 0, 0),
     };
     format!(
@@ -310,11 +304,11 @@ fn worker_text(queues: &[SystemQueue], site: &Site) -> String {
         }
         .to_owned();
     };
-    let var = running.queue.and_then(|q| queues.get(q)?.var.as_deref());
-    let queue = match (var, running.name.as_deref()) {
-        (Some(v), Some(n)) => format!("{v} ({n})"),
+    let queue = match (running.queue.and_then(|q| queues.get(q)), &running.name) {
+        (Some(q), name) => q.describe(name.as_deref()),
+        // Not a system queue: its name is all there is.
         (None, Some(n)) => format!("\"{n}\""),
-        (v, None) => v.unwrap_or("?").to_owned(),
+        (None, None) => "?".to_owned(),
     };
     let mut text = format!("yes, running a work item of {queue}");
     if running.wq == f.wq {
@@ -331,7 +325,7 @@ fn worker_text(queues: &[SystemQueue], site: &Site) -> String {
 /// enough for the kernel's /dev/kmsg burst: the stack stops at the caller's callers.
 fn kernel_warning(queues: &[SystemQueue], site: &Site) -> Vec<String> {
     let (cpu, pid, comm) = match &site.first {
-        Some(f) => (f.cpu, f.pid, f.comm.as_str()),
+        Some(f) => (f.cpu, f.pid, &*f.comm),
         None => (0, 0, "?"),
     };
     let mut lines = vec![

@@ -185,6 +185,10 @@ impl Sites {
         v
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
     pub fn len(&self) -> usize {
         self.list.len()
     }

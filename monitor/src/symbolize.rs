@@ -1,11 +1,14 @@
 //! Kernel stacks to `func+0xoff [module]` frames, and which frame is the real caller.
 
-use std::{cell::RefCell, collections::HashSet, fmt, sync::Arc};
+use std::{collections::HashSet, fmt, sync::Arc};
 
-use crate::kallsyms::{Kallsyms, Location};
+use crate::{
+    interned::intern,
+    kallsyms::{Kallsyms, Location},
+};
 
 /// The workqueue flush core and its wrappers: frames a report should look through to find who
-/// asked for the flush. Per kernel version:
+/// asked for the flush (per-kernel notes: `monitor_ebpf::kernels`):
 /// - `__flush_workqueue`: the flush itself since 5.19 (c4f135d64382); `flush_workqueue` is then a
 ///   macro and leaves no frame.
 /// - `flush_workqueue`: the flush itself before 5.19.
@@ -27,23 +30,6 @@ pub struct Frame {
     pub offset: u64,
     pub size: u64,
     pub module: Option<Arc<str>>,
-}
-
-thread_local! {
-    /// Every function and module name a frame has held, once: thousands of call sites in one
-    /// module, or in one function, then cost a pointer each instead of a copy each.
-    static NAMES: RefCell<HashSet<Arc<str>>> = RefCell::default();
-}
-
-fn intern(name: &str) -> Arc<str> {
-    NAMES.with_borrow_mut(|names| match names.get(name) {
-        Some(n) => n.clone(),
-        None => {
-            let n: Arc<str> = name.into();
-            names.insert(n.clone());
-            n
-        }
-    })
 }
 
 impl Frame {
@@ -188,7 +174,10 @@ const PROC_MODULES: &str = "/proc/modules";
 
 impl Symbolizer {
     pub fn new(ks: Kallsyms) -> Self {
-        Self::with_modules(ks, std::fs::read_to_string(PROC_MODULES).unwrap_or_default())
+        Self::with_modules(
+            ks,
+            std::fs::read_to_string(PROC_MODULES).unwrap_or_default(),
+        )
     }
 
     /// A symbolizer for `ks` read while /proc/modules said `modules`.
@@ -376,7 +365,10 @@ ffffffffc0a01100 t wqflush_test_flush_own\t[wqflush_test]
         assert_eq!(exit.func.as_deref(), Some("m_exit"));
         assert_eq!(exit.size, 0xffffffffc0a04000 - 0xffffffffc0a02000);
         assert!(exit.is_plausible(), "{exit:?}");
-        assert!(!sym.frame(0xffffffffc0a05000).is_plausible(), "past the module's end");
+        assert!(
+            !sym.frame(0xffffffffc0a05000).is_plausible(),
+            "past the module's end"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::{ffi::OsString, io::Write, path::PathBuf, process::ExitStatus, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
@@ -18,25 +18,15 @@ use crate::{
     btf,
     events::decode,
     ignore::IgnoreList,
-    kallsyms::Kallsyms,
     kmsg::Kmsg,
     metrics,
-    probe::{self, Attach, Lost, Probe, Target},
+    probe::{self, Attach, Lost, Method, Probe},
     queues,
     report::Reporter,
     sites::Sites,
     symbolize::{self, Symbolizer},
+    target::{self, MatchMode, Target},
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum MatchMode {
-    /// by pointer when kallsyms lists data symbols, else by name
-    Auto,
-    /// compare the flushed pointer with each system_*wq variable (needs CONFIG_KALLSYMS_ALL)
-    Address,
-    /// compare workqueue_struct.name with the system queue names (needs kernel BTF)
-    Name,
-}
 
 pub struct Options {
     pub json: bool,
@@ -64,120 +54,6 @@ pub enum End {
     Exited(ExitStatus),
     /// `check`'s command could not be started.
     NotStarted(String),
-}
-
-/// Reads kallsyms and BTF and decides what the probe attaches to and compares against.
-pub fn prepare(mode: MatchMode, attach: Attach) -> Result<(Kallsyms, Target)> {
-    let KernelFacts {
-        kallsyms: ks,
-        offsets,
-        kernel_btf,
-        loader,
-    } = read_kernel_facts(attach);
-    let ks = ks?;
-    if ks.addresses_hidden() {
-        bail!(
-            "every address in {} is 0: {}",
-            crate::kallsyms::PATH,
-            hidden_addresses_remedy()
-        );
-    }
-    let function = probe::flush_function(&ks)?;
-    let name_len = offsets.as_ref().ok().map(|o| o.wq_name_len as usize);
-    let found = queues::by_address(&ks, name_len)?;
-    let by_name = match mode {
-        MatchMode::Auto => found.is_empty(),
-        MatchMode::Address => false,
-        MatchMode::Name => true,
-    };
-    let queues = if by_name {
-        let o = offsets
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .context(
-                "kallsyms lists no system_*wq variables (CONFIG_KALLSYMS_ALL is off), so system \
-             workqueues can only be matched by name, and that needs kernel BTF \
-             (CONFIG_DEBUG_INFO_BTF)",
-            )?;
-        queues::by_name(o.wq_name_len as usize)
-    } else if found.is_empty() {
-        bail!(
-            "kallsyms lists no system_*wq variables (CONFIG_KALLSYMS_ALL is off), so they cannot \
-             be matched by address; use --match name (or auto)"
-        );
-    } else {
-        found
-    };
-    let flush_ranges = symbolize::FLUSH_FUNCTIONS
-        .iter()
-        .filter_map(|f| ks.kernel_function(f))
-        .collect();
-    let target = Target {
-        function,
-        queues,
-        by_name,
-        offsets: offsets.ok(),
-        flush_ranges,
-        kernel_btf: kernel_btf.map(std::cell::OnceCell::from).unwrap_or_default(),
-        loader: loader.into(),
-    };
-    Ok((ks, target))
-}
-
-/// What start-up reads from the kernel before it can load the probe.
-struct KernelFacts {
-    kallsyms: Result<Kallsyms>,
-    offsets: Result<btf::Offsets>,
-    kernel_btf: Option<Result<aya::Btf, String>>,
-    loader: Option<aya::EbpfLoader<'static>>,
-}
-
-/// Reads kallsyms, the struct offsets and aya's BTF in three threads. Each takes 0.1-0.4 s under
-/// emulation and most of it is CPU (the kernel formatting kallsyms, then parsing): in parallel
-/// they share both CPUs.
-fn read_kernel_facts(attach: Attach) -> KernelFacts {
-    std::thread::scope(|s| {
-        let offsets = s.spawn(|| {
-            let offsets = btf::read_offsets();
-            crate::timing::mark("BTF offsets read");
-            offsets
-        });
-        let aya = s.spawn(|| {
-            // EbpfLoader::new() parses the BTF for relocations, and fentry needs a parse of its
-            // own (made here only when fentry is the one method; `--attach auto` starts with
-            // kprobe-multi and parses it only if it gets to fentry); aya also probes the
-            // kernel's BPF features once.
-            let loader = aya::EbpfLoader::new();
-            aya::features();
-            let kernel_btf = (attach.methods() == [probe::Method::Fentry])
-                .then(|| aya::Btf::from_sys_fs().map_err(|e| format!("{e}")));
-            crate::timing::mark("BTF parsed by aya, loader ready");
-            (kernel_btf, Some(loader))
-        });
-        let kallsyms = Kallsyms::load(queues::is_queue_var);
-        crate::timing::mark("kallsyms read and parsed");
-        let panicked = || anyhow::anyhow!("reading kernel BTF panicked");
-        let offsets = offsets.join().unwrap_or_else(|_| Err(panicked()));
-        let aya = aya
-            .join()
-            .unwrap_or_else(|_| (Some(Err(panicked().to_string())), None));
-        KernelFacts {
-            kallsyms,
-            offsets,
-            kernel_btf: aya.0,
-            loader: aya.1,
-        }
-    })
-}
-
-fn hidden_addresses_remedy() -> &'static str {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        "kernel.kptr_restrict=2 hides them even from root; run `sysctl kernel.kptr_restrict=1`"
-    } else {
-        "the kernel hides them from unprivileged users; run wqflush as root (or with CAP_SYSLOG, \
-         CAP_BPF and CAP_PERFMON)"
-    }
 }
 
 struct State<W: Write> {
@@ -250,7 +126,7 @@ impl<W: Write> State<W> {
             let q = &self.queues[s.queue];
             let caller = s.caller();
             metrics::SiteMetric {
-                wq: q.var.clone().or_else(|| q.name.clone()).unwrap_or_default(),
+                wq: q.label().to_owned(),
                 caller: caller
                     .and_then(|c| c.func.as_deref())
                     .unwrap_or_default()
@@ -311,7 +187,8 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         term: signal(SignalKind::terminate())?,
     };
     let sinks = open_sinks(opts).await?;
-    let (ks, mut target) = prepare(opts.match_mode, opts.attach)?;
+    let kernel = target::read(opts.attach.methods() == [Method::Fentry]);
+    let (ks, mut target) = kernel.target(opts.match_mode)?;
     let mut probe = probe::attach(&target, opts.attach)?;
     target.forget_btf();
     crate::timing::mark("probe attached");
@@ -419,7 +296,7 @@ fn finish<W: Write>(state: &mut State<W>, probe: &Probe) -> Result<()> {
     Ok(())
 }
 
-fn metrics_info(target: &Target, method: probe::Method) -> metrics::Info {
+fn metrics_info(target: &Target, method: Method) -> metrics::Info {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     metrics::Info {
         attach: method.to_string(),
@@ -428,7 +305,7 @@ fn metrics_info(target: &Target, method: probe::Method) -> metrics::Info {
     }
 }
 
-fn announce(target: &Target, method: probe::Method, ready_file: Option<&PathBuf>) -> Result<()> {
+fn announce(target: &Target, method: Method, ready_file: Option<&PathBuf>) -> Result<()> {
     let how = if target.by_name {
         "by name"
     } else {

@@ -6,7 +6,10 @@
 use std::process::Command;
 
 fn wqflush(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wqflush")).args(args).output().expect("run wqflush");
+    let out = Command::new(env!("CARGO_BIN_EXE_wqflush"))
+        .args(args)
+        .output()
+        .expect("run wqflush");
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
@@ -22,8 +25,14 @@ fn watch_attaches_or_explains_each_method() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.starts_with("wqflush: error: "), "{err}");
     if err.contains("cannot probe") {
-        assert!(err.contains("\n  fentry: ") && err.contains("\n  kprobe: "), "each method and why: {err}");
-        assert!(err.contains("cargo xtask demo"), "points at what to do: {err}");
+        assert!(
+            err.contains("\n  fentry: ") && err.contains("\n  kprobe: "),
+            "each method and why: {err}"
+        );
+        assert!(
+            err.contains("cargo xtask demo"),
+            "points at what to do: {err}"
+        );
     }
 }
 
@@ -33,11 +42,17 @@ fn doctor_agrees_with_watch() {
     let (code, out, err) = wqflush(&["doctor"]);
     assert!(!err.contains("panicked"), "{err}");
     assert!(out.starts_with("kernel:"), "{out}");
-    assert!(out.contains("\nprivileges:       "), "doctor checks capabilities: {out}");
+    assert!(
+        out.contains("\nprivileges:       "),
+        "doctor checks capabilities: {out}"
+    );
     assert!(out.contains("\nverdict:"), "{out}");
     assert_eq!(code == Some(0), watch_code == Some(0), "doctor:\n{out}");
     if code != Some(0) && out.contains("attach methods") {
-        assert!(out.contains("  fentry: unavailable: ") && out.contains("  kprobe: unavailable: "), "{out}");
+        assert!(
+            out.contains("  fentry: unavailable: ") && out.contains("  kprobe: unavailable: "),
+            "{out}"
+        );
     }
 }
 
@@ -66,9 +81,18 @@ fn a_closed_pipe_on_stdout_is_an_error_not_a_panic() {
 
 #[test]
 fn a_closed_stdout_is_an_error_not_silence() {
-    let script = format!("exec {} --json --duration 1 >&-", env!("CARGO_BIN_EXE_wqflush"));
-    let out = Command::new("sh").args(["-c", &script]).output().expect("run sh");
+    let script = format!(
+        "exec {} --json --duration 1 >&-",
+        env!("CARGO_BIN_EXE_wqflush")
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("run sh");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.starts_with("wqflush: error: standard output is closed"), "{err}");
+    assert!(
+        err.starts_with("wqflush: error: standard output is closed"),
+        "{err}"
+    );
 }

@@ -196,7 +196,12 @@ impl Apt {
             dir: cache.join("apt"),
         };
         let _guard = lock(&cache.join("apt.lock"))?;
-        for sub in ["lists/partial", "archives/partial", "sources.list.d", "preferences.d"] {
+        for sub in [
+            "lists/partial",
+            "archives/partial",
+            "sources.list.d",
+            "preferences.d",
+        ] {
             let d = apt.dir.join(sub);
             fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
@@ -223,7 +228,7 @@ impl Apt {
             .filter(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
             .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
             .max();
-        !newest.is_some_and(|t| t.elapsed().unwrap_or_default() < LISTS_MAX_AGE)
+        newest.is_none_or(|t| t.elapsed().unwrap_or_default() >= LISTS_MAX_AGE)
     }
 
     /// `apt-get`/`apt-cache` reading only this state: nothing of the machine's sources,
@@ -270,10 +275,9 @@ struct Mirrors {
 }
 
 fn mirrors() -> Result<Mirrors> {
-    let mut texts = Vec::new();
-    for file in ["/etc/apt/sources.list"] {
-        texts.extend(fs::read_to_string(file).ok());
-    }
+    let mut texts: Vec<String> = fs::read_to_string("/etc/apt/sources.list")
+        .into_iter()
+        .collect();
     if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
         let mut paths: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
@@ -363,7 +367,11 @@ fn newest_abi(apt: &Apt, series: Series) -> Result<String> {
         .into_iter()
         .rev()
         .map(|(_, abi)| abi)
-        .find(|abi| headers.iter().any(|h| *h == format!("linux-headers-{abi}-amd64")))
+        .find(|abi| {
+            headers
+                .iter()
+                .any(|h| *h == format!("linux-headers-{abi}-amd64"))
+        })
         .with_context(|| {
             format!(
                 "the Debian archive offers no {series} kernel ({}{}...-amd64) with matching \
@@ -522,11 +530,17 @@ mod tests {
             v.parse_image("linux-binary-7.3.4+deb13-amd64"),
             key(&[3, 4], "7.3.4+deb13")
         );
-        assert_eq!(v.parse_image("linux-binary-unsigned-7.3.4+deb13-amd64"), None);
+        assert_eq!(
+            v.parse_image("linux-binary-unsigned-7.3.4+deb13-amd64"),
+            None
+        );
         assert_eq!(v.parse_image("linux-binary-7.3.4+deb13-rt-amd64"), None);
         assert_eq!(v.parse_image("linux-image-7.3.4+deb13-amd64"), None);
         // 7.10 sorts after 7.9.
-        assert!(v.parse_image("linux-binary-7.10.1+deb13-amd64") > v.parse_image("linux-binary-7.9.12+deb13-amd64"));
+        assert!(
+            v.parse_image("linux-binary-7.10.1+deb13-amd64")
+                > v.parse_image("linux-binary-7.9.12+deb13-amd64")
+        );
     }
 
     #[test]
@@ -552,7 +566,10 @@ mod tests {
         let m = mirrors_in(one_line).unwrap();
         assert_eq!(m.main, "https://n.example/debian");
         assert_eq!(m.security, "https://n.example/debian-security");
-        assert_eq!(mirrors_in("deb https://packages.example/apt cloud main\n"), None);
+        assert_eq!(
+            mirrors_in("deb https://packages.example/apt cloud main\n"),
+            None
+        );
         let list = sources_list(&m);
         assert!(list.contains("https://n.example/debian trixie-backports main"));
         assert!(list.contains("https://n.example/debian-security bullseye-security main"));

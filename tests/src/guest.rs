@@ -70,7 +70,8 @@ wait_for_file() {
 # stop_bg PID [SECONDS]: stops a background job with SIGTERM and waits for it. busybox sh
 # starts `&` jobs with SIGINT ignored, so SIGINT would not stop them; they must handle SIGTERM.
 stop_bg() {
-	kill -TERM "$1" 2>/dev/null || return 0
+	# A job that already exited cannot be signalled; `wait` still gives its status.
+	kill -TERM "$1" 2>/dev/null
 	_sb_left=$(( ${2:-10} * 10 ))
 	while kill -0 "$1" 2>/dev/null && [ "$_sb_left" -gt 0 ]; do
 		_sb_left=$((_sb_left - 1))
@@ -92,6 +93,37 @@ flush_fn() {
 # load_test_module [PARAMS...]: insmods the wqflush_test module copied to /lib/wqflush_test.ko.
 load_test_module() {
 	insmod /lib/wqflush_test.ko "$@"
+}
+
+# fire TRIGGER [COUNT]: runs one of the test module's triggers (tests/README.md).
+fire() {
+	echo "$1 ${2:-1}" > /proc/wqflush_test
+}
+
+# wqflush_start NAME CMD...: runs `CMD --json --ready-file ...` (CMD: wqflush and its options, or
+# a wrapper that execs it) in the background, stdout in /tmp/NAME.json, stderr in
+# /tmp/NAME.err, pid in /tmp/NAME.pid; returns once the probe is live, or fails with wqflush's
+# stderr when it never gets there.
+wqflush_start() {
+	_ws=$1
+	shift
+	rm -f /tmp/$_ws.ready
+	"$@" --json --ready-file /tmp/$_ws.ready >/tmp/$_ws.json 2>/tmp/$_ws.err &
+	echo $! > /tmp/$_ws.pid
+	wait_for_file /tmp/$_ws.ready 60 || { cat /tmp/$_ws.err >&2; return 1; }
+}
+
+# wqflush_stop NAME: stops what wqflush_start NAME started (SIGTERM) and emits its exit status,
+# JSON and stderr as sections NAME.status, NAME.json and NAME.err.
+wqflush_stop() {
+	emit $1.status stop_bg $(cat /tmp/$1.pid) 30
+	emit $1.json cat /tmp/$1.json
+	emit $1.err cat /tmp/$1.err
+}
+
+# system_queues: "<address> <type> <name>" for each of the kernel's system_*wq variables.
+system_queues() {
+	awk 'NF == 3 && $3 ~ /^system_[a-z0-9_]*wq$/ { print $1, $2, $3 }' /proc/kallsyms | sort -u -k3
 }
 "#;
 

@@ -13,6 +13,7 @@ pub mod initramfs;
 pub mod module;
 pub mod oracle;
 pub mod qemu;
+pub mod records;
 pub mod scenario;
 pub mod util;
 

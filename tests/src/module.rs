@@ -87,12 +87,21 @@ fn trixie_chroot(out: &Path) -> Result<PathBuf> {
     let _ = fs::remove_dir_all(&root);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mirror = crate::debian::main_mirror()?;
-    eprintln!("vmtest: debootstrapping trixie into {} (once)", root.display());
+    eprintln!(
+        "vmtest: debootstrapping trixie into {} (once)",
+        root.display()
+    );
     run(Command::new("debootstrap")
-        .args(["--variant=minbase", &format!("--include={CHROOT_PACKAGES}"), "trixie"])
+        .args([
+            "--variant=minbase",
+            &format!("--include={CHROOT_PACKAGES}"),
+            "trixie",
+        ])
         .arg(&root)
         .arg(&mirror))
-    .context("debootstrap of the trixie build chroot failed (apt-get install debootstrap; needs root)")?;
+    .context(
+        "debootstrap of the trixie build chroot failed (apt-get install debootstrap; needs root)",
+    )?;
     fs::write(dir.join(".complete"), "trixie\n").context("writing .complete marker")?;
     Ok(root)
 }
@@ -111,9 +120,18 @@ fn in_chroot(chroot: &Path, dirs: &[&Path], args: &[String]) -> Command {
     // A clean environment: cargo's MAKEFLAGS and jobserver must not reach this make.
     script.push_str("exec chroot \"$R\" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin make \"$@\"\n");
     let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c", &script, "sh"])
-        .args(args)
-        .env("R", chroot);
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ])
+    .args(args)
+    .env("R", chroot);
     for (i, d) in dirs.iter().enumerate() {
         cmd.env(format!("D{i}"), d);
     }

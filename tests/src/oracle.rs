@@ -19,16 +19,11 @@ use std::collections::BTreeMap;
 pub const GUEST_FUNCTIONS: &str = r#"
 WQF_TRACING=/sys/kernel/tracing
 
-# Lines "<address> <type> <symbol>" for the kernel's system_*wq variables.
-oracle_symbols() {
-	awk 'NF == 3 && $3 ~ /^system_[a-z0-9_]*wq$/ { print $1, $2, $3 }' /proc/kallsyms | sort -u -k3
-}
-
 # oracle_start [BUFFER_KB]: starts recording every call of the flush function (per-CPU buffer
 # BUFFER_KB, default 8192; raise it for floods, overruns show up as lost events).
 oracle_start() {
 	_or_def="p:wqf/flush $(flush_fn) wq=%di"
-	for _or_sym in $(oracle_symbols | awk '{ print $3 }'); do
+	for _or_sym in $(system_queues | awk '{ print $3 }'); do
 		_or_arg=sys${_or_sym#system}
 		_or_def="$_or_def ${_or_arg%_wq}=@$_or_sym:x64"
 	done
@@ -50,7 +45,7 @@ oracle_stop() {
 }
 
 oracle_dump() {
-	emit oracle-symbols oracle_symbols
+	emit oracle-symbols system_queues
 	emit oracle-trace cat $WQF_TRACING/trace
 }
 "#;

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     MODULE_GUEST_PATH, Series, VmRun, build_module, cache_dir, prepare_kernel,
-    qemu::run_scenario_with,
+    qemu::{DEFAULT_MEMORY_MB, run_scenario_with},
 };
 
 /// How a scenario's guest is set up and judged.
@@ -25,6 +25,8 @@ pub struct Guest {
     pub append: &'static str,
     /// More files for the initramfs: (host path, guest path).
     pub files: Vec<(PathBuf, String)>,
+    /// Guest memory in MiB (the initramfs, with everything in it, lives there too).
+    pub memory_mb: u32,
 }
 
 /// The static wqflush binary `cargo xtask test` built, from `WQFLUSH_BIN`.
@@ -56,7 +58,7 @@ pub fn boot_scenario(series: Series, script: &str, guest: &Guest) -> Result<(VmR
         &files,
         script,
         guest.timeout,
-        crate::qemu::DEFAULT_MEMORY_MB,
+        guest.memory_mb,
         guest.append,
     )?;
     eprintln!("{series}: boot and scenario took {:?}", t.elapsed());
@@ -102,6 +104,7 @@ impl PerKernel {
                 expected_warning,
                 append: "",
                 files: Vec::new(),
+                memory_mb: DEFAULT_MEMORY_MB,
             };
             Ok(boot_scenario(series, script, &guest)?.0)
         })

@@ -6,21 +6,18 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
-use wqflush_vmtest::{PerKernel, Series, VmRun};
+use wqflush_vmtest::{PerKernel, Series, VmRun, records};
 
 const SCENARIO: &str = r#"
 load_test_module || exit 1
 ifconfig lo 127.0.0.1 up
-fire() { echo "$1 $2" > /proc/wqflush_test; }
 printf '# a known caller, silenced\nwqflush_test:wqflush_test_flush_long   # trailing comment\n' > /tmp/ignore
 printf 'ok_caller\nbad caller\n' > /tmp/bad-ignore
 
 emit bad_ignore wqflush --ignore /tmp/bad-ignore --duration 1
 emit check_ignored wqflush check --ignore /tmp/ignore -- sh -c 'echo "long 1" > /proc/wqflush_test'
 
-wqflush --json --kmsg --ignore /tmp/ignore --metrics 19100 --ready-file /tmp/ready >/tmp/fleet.json 2>/tmp/fleet.err &
-pid=$!
-wait_for_file /tmp/ready 60 || { cat /tmp/fleet.err; exit 1; }
+wqflush_start fleet wqflush --kmsg --ignore /tmp/ignore --metrics 19100 || exit 1
 fire pointer 2
 fire long 3
 fire worker_other 2
@@ -33,9 +30,7 @@ emit metrics wget -q -O - http://127.0.0.1:19100/metrics
 emit metrics_404 wget -q -O - http://127.0.0.1:19100/other
 fire worker_self
 sleep 1
-emit fleet.status stop_bg $pid 60
-emit fleet.json cat /tmp/fleet.json
-emit fleet.err cat /tmp/fleet.err
+wqflush_stop fleet
 emit dmesg dmesg
 emit counts cat /proc/wqflush_test
 true
@@ -54,7 +49,7 @@ fn run(series: Series) -> Result<&'static VmRun> {
 }
 
 struct Report {
-    flushes: Vec<Value>,
+    records: Vec<Value>,
     summary: Value,
 }
 
@@ -64,42 +59,25 @@ fn report(series: Series) -> Result<Report> {
         run.section_status("fleet.status")? == 0,
         "wqflush exited non-zero"
     );
-    let records: Vec<Value> = run
-        .section("fleet.json")?
-        .lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l:?}")))
-        .collect::<Result<_>>()?;
-    let summary = records
-        .last()
-        .filter(|r| r["type"] == "summary")
-        .context("no summary")?
-        .clone();
-    let flushes = records
-        .into_iter()
-        .filter(|r| r["type"] == "flush")
-        .collect();
-    Ok(Report { flushes, summary })
+    let records = records::records(run, "fleet.json")?;
+    let summary = records::summary(&records)?.clone();
+    Ok(Report { records, summary })
 }
 
-fn sites<'a>(summary: &'a Value, caller: &str) -> Vec<&'a Value> {
-    let all = summary["sites"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    all.iter().filter(|s| s["caller"] == caller).collect()
-}
+impl Report {
+    fn flushes(&self) -> impl Iterator<Item = &Value> {
+        self.records.iter().filter(|r| r["type"] == "flush")
+    }
 
-fn flush<'a>(report: &'a Report, caller: &str) -> Result<&'a Value> {
-    let found: Vec<_> = report
-        .flushes
-        .iter()
-        .filter(|r| r["caller"] == caller)
-        .collect();
-    ensure!(
-        found.len() == 1,
-        "want one flush record from {caller}, got {found:?}"
-    );
-    Ok(found[0])
+    /// The one first sighting from `caller`.
+    fn flush(&self, caller: &str) -> Result<&Value> {
+        let found = records::flushes(&self.records, caller);
+        ensure!(
+            found.len() == 1,
+            "want one flush record from {caller}, got {found:?}"
+        );
+        Ok(found[0])
+    }
 }
 
 /// 200,002 flushes from one site and one flush from each of 10,000 sites: the kernel's counts
@@ -111,12 +89,12 @@ fn exact_counts(series: Series) -> Result<()> {
         counts.contains("pointer 200002\n") && counts.contains("sites 10000\n"),
         "{counts}"
     );
-    let pointer = sites(&r.summary, "wqflush_test_flush_pointer");
+    let pointer = records::sites(&r.summary, "wqflush_test_flush_pointer");
     ensure!(
         pointer.len() == 1 && pointer[0]["count"] == 200_002,
         "{pointer:?}"
     );
-    let many = sites(&r.summary, "wqflush_test_flush_sites");
+    let many = records::sites(&r.summary, "wqflush_test_flush_sites");
     let total: u64 = many.iter().filter_map(|s| s["count"].as_u64()).sum();
     ensure!(
         many.len() == 10_000 && total == 10_000,
@@ -128,14 +106,14 @@ fn exact_counts(series: Series) -> Result<()> {
     let lost = r.summary["lost"].as_u64().context("lost")?;
     ensure!(r.summary["uncounted"] == 0, "{}", r.summary["uncounted"]);
     ensure!(
-        r.flushes.len() as u64 + lost + ignored as u64 == all.len() as u64,
+        r.flushes().count() as u64 + lost + ignored as u64 == all.len() as u64,
         "{} first sightings + {lost} lost + {ignored} ignored != {} sites",
-        r.flushes.len(),
+        r.flushes().count(),
         all.len()
     );
     eprintln!(
         "{series}: {} of 10,000+ first sightings arrived, {lost} counted as lost",
-        r.flushes.len()
+        r.flushes().count()
     );
     Ok(())
 }
@@ -143,12 +121,10 @@ fn exact_counts(series: Series) -> Result<()> {
 fn ignore_list(series: Series) -> Result<()> {
     let r = report(series)?;
     ensure!(
-        !r.flushes
-            .iter()
-            .any(|f| f["caller"] == "wqflush_test_flush_long"),
+        records::flushes(&r.records, "wqflush_test_flush_long").is_empty(),
         "ignored site warned"
     );
-    let long = sites(&r.summary, "wqflush_test_flush_long");
+    let long = records::sites(&r.summary, "wqflush_test_flush_long");
     ensure!(
         long.len() == 1 && long[0]["ignored"] == true && long[0]["count"] == 3,
         "{long:?}"
@@ -168,7 +144,7 @@ fn ignore_list(series: Series) -> Result<()> {
 
 fn hints(series: Series) -> Result<()> {
     let r = report(series)?;
-    let pointer = flush(&r, "wqflush_test_flush_pointer")?;
+    let pointer = r.flush("wqflush_test_flush_pointer")?;
     let hint = pointer["hint"].as_str().unwrap_or_default();
     ensure!(
         hint.contains("flush_work()") && hint.contains("alloc_workqueue()"),
@@ -178,7 +154,7 @@ fn hints(series: Series) -> Result<()> {
         pointer["worker"] == false && pointer["deadlock"].is_null(),
         "{pointer}"
     );
-    let other = flush(&r, "wqflush_test_work_flush_other")?;
+    let other = r.flush("wqflush_test_work_flush_other")?;
     ensure!(
         other["worker"] == true && other["wq"] == "system_unbound_wq",
         "{other}"
@@ -187,7 +163,7 @@ fn hints(series: Series) -> Result<()> {
         other["worker_wq"] == "system_long_wq" && other["deadlock"] == false,
         "{other}"
     );
-    let selfish = flush(&r, "wqflush_test_work_flush_self")?;
+    let selfish = r.flush("wqflush_test_work_flush_self")?;
     ensure!(
         selfish["wq"] == "system_long_wq" && selfish["worker_wq"] == "system_long_wq",
         "{selfish}"

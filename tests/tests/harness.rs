@@ -1,11 +1,11 @@
 //! Proves the harness end to end: a Debian kernel boots with the test module and the oracle
 //! sees exactly the flushes each trigger fires.
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use wqflush_vmtest::{
-    Guest, Oracle, Series, VmRun, boot_scenario, cache_dir, prepare_kernel, run_scenario,
+    Guest, Oracle, Series, VmRun, boot_scenario, cache_dir, prepare_kernel, records, run_scenario,
 };
 
 wqflush_vmtest::per_kernel_tests! {
@@ -33,23 +33,15 @@ fn boot_with_module(series: Series) -> Result<VmRun> {
         expected_warning: None,
         append: "",
         files: Vec::new(),
+        memory_mb: wqflush_vmtest::qemu::DEFAULT_MEMORY_MB,
     };
     Ok(boot_scenario(series, SCENARIO, &guest)?.0)
-}
-
-fn module_counts(run: &VmRun) -> Result<BTreeMap<String, u64>> {
-    let mut counts = BTreeMap::new();
-    for line in run.section("counts")?.lines() {
-        let (name, n) = line.split_once(' ').context("count line without space")?;
-        counts.insert(name.to_string(), n.trim().parse()?);
-    }
-    Ok(counts)
 }
 
 fn check(series: Series) -> Result<()> {
     let scheduled_wq = series.scheduled_work_queue();
     let run = boot_with_module(series)?;
-    let counts = module_counts(&run)?;
+    let counts = records::module_counts(run.section("counts")?)?;
     let want: BTreeMap<String, u64> = [("scheduled", 3), ("long", 2), ("pointer", 4), ("own", 5)]
         .map(|(k, v)| (k.to_string(), v))
         .into();

@@ -5,19 +5,10 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use serde_json::Value;
-use wqflush_vmtest::{PerKernel, Series, VmRun};
+use wqflush_vmtest::{PerKernel, Series, VmRun, records};
 
 const SCENARIO: &str = r#"
 load_test_module || exit 1
-fire() { echo "$1 $2" > /proc/wqflush_test; }
-# start NAME ARGS...: wqflush --json in the background until its probe is live.
-start() {
-	_n=$1; shift
-	wqflush --json --ready-file /tmp/$_n.ready "$@" >/tmp/$_n.json 2>/tmp/$_n.err &
-	echo $! > /tmp/$_n.pid
-	wait_for_file /tmp/$_n.ready 60 || { cat /tmp/$_n.err; return 1; }
-}
 probes() { grep -cw "$(flush_fn)" /sys/kernel/debug/kprobes/list /sys/kernel/tracing/enabled_functions; true; }
 
 # Not root: an unprivileged user.
@@ -40,11 +31,9 @@ umount /proc/kallsyms
 mount --bind /dev/null /sys/kernel/btf/vmlinux
 emit no_btf_fentry wqflush --attach fentry --duration 1
 emit no_btf_name wqflush --match name --duration 1
-start no_btf || exit 1
+wqflush_start no_btf wqflush || exit 1
 fire long 1
-emit no_btf.status stop_bg $(cat /tmp/no_btf.pid) 20
-emit no_btf.json cat /tmp/no_btf.json
-emit no_btf.err cat /tmp/no_btf.err
+wqflush_stop no_btf
 umount /sys/kernel/btf/vmlinux
 
 # SIGKILL leaves no probe attached, for every method the kernel offers.
@@ -53,27 +42,24 @@ methods="fentry kprobe"
 wqflush doctor | grep -q "kprobe-multi: available" && methods="$methods kprobe-multi"
 emit methods echo $methods
 for m in $methods; do
-	start kill_$m --attach $m || exit 1
+	wqflush_start kill_$m wqflush --attach $m || exit 1
 	emit probes_live_$m probes
 	kill -KILL $(cat /tmp/kill_$m.pid); sleep 1
 	emit probes_after_$m probes
 done
 
 # Two instances at once both report.
-start twin_a || exit 1
-start twin_b --attach kprobe || exit 1
+wqflush_start twin_a wqflush || exit 1
+wqflush_start twin_b wqflush --attach kprobe || exit 1
 fire long 2
-emit twin_a.status stop_bg $(cat /tmp/twin_a.pid) 20
-emit twin_b.status stop_bg $(cat /tmp/twin_b.pid) 20
-emit twin_a.json cat /tmp/twin_a.json
-emit twin_b.json cat /tmp/twin_b.json
+wqflush_stop twin_a
+wqflush_stop twin_b
 
 # SIGINT prints the summary too (wqflush handles it even where a shell ignored it).
-start sigint || exit 1
+wqflush_start sigint wqflush || exit 1
 fire pointer 3
 kill -INT $(cat /tmp/sigint.pid)
-emit sigint.status stop_bg $(cat /tmp/sigint.pid) 20
-emit sigint.json cat /tmp/sigint.json
+wqflush_stop sigint
 
 # A full disk on the JSON sink: an error message and exit 1.
 wqflush --json --ready-file /tmp/full.ready >/dev/full 2>/tmp/full.err &
@@ -89,17 +75,16 @@ emit memlock sh -c 'ulimit -l 64 && echo "memlock: $(ulimit -l)" &&
 	exec wqflush check --json -- sh -c "echo long 1 > /proc/wqflush_test"'
 
 # A module loaded after wqflush started (it re-reads kallsyms on the module_load tracepoint),
-# that flushes and is unloaded right away, is still named: symbols are looked up on arrival.
-# Its exit function flushes too ('exit'): it must be named as the kernel names it, not by its
-# alias cleanup_module.
+# that flushes and is unloaded right away, is still named: its symbols were read at its load
+# and are kept after it went. Its exit function flushes too ('exit'): it must be named as the
+# kernel names it, not by its alias cleanup_module. The re-read must have reached the module's
+# lines first: they come last in /proc/kallsyms, which takes 1.5 s to read on 7.x under TCG.
 rmmod wqflush_test || exit 1
-start unload || exit 1
+wqflush_start unload wqflush || exit 1
 insmod /lib/wqflush_test.ko || exit 1
-sleep 1
-echo "long 1" > /proc/wqflush_test && echo "exit 1" > /proc/wqflush_test && rmmod wqflush_test
-emit unload.status stop_bg $(cat /tmp/unload.pid) 20
-emit unload.json cat /tmp/unload.json
-emit unload.err cat /tmp/unload.err
+sleep 4
+fire long 1 && fire exit 1 && rmmod wqflush_test
+wqflush_stop unload
 true
 "#;
 
@@ -123,13 +108,6 @@ fn clear_error(series: Series, section: &str, want: &str) -> Result<()> {
     Ok(())
 }
 
-fn records(run: &VmRun, section: &str) -> Result<Vec<Value>> {
-    run.section(section)?
-        .lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("{section}: not JSON: {l:?}")))
-        .collect()
-}
-
 /// The summary's count for `caller`, after checking wqflush exited 0 with a summary last.
 fn summary_count(series: Series, name: &str, caller: &str) -> Result<u64> {
     let run = run(series)?;
@@ -137,17 +115,8 @@ fn summary_count(series: Series, name: &str, caller: &str) -> Result<u64> {
         run.section_status(&format!("{name}.status"))? == 0,
         "{name}: non-zero exit"
     );
-    let recs = records(run, &format!("{name}.json"))?;
-    let summary = recs
-        .last()
-        .filter(|r| r["type"] == "summary")
-        .context("no summary last")?;
-    let sites = summary["sites"].as_array().context("sites")?;
-    Ok(sites
-        .iter()
-        .filter(|s| s["caller"] == caller)
-        .filter_map(|s| s["count"].as_u64())
-        .sum())
+    let recs = records::records(run, &format!("{name}.json"))?;
+    Ok(records::count(records::summary(&recs)?, caller))
 }
 
 fn environments(series: Series) -> Result<()> {
@@ -181,7 +150,7 @@ fn without_btf_kprobe_still_works(series: Series) -> Result<()> {
         run.section("no_btf.err")?.contains("attached (kprobe"),
         "fell back to kprobe"
     );
-    let recs = records(run, "no_btf.json")?;
+    let recs = records::records(run, "no_btf.json")?;
     let first = recs
         .iter()
         .find(|r| r["caller"] == "wqflush_test_flush_long")
@@ -208,7 +177,9 @@ fn sigkill_leaves_no_probe(series: Series) -> Result<()> {
         methods.push("kprobe-multi");
     }
     ensure!(
-        run.section("methods")?.split_whitespace().eq(methods.iter().copied()),
+        run.section("methods")?
+            .split_whitespace()
+            .eq(methods.iter().copied()),
         "methods tried: {}",
         run.section("methods")?
     );
@@ -255,7 +226,7 @@ fn faults(series: Series) -> Result<()> {
 }
 
 fn unloaded_module_is_named(series: Series) -> Result<()> {
-    let recs = records(run(series)?, "unload.json")?;
+    let recs = records::records(run(series)?, "unload.json")?;
     for caller in ["wqflush_test_flush_long", "wqflush_test_exit"] {
         ensure!(
             summary_count(series, "unload", caller)? == 1,
@@ -290,16 +261,17 @@ fn unloaded_module_is_named(series: Series) -> Result<()> {
 fn reports_under_a_small_memlock_limit(series: Series) -> Result<()> {
     let run = run(series)?;
     let text = run.section("memlock")?;
-    ensure!(text.contains("memlock: 64\n"), "the limit was not set:\n{text}");
+    ensure!(
+        text.contains("memlock: 64\n"),
+        "the limit was not set:\n{text}"
+    );
     ensure!(
         run.section_status("memlock")? == 3,
         "check under ulimit -l 64 did not report the flush:\n{text}"
     );
-    let reported = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .any(|r| r["type"] == "flush" && r["caller"] == "wqflush_test_flush_long");
-    ensure!(reported, "no flush record:\n{text}");
+    let recs = records::json_lines(text);
+    let reported = records::flushes(&recs, "wqflush_test_flush_long");
+    ensure!(!reported.is_empty(), "no flush record:\n{text}");
     Ok(())
 }
 

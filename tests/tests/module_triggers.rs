@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use wqflush_vmtest::{FlushEvent, Guest, Oracle, Series, VmRun, boot_scenario};
+use wqflush_vmtest::{FlushEvent, Guest, Oracle, Series, VmRun, boot_scenario, records};
 
 /// Call sites of the flush in `wqflush_test_flush_sites` (WQFLUSH_TEST_SITES in the module).
 const SITES: usize = 10000;
@@ -59,17 +59,9 @@ fn boot(series: Series) -> Result<(VmRun, std::path::PathBuf)> {
         expected_warning: None,
         append: "",
         files: Vec::new(),
+        memory_mb: wqflush_vmtest::qemu::DEFAULT_MEMORY_MB,
     };
     boot_scenario(series, SCENARIO, &guest)
-}
-
-fn module_counts(text: &str) -> Result<BTreeMap<String, u64>> {
-    let mut counts = BTreeMap::new();
-    for line in text.lines() {
-        let (name, n) = line.split_once(' ').context("count line without space")?;
-        counts.insert(name.to_string(), n.trim().parse()?);
-    }
-    Ok(counts)
 }
 
 /// Return address offsets of the `__flush_workqueue` calls in `function`, from objdump's
@@ -146,11 +138,11 @@ fn check(series: Series) -> Result<()> {
     ]
     .map(|(k, v)| (k.to_string(), v))
     .into();
-    let got = module_counts(run.section("counts_before")?)?;
+    let got = records::module_counts(run.section("counts_before")?)?;
     ensure!(got == want_before, "counts before worker_self {got:?}");
     let mut want = want_before;
     want.insert("worker_self".into(), 1);
-    let got = module_counts(run.section("counts")?)?;
+    let got = records::module_counts(run.section("counts")?)?;
     ensure!(got == want, "final counts {got:?}, want {want:?}");
     for (section, errno) in [
         ("sites_0", "Invalid argument"),

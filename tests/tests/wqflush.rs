@@ -11,37 +11,24 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
-use wqflush_vmtest::{Oracle, PerKernel, Series, VmRun};
+use wqflush_vmtest::{Oracle, PerKernel, Series, VmRun, records};
 
 /// The scenario around the three watch windows, which [`scenario`] fills in.
 const SCENARIO: &str = r#"
 load_test_module || exit 1
 oracle_start || exit 1
-fire() { echo "$1 $2" > /proc/wqflush_test; }
-# watch_start NAME ARGS...: wqflush --json in the background, back once its probe is live.
-watch_start() {
-	_n=$1; shift
-	wqflush --json --ready-file /tmp/$_n.ready "$@" >/tmp/$_n.json 2>/tmp/$_n.err &
-	echo $! > /tmp/$_n.pid
-	wait_for_file /tmp/$_n.ready 60 || { cat /tmp/$_n.err; return 1; }
-}
-watch_stop() {
-	emit $1.status stop_bg $(cat /tmp/$1.pid) 20
-	emit $1.json cat /tmp/$1.json
-	emit $1.err cat /tmp/$1.err
-}
 
-watch_start fentry --attach fentry || exit 1
+wqflush_start fentry wqflush --attach fentry || exit 1
 @FENTRY@
-watch_stop fentry
+wqflush_stop fentry
 
-watch_start kprobe --attach kprobe || exit 1
+wqflush_start kprobe wqflush --attach kprobe || exit 1
 @KPROBE@
-watch_stop kprobe
+wqflush_stop kprobe
 
-watch_start name --attach fentry --match name || exit 1
+wqflush_start name wqflush --attach fentry --match name || exit 1
 @NAME@
-watch_stop name
+wqflush_stop name
 
 emit check_flush wqflush check --json -- sh -c 'echo "long 1" > /proc/wqflush_test'
 emit check_clean wqflush check -- sh -c 'echo "own 2" > /proc/wqflush_test'
@@ -57,14 +44,29 @@ oracle_dump
 fn fired(series: Series, window: &str) -> Vec<(&'static str, u64)> {
     let (mut list, seven): (Vec<_>, &[_]) = match window {
         "fentry" => (
-            vec![("scheduled", 3), ("long", 2), ("pointer", 4), ("own", 5), ("deprecated", 2)],
+            vec![
+                ("scheduled", 3),
+                ("long", 2),
+                ("pointer", 4),
+                ("own", 5),
+                ("deprecated", 2),
+            ],
             &[("dfl_long", 3)],
         ),
         "kprobe" => (
-            vec![("scheduled", 2), ("long", 5), ("pointer", 1), ("own", 3), ("deprecated", 1)],
+            vec![
+                ("scheduled", 2),
+                ("long", 5),
+                ("pointer", 1),
+                ("own", 3),
+                ("deprecated", 1),
+            ],
             &[("dfl_long", 2)],
         ),
-        _ => (vec![("long", 2), ("pointer", 3), ("own", 1)], &[("dfl_long", 1)]),
+        _ => (
+            vec![("long", 2), ("pointer", 3), ("own", 1)],
+            &[("dfl_long", 1)],
+        ),
     };
     // system_dfl_long_wq exists from 7.1 on.
     if series == Series::V7 {
@@ -94,13 +96,6 @@ fn run(series: Series) -> Result<&'static VmRun> {
     RUNS.with_wqflush(series, &scenario(series), Duration::from_secs(400), None)
 }
 
-fn json_lines(run: &VmRun, section: &str) -> Result<Vec<Value>> {
-    run.section(section)?
-        .lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l:?}")))
-        .collect()
-}
-
 /// The queue `trigger` flushes on this kernel.
 fn expected_wq(series: Series, trigger: &str) -> &'static str {
     match trigger {
@@ -115,52 +110,21 @@ fn expected_wq(series: Series, trigger: &str) -> &'static str {
     }
 }
 
-fn ours<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    records
-        .iter()
-        .filter(|r| r["type"] == kind && r["module"] == "wqflush_test")
-        .collect()
-}
-
-fn summary_sites(records: &[Value]) -> Result<Vec<Value>> {
-    let summary = records
-        .iter()
-        .find(|r| r["type"] == "summary")
-        .context("no summary record")?;
-    ensure!(
-        records.last() == Some(summary),
-        "summary is not the last line"
-    );
-    let sites = summary["sites"].as_array().context("summary.sites")?;
-    Ok(sites
-        .iter()
-        .filter(|s| s["module"] == "wqflush_test")
-        .cloned()
-        .collect())
-}
-
 /// One window: each offending trigger reported once with the right queue, caller, module and
 /// stack; counts exact; the own-queue trigger never reported.
 fn check_window(series: Series, window: &str, by_name: bool) -> Result<()> {
-    let fired = fired(series, window);
     let run = run(series)?;
     ensure!(
         run.section_status(&format!("{window}.status"))? == 0,
         "wqflush exited non-zero"
     );
-    let records = json_lines(run, &format!("{window}.json"))?;
-    let flushes = ours(&records, "flush");
-    let sites = summary_sites(&records)?;
+    let recs = records::records(run, &format!("{window}.json"))?;
+    let summary = records::summary(&recs)?;
+    let fired = fired(series, window);
     for &(trigger, count) in &fired {
         let caller = format!("wqflush_test_flush_{trigger}");
-        let first: Vec<_> = flushes
-            .iter()
-            .filter(|r| r["caller"] == caller.as_str())
-            .collect();
-        let summed: Vec<_> = sites
-            .iter()
-            .filter(|s| s["caller"] == caller.as_str())
-            .collect();
+        let first = records::flushes(&recs, &caller);
+        let summed = records::sites(summary, &caller);
         if trigger == "own" {
             ensure!(
                 first.is_empty() && summed.is_empty(),
@@ -172,34 +136,41 @@ fn check_window(series: Series, window: &str, by_name: bool) -> Result<()> {
             first.len() == 1,
             "{trigger}: want one first-sighting record, got {first:?}"
         );
-        let rec = first[0];
-        check_queue(series, trigger, rec, by_name)?;
-        let flush_fn = format!("{}+", series.flush_function());
-        ensure!(
-            rec["stack"][0]
-                .as_str()
-                .is_some_and(|f| f.starts_with(&flush_fn)),
-            "{rec}"
-        );
-        ensure!(
-            rec["stack"][1]
-                .as_str()
-                .is_some_and(|f| f.starts_with(&caller) && f.ends_with(" [wqflush_test]")),
-            "{rec}"
-        );
-        ensure!(
-            // The scenario shell (PID 1's child, comm "init") writes the trigger itself.
-            rec["comm"] == "init" && rec["pid"].as_u64().is_some_and(|p| p > 1),
-            "{rec}"
-        );
+        check_record(series, trigger, first[0], by_name)?;
         ensure!(
             summed.len() == 1 && summed[0]["count"] == count,
             "{trigger}: fired {count}, summary {summed:?}"
         );
     }
+    let ours = recs
+        .iter()
+        .filter(|r| r["type"] == "flush" && r["module"] == "wqflush_test");
+    let offending = fired.iter().filter(|(t, _)| *t != "own").count();
+    ensure!(ours.count() == offending, "extra sites: {recs:?}");
+    Ok(())
+}
+
+/// A first sighting: queue, the stack from the flush function through the trigger, the task.
+fn check_record(series: Series, trigger: &str, rec: &Value, by_name: bool) -> Result<()> {
+    check_queue(series, trigger, rec, by_name)?;
+    let caller = format!("wqflush_test_flush_{trigger}");
+    let flush_fn = format!("{}+", series.flush_function());
     ensure!(
-        flushes.len() == fired.iter().filter(|(t, _)| *t != "own").count(),
-        "extra sites: {flushes:?}"
+        rec["stack"][0]
+            .as_str()
+            .is_some_and(|f| f.starts_with(&flush_fn)),
+        "{rec}"
+    );
+    ensure!(
+        rec["stack"][1]
+            .as_str()
+            .is_some_and(|f| f.starts_with(&caller) && f.ends_with(" [wqflush_test]")),
+        "{rec}"
+    );
+    ensure!(
+        // The scenario shell (PID 1's child, comm "init") writes the trigger itself.
+        rec["comm"] == "init" && rec["pid"].as_u64().is_some_and(|p| p > 1),
+        "{rec}"
     );
     Ok(())
 }
@@ -243,17 +214,17 @@ fn check_codes(series: Series) -> Result<()> {
         codes == [3, 0, 4, 4],
         "check exit codes {codes:?}, want [3, 0, 4, 4]"
     );
-    let records: Vec<Value> = run
-        .section("check_flush")?
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+    let recs = records::json_lines(run.section("check_flush")?);
+    let summary = records::summary(&recs)?;
+    let ours: Vec<_> = summary["sites"]
+        .as_array()
+        .context("sites")?
+        .iter()
+        .filter(|s| s["module"] == "wqflush_test")
         .collect();
-    let sites = summary_sites(&records)?;
     ensure!(
-        sites.len() == 1
-            && sites[0]["caller"] == "wqflush_test_flush_long"
-            && sites[0]["count"] == 1,
-        "{sites:?}"
+        ours.len() == 1 && ours[0]["caller"] == "wqflush_test_flush_long" && ours[0]["count"] == 1,
+        "{ours:?}"
     );
     ensure!(
         run.section("check_missing")?.contains("/no/such/command"),
@@ -284,7 +255,10 @@ fn check_oracle(series: Series) -> Result<()> {
     for (trigger, n) in totals.iter().filter(|(t, _)| **t != "own") {
         let function = format!("wqflush_test_flush_{trigger}");
         let got = oracle.count(expected_wq(series, trigger), &function);
-        ensure!(got as u64 == *n, "oracle: {got} flushes from {function}, fired {n}");
+        ensure!(
+            got as u64 == *n,
+            "oracle: {got} flushes from {function}, fired {n}"
+        );
     }
     Ok(())
 }
@@ -311,22 +285,19 @@ fn kernel_checks_miss_what_wqflush_reports(series: Series) -> Result<()> {
     Ok(())
 }
 
+/// The window of a forced `method`: attached with it, on the kernel's flush function.
+fn method_window(series: Series, method: &str) -> Result<()> {
+    let want = format!("wqflush: attached ({method} on {}", series.flush_function());
+    attached_line(series, method, &want)?;
+    check_window(series, method, false)
+}
+
 fn fentry_window(series: Series) -> Result<()> {
-    attached_line(
-        series,
-        "fentry",
-        &format!("wqflush: attached (fentry on {}", series.flush_function()),
-    )?;
-    check_window(series, "fentry", false)
+    method_window(series, "fentry")
 }
 
 fn kprobe_window(series: Series) -> Result<()> {
-    attached_line(
-        series,
-        "kprobe",
-        &format!("wqflush: attached (kprobe on {}", series.flush_function()),
-    )?;
-    check_window(series, "kprobe", false)
+    method_window(series, "kprobe")
 }
 
 fn name_window(series: Series) -> Result<()> {

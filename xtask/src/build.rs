@@ -6,17 +6,26 @@ use anyhow::{Result, ensure};
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// Builds `wqflush` (release, static glibc) and returns its path.
+/// Builds `wqflush` (the `dist` profile: release with fat LTO; static glibc) and returns its
+/// path.
 pub fn wqflush() -> Result<PathBuf> {
     // An explicit --target keeps RUSTFLAGS off build scripts and proc macros.
     crate::cargo(
-        &["build", "--release", "-p", "wqflush", "--target", TARGET],
+        &[
+            "build",
+            "--profile",
+            "dist",
+            "-p",
+            "wqflush",
+            "--target",
+            TARGET,
+        ],
         &[("RUSTFLAGS", "-C target-feature=+crt-static")],
     )?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
+        .map(PathBuf::from)
         .unwrap_or_else(|| wqflush_vmtest::workspace_root().join("target"));
-    let bin = target_dir.join(format!("{TARGET}/release/wqflush"));
+    let bin = target_dir.join(format!("{TARGET}/dist/wqflush"));
     ensure!(bin.exists(), "{} missing after the build", bin.display());
     Ok(bin)
 }

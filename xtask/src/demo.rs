@@ -38,13 +38,10 @@ pub fn run(series: Series, wqflush: &Path) -> Result<()> {
         expected_warning: Some(" at wqflush_test_"),
         append: "",
         files: Vec::new(),
+        memory_mb: wqflush_vmtest::qemu::DEFAULT_MEMORY_MB,
     };
     let (run, _) = boot_scenario(series, SCENARIO, &guest)?;
-    let release = run
-        .console
-        .lines()
-        .find_map(|l| l.strip_prefix("vmtest: running scenario on "));
-    let kernel = release.unwrap_or("?").trim().to_owned();
+    let kernel = run.kernel_release().unwrap_or("?");
     println!(
         "\n# wqflush doctor (in the guest, Debian {})\n{}",
         kernel,

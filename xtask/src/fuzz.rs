@@ -1,5 +1,6 @@
 //! The fuzz targets in monitor/fuzz (cargo fuzz, libFuzzer): a short smoke run of each for the
-//! test suite. Longer runs: `cd monitor && cargo +nightly fuzz run -O <target> -- -runs=10000000`.
+//! test suite, on the pinned nightly (monitor-ebpf/rust-toolchain.toml). Longer runs:
+//! `cd monitor && cargo +nightly fuzz run -O <target> -- -runs=10000000`.
 
 use std::process::Command;
 
@@ -15,10 +16,11 @@ const SMOKE_RUNS: &str = "-runs=50000";
 
 pub fn smoke(total: &mut Tally) -> Result<()> {
     let dir = wqflush_vmtest::workspace_root().join("monitor");
+    let toolchain = format!("+{}", crate::setup::nightly()?);
     for target in TARGETS {
         let status = Command::new("cargo")
             .args([
-                "+nightly",
+                toolchain.as_str(),
                 "fuzz",
                 "run",
                 "-O",

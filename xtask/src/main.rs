@@ -25,8 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what building and testing need (idempotent): apt packages, nightly rust-src,
-    /// bpf-linker built against nightly's LLVM
+    /// Install what building and testing need (idempotent): apt packages, the pinned nightly
+    /// with rust-src, bpf-linker built against its LLVM
     Setup,
     /// Build the wqflush binary (static, so it also runs in the test VMs)
     Build,

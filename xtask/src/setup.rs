@@ -28,6 +28,7 @@ const BPF_LINKER: &str = "bpf-linker@0.13.0";
 pub fn all() -> Result<()> {
     apt_lists()?;
     apt_packages()?;
+    lint_tools()?;
     nightly_rust_src()?;
     bpf_linker()?;
     cargo_fuzz()
@@ -101,9 +102,31 @@ fn installed(package: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
+/// The nightly pinned in monitor-ebpf/rust-toolchain.toml, e.g. `nightly-2026-05-20`.
+pub fn nightly() -> Result<String> {
+    let pin = wqflush_vmtest::workspace_root().join("monitor-ebpf/rust-toolchain.toml");
+    std::fs::read_to_string(&pin)
+        .with_context(|| format!("reading {}", pin.display()))?
+        .lines()
+        .find_map(|l| Some(l.strip_prefix("channel = ")?.trim_matches('"').to_owned()))
+        .with_context(|| format!("no `channel = \"...\"` in {}", pin.display()))
+}
+
+/// clippy and rustfmt for the stable toolchain: CI runs both before the tests.
+fn lint_tools() -> Result<()> {
+    if quiet(Command::new("cargo").args(["clippy", "--version"]))
+        && quiet(Command::new("cargo").args(["fmt", "--version"]))
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing clippy and rustfmt");
+    run(Command::new("rustup").args(["component", "add", "clippy", "rustfmt"]))
+}
+
 fn nightly_rust_src() -> Result<()> {
+    let nightly = nightly()?;
     let has_src = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .args(["component", "list", "--installed", "--toolchain", &nightly])
         .output()
         .is_ok_and(|o| {
             String::from_utf8_lossy(&o.stdout)
@@ -113,20 +136,18 @@ fn nightly_rust_src() -> Result<()> {
     if has_src {
         return Ok(());
     }
-    eprintln!("xtask: installing nightly rust-src (the eBPF programs build core from source)");
-    if quiet(Command::new("rustc").arg("+nightly").arg("--version")) {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-    } else {
-        run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ]))
-    }
+    eprintln!(
+        "xtask: installing {nightly} with rust-src (the eBPF programs build core from source)"
+    );
+    run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        &nightly,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
 }
 
 /// bpf-linker links against nightly's own libLLVM, found through a prefix folder of symlinks
@@ -163,10 +184,11 @@ fn bpf_linker() -> Result<()> {
 }
 
 fn nightly_libllvm() -> Result<PathBuf> {
+    let toolchain = format!("+{}", nightly()?);
     let out = Command::new("rustc")
-        .args(["+nightly", "--print", "sysroot"])
+        .args([toolchain.as_str(), "--print", "sysroot"])
         .output()
-        .context("rustc +nightly --print sysroot")?;
+        .with_context(|| format!("rustc {toolchain} --print sysroot"))?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     let lib = sysroot.join("lib");
     std::fs::read_dir(&lib)

@@ -1,0 +1,216 @@
+//! The command line: `wqflush [watch]`, `check -- CMD`, `doctor`, and what each exits with.
+
+use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{doctor, metrics, probe::Attach, report, target::MatchMode, watch, watch::End};
+
+/// Exit codes; documented in README.md ("Exit codes").
+pub mod exit {
+    /// wqflush itself failed (cannot read kallsyms, cannot attach, ...).
+    pub const ERROR: u8 = 1;
+    /// `check`: a system workqueue was flushed while the command ran.
+    pub const FLUSHED: u8 = 3;
+    /// `check`: the command failed (non-zero exit, signal) and nothing was flushed.
+    pub const COMMAND_FAILED: u8 = 4;
+}
+
+#[derive(Parser)]
+#[command(name = "wqflush", version, args_conflicts_with_subcommands = true)]
+/// Catches kernel code flushing the kernel-global workqueues (flush_scheduled_work(),
+/// flush_workqueue(system_*wq)), names the caller and counts each call site.
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    watch: WatchArgs,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Report flushes until interrupted or --duration ends (the default command)
+    Watch(WatchArgs),
+    /// Run CMD while watching: exit 0 if nothing flushed a system workqueue, 3 if something did,
+    /// 4 if CMD failed
+    Check {
+        #[command(flatten)]
+        watch: WatchArgs,
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<OsString>,
+    },
+    /// Tell which attach methods, symbols and BTF this kernel offers
+    Doctor,
+}
+
+#[derive(Args, Clone)]
+pub struct WatchArgs {
+    /// Print one JSON object per line instead of text
+    #[arg(long)]
+    json: bool,
+    /// Stop after this long (30s, 500ms, 5m, 1h; a bare number is seconds)
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// How to probe the flush function
+    #[arg(long, value_enum, default_value_t = Attach::Auto)]
+    attach: Attach,
+    /// How to recognize a system workqueue
+    #[arg(long = "match", value_enum, default_value_t = MatchMode::Auto)]
+    match_mode: MatchMode,
+    /// Create this file once the probe is live
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
+    /// Count but do not warn about call sites listed in FILE (`caller`, `module:caller`, globs)
+    #[arg(long, value_name = "FILE")]
+    ignore: Option<PathBuf>,
+    /// Also write each warning to the kernel log (/dev/kmsg), as the kernel's WARN() would
+    #[arg(long)]
+    kmsg: bool,
+    /// Serve Prometheus metrics on [ADDR:]PORT (a bare port binds 127.0.0.1)
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_metrics_addr)]
+    metrics: Option<std::net::SocketAddr>,
+}
+
+fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    metrics::parse_addr(s).map_err(|e| format!("{e:#}"))
+}
+
+impl WatchArgs {
+    fn options(self) -> watch::Options {
+        watch::Options {
+            json: self.json,
+            duration: self.duration,
+            attach: self.attach,
+            match_mode: self.match_mode,
+            ready_file: self.ready_file,
+            ignore: self.ignore,
+            kmsg: self.kmsg,
+            metrics: self.metrics,
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+/// Runs the parsed command line; `stdout_closed`: wqflush was started with stdout closed.
+pub fn run(cli: Cli, stdout_closed: bool) -> ExitCode {
+    crate::timing::start();
+    if stdout_closed {
+        return fail(anyhow::anyhow!(
+            "standard output is closed (`>&-`), so every report would be lost; send it to a file, \
+             or to /dev/null when only --metrics or --kmsg matter"
+        ));
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e.into()),
+    };
+    let result = match cli.command {
+        None => runtime.block_on(watch(cli.watch)),
+        Some(Cmd::Watch(args)) => runtime.block_on(watch(args)),
+        Some(Cmd::Check { watch, command }) => runtime.block_on(check(watch, command)),
+        Some(Cmd::Doctor) => runtime.block_on(async { doctor::run() }).map(|ok| {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(exit::ERROR)
+            }
+        }),
+    };
+    result.unwrap_or_else(fail)
+}
+
+fn fail(err: anyhow::Error) -> ExitCode {
+    eprintln!("wqflush: error: {err:#}");
+    ExitCode::from(exit::ERROR)
+}
+
+async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    watch::run(&args.options(), None).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(args: WatchArgs, command: Vec<OsString>) -> anyhow::Result<ExitCode> {
+    let outcome = watch::run(&args.options(), Some(&command)).await?;
+    let name = command[0].to_string_lossy();
+    if let Some(line) = report::missed_line(outcome.missed) {
+        eprint!("{line}");
+    }
+    let (status, failed) = match &outcome.end {
+        End::Exited(s) if s.success() => ("succeeded".to_owned(), false),
+        End::Exited(s) => (format!("failed ({s})"), true),
+        End::NotStarted(e) => (format!("could not be started: {e}"), true),
+        End::Stopped => ("was interrupted".to_owned(), true),
+    };
+    if outcome.flushes > 0 {
+        eprintln!(
+            "wqflush: check: {} flush(es) of system workqueues while `{name}` ran; it {status}",
+            outcome.flushes
+        );
+        Ok(ExitCode::from(exit::FLUSHED))
+    } else if failed {
+        eprintln!("wqflush: check: no system workqueue flushed, but `{name}` {status}");
+        Ok(ExitCode::from(exit::COMMAND_FAILED))
+    } else {
+        eprintln!("wqflush: check: no system workqueue flushed; `{name}` {status}");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn cli_shapes() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["wqflush", "--json", "--attach", "kprobe"]).unwrap();
+        assert!(cli.command.is_none() && cli.watch.json && cli.watch.attach == Attach::Kprobe);
+        let cli = Cli::try_parse_from(["wqflush", "check", "--json", "--", "insmod", "-f", "x.ko"])
+            .unwrap();
+        let Some(Cmd::Check { command, watch }) = cli.command else {
+            panic!("not check")
+        };
+        assert!(watch.json);
+        assert_eq!(command, ["insmod", "-f", "x.ko"]);
+        assert!(
+            Cli::try_parse_from(["wqflush", "check"]).is_err(),
+            "CMD is required"
+        );
+    }
+}

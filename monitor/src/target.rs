@@ -1,0 +1,180 @@
+//! What this kernel offers wqflush: its symbols (kallsyms), the struct offsets and the BTF the
+//! probe needs, and from them the flush function, how system queues are recognized and which
+//! they are, or why they cannot be. `watch` attaches from a [`Target`] and `doctor` reports on
+//! the same [`Kernel`]: each fact is read once.
+
+use std::cell::{Cell, OnceCell};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{Btf, EbpfLoader};
+
+use crate::{
+    btf::{self, Offsets},
+    kallsyms::Kallsyms,
+    queues::{self, SystemQueue},
+    symbolize,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MatchMode {
+    /// by pointer when kallsyms lists data symbols, else by name
+    Auto,
+    /// compare the flushed pointer with each system_*wq variable (needs CONFIG_KALLSYMS_ALL)
+    Address,
+    /// compare workqueue_struct.name with the system queue names (needs kernel BTF)
+    Name,
+}
+
+impl Kernel {
+    /// Decides what the probe attaches to and compares against; the symbol table goes to the
+    /// caller too (it names the frames of every report).
+    pub fn target(self, mode: MatchMode) -> Result<(Kallsyms, Target)> {
+        let Kernel {
+            kallsyms,
+            offsets,
+            kernel_btf,
+            loader,
+        } = self;
+        let ks = kallsyms?;
+        let (queues, by_name) = queues_to_match(&ks, offsets.as_ref(), mode)?;
+        let target = Target {
+            function: flush_function(&ks)?,
+            queues,
+            by_name,
+            offsets: offsets.ok(),
+            flush_ranges: symbolize::FLUSH_FUNCTIONS
+                .iter()
+                .filter_map(|f| ks.kernel_function(f))
+                .collect(),
+            kernel_btf: kernel_btf.map(OnceCell::from).unwrap_or_default(),
+            loader: loader.into(),
+        };
+        Ok((ks, target))
+    }
+}
+
+/// The system queues and whether they are matched by name, or why they cannot be matched.
+fn queues_to_match(
+    ks: &Kallsyms,
+    offsets: std::result::Result<&Offsets, &anyhow::Error>,
+    mode: MatchMode,
+) -> Result<(Vec<SystemQueue>, bool)> {
+    if ks.addresses_hidden() {
+        bail!(
+            "every address in {} is 0: {}",
+            crate::kallsyms::PATH,
+            hidden_addresses_remedy()
+        );
+    }
+    let name_len = offsets.ok().map(|o| o.wq_name_len as usize);
+    let found = queues::by_address(ks, name_len)?;
+    let by_name = match mode {
+        MatchMode::Auto => found.is_empty(),
+        MatchMode::Address => false,
+        MatchMode::Name => true,
+    };
+    let queues = if by_name {
+        let o = offsets.map_err(|e| anyhow!("{e:#}")).context(
+            "kallsyms lists no system_*wq variables (CONFIG_KALLSYMS_ALL is off), so system \
+             workqueues can only be matched by name, and that needs kernel BTF \
+             (CONFIG_DEBUG_INFO_BTF)",
+        )?;
+        queues::by_name(o.wq_name_len as usize)
+    } else if found.is_empty() {
+        bail!(
+            "kallsyms lists no system_*wq variables (CONFIG_KALLSYMS_ALL is off), so they cannot \
+             be matched by address; use --match name (or auto)"
+        );
+    } else {
+        found
+    };
+    Ok((queues, by_name))
+}
+
+/// What start-up reads from the kernel before it can load the probe, each fact once.
+pub struct Kernel {
+    /// The symbol table, or why it is unusable.
+    pub kallsyms: Result<Kallsyms>,
+    /// The struct offsets from BTF, or why there are none.
+    pub offsets: Result<Offsets>,
+    kernel_btf: Option<Result<Btf, String>>,
+    loader: Option<EbpfLoader<'static>>,
+}
+
+/// Reads kallsyms, the struct offsets and aya's BTF in three threads. Each takes 0.1-0.4 s under
+/// emulation and most of it is CPU (the kernel formatting kallsyms, then parsing): in parallel
+/// they share both CPUs. `fentry_only`: parse the BTF fentry needs now, in parallel, instead of
+/// when fentry is first tried (`--attach auto` starts with kprobe-multi, which needs none).
+pub fn read(fentry_only: bool) -> Kernel {
+    std::thread::scope(|s| {
+        let offsets = s.spawn(|| {
+            let offsets = btf::read_offsets();
+            crate::timing::mark("BTF offsets read");
+            offsets
+        });
+        let aya = s.spawn(|| {
+            // EbpfLoader::new() parses the BTF for relocations, and fentry needs a parse of its
+            // own; aya also probes the kernel's BPF features once.
+            let loader = EbpfLoader::new();
+            aya::features();
+            let kernel_btf = fentry_only.then(|| Btf::from_sys_fs().map_err(|e| format!("{e}")));
+            crate::timing::mark("BTF parsed by aya, loader ready");
+            (kernel_btf, Some(loader))
+        });
+        let kallsyms = Kallsyms::load(queues::is_queue_var);
+        crate::timing::mark("kallsyms read and parsed");
+        let panicked = || anyhow::anyhow!("reading kernel BTF panicked");
+        let offsets = offsets.join().unwrap_or_else(|_| Err(panicked()));
+        let aya = aya
+            .join()
+            .unwrap_or_else(|_| (Some(Err(panicked().to_string())), None));
+        Kernel {
+            kallsyms,
+            offsets,
+            kernel_btf: aya.0,
+            loader: aya.1,
+        }
+    })
+}
+
+fn hidden_addresses_remedy() -> &'static str {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        "kernel.kptr_restrict=2 hides them even from root; run `sysctl kernel.kptr_restrict=1`"
+    } else {
+        "the kernel hides them from unprivileged users; run wqflush as root (or with CAP_SYSLOG, \
+         CAP_BPF and CAP_PERFMON)"
+    }
+}
+
+/// What the probe attaches to and what it compares against.
+pub struct Target {
+    /// `__flush_workqueue` (5.19+) or `flush_workqueue` (older).
+    pub function: &'static str,
+    pub queues: Vec<SystemQueue>,
+    pub by_name: bool,
+    pub offsets: Option<Offsets>,
+    /// [start, end) of the flush function and its wrappers, from kallsyms.
+    pub flush_ranges: Vec<(u64, u64)>,
+    /// The kernel's BTF as aya parsed it (fentry needs it), or why it could not be read.
+    /// Parsed ahead of time when fentry is the only method asked for, else on its first use.
+    pub kernel_btf: OnceCell<Result<Btf, String>>,
+    /// A loader made ahead of time, for the first method tried.
+    pub loader: Cell<Option<EbpfLoader<'static>>>,
+}
+
+impl Target {
+    /// Drops what only attaching needs: aya's parsed BTF is megabytes a daemon should not keep.
+    pub fn forget_btf(&mut self) {
+        self.kernel_btf = Err("dropped once the probe was attached".to_owned()).into();
+        self.loader.take();
+    }
+}
+
+/// The function every workqueue flush passes through on this kernel.
+pub fn flush_function(ks: &Kallsyms) -> Result<&'static str> {
+    ["__flush_workqueue", "flush_workqueue"]
+        .into_iter()
+        .find(|f| ks.has_kernel_function(f))
+        .ok_or_else(|| anyhow!("neither __flush_workqueue nor flush_workqueue is in kallsyms"))
+}

@@ -1,0 +1,172 @@
+//! `cargo xtask bench`: what wqflush costs, next to no probe and next to bpftrace, measured in
+//! one QEMU boot of a Debian kernel with interleaved runs (none, kprobe-multi, fentry, kprobe,
+//! bpftrace, none, ...). Under TCG absolute times mean little; the ratios between runs of the
+//! same boot do.
+//!
+//! The guest side is `scenario.sh` (with the timer `benchrun.c`); `results` reads what it
+//! recorded, `rows` makes the table and the goals of it, `table` lays them out.
+
+mod results;
+mod rows;
+mod table;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use wqflush_vmtest::{Guest, Series, VmRun, boot_scenario, cache_dir, host_program};
+
+use results::Results;
+
+/// The monitors compared, in the order each round runs them.
+const CONFIGS: [&str; 5] = ["none", "kprobe-multi", "fentry", "kprobe", "bpftrace"];
+/// wqflush's own configurations (its attach methods), the default first.
+const METHODS: [&str; 3] = ["kprobe-multi", "fentry", "kprobe"];
+/// Empty bpftrace programs on the same hook (fentry, kprobe), run in the own-queue rounds only:
+/// what entering a probe costs before any program runs, the floor for any tool.
+const FLOORS: [&str; 2] = ["empty-fentry", "empty-kprobe"];
+/// Flushes in each storm: 4 kthreads bound to CPU 0 beside a busy one (the `storm` trigger).
+const STORM: u64 = 100_000;
+/// Where bpftrace goes in the guest (its libraries keep their host paths).
+const BPFTRACE_GUEST: &str = "/usr/bin/bpftrace";
+/// bpftrace, its libraries and the monitors' run time need more than the default 1 GiB.
+const GUEST_MEMORY_MB: u32 = 3072;
+
+/// The guest's side, and its timer, compiled on the host.
+const SCENARIO: &str = include_str!("scenario.sh");
+const BENCHRUN_C: &str = include_str!("benchrun.c");
+
+pub struct Options {
+    pub series: Series,
+    /// Rounds of the interleaved runs.
+    pub rounds: u32,
+    /// `bench <n>`: flushes of the module's own queue per run (non-offending path).
+    pub iterations: u64,
+    /// Offending flushes of system_wq per run, split over the two CPUs.
+    pub flushes: u64,
+    /// Distinct call sites for the memory figure (at most 10000).
+    pub sites: u32,
+}
+
+pub fn run(opts: &Options, wqflush: &Path) -> Result<()> {
+    ensure!(
+        (1..=10000).contains(&opts.sites),
+        "--sites must be 1..=10000"
+    );
+    let started = Instant::now();
+    let mut files = host_program::with_libraries(&host_bpftrace()?, BPFTRACE_GUEST)?;
+    let benchrun = build_benchrun(&cache_dir().join("bench"))?;
+    files.push((benchrun, "/bin/benchrun".to_owned()));
+    let guest = Guest {
+        wqflush: Some(wqflush.to_path_buf()),
+        // Every run boots its monitor, and bpftrace compiles its program with LLVM under TCG.
+        timeout: Duration::from_secs(
+            900 + u64::from(opts.rounds) * (600 + opts.flushes / 10_000 + opts.iterations / 10_000),
+        ),
+        expected_warning: None,
+        append: preemption(opts.series),
+        files,
+        memory_mb: GUEST_MEMORY_MB,
+    };
+    eprintln!(
+        "xtask: bench on Debian {} ({}), {} rounds of {}, guest timeout {:?}",
+        opts.series,
+        if guest.append.is_empty() {
+            "its own preemption"
+        } else {
+            guest.append
+        },
+        opts.rounds,
+        CONFIGS.join(" "),
+        guest.timeout
+    );
+    let (run, _) = boot_scenario(opts.series, &scenario(opts), &guest)?;
+    report(opts, &run, Some(started.elapsed()))
+}
+
+/// The kernel command line of the bench: 6.x, built with dynamic preemption and voluntary by
+/// default, boots with full preemption so the storm shows what preemption does to a probe
+/// (7.x's own default is lazy; 5.10 is built voluntary).
+fn preemption(series: Series) -> &'static str {
+    match series {
+        Series::V6_1 | Series::V6_12 => "preempt=full",
+        Series::V5_10 | Series::V7 => "",
+    }
+}
+
+/// Prints the table again from a boot kept with `WQFLUSH_VM_KEEP=1` (its console.log and
+/// data.log); `opts` must be the options of that run.
+pub fn replay(opts: &Options, dir: &Path) -> Result<()> {
+    report(opts, &VmRun::load(dir)?, None)
+}
+
+fn report(opts: &Options, run: &VmRun, took: Option<Duration>) -> Result<()> {
+    if let Ok(log) = run.section("log") {
+        eprint!("{log}");
+    }
+    run.ensure_success()?;
+    let results = Results::parse(run.section("results")?)?;
+    let release = run.kernel_release().unwrap_or("?");
+    print!("{}", rows::table(&results, opts, release, took));
+    Ok(())
+}
+
+/// The guest script: the parameters, then `scenario.sh`.
+fn scenario(opts: &Options) -> String {
+    let half = opts.flushes / 2;
+    format!(
+        "ROUNDS={}\nITER={}\nHALF1={}\nHALF2={}\nSITES={}\nSTORM={STORM}\nCONFIGS=\"{}\"\n\
+         FLOORS=\"{}\"\nBPFTRACE={BPFTRACE_GUEST}\n{SCENARIO}",
+        opts.rounds,
+        opts.iterations,
+        half,
+        opts.flushes - half,
+        opts.sites,
+        CONFIGS.join(" "),
+        FLOORS.join(" ")
+    )
+}
+
+/// Debian's bpftrace on the host (installed if missing), to copy into the guest.
+fn host_bpftrace() -> Result<PathBuf> {
+    let path = PathBuf::from("/usr/bin/bpftrace");
+    if !path.exists() {
+        eprintln!("xtask: installing bpftrace (only the bench uses it)");
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-q", "bpftrace"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("apt-get install bpftrace")?;
+        ensure!(
+            status.success(),
+            "apt-get install bpftrace failed ({status})"
+        );
+    }
+    ensure!(
+        path.exists(),
+        "{} missing after installing bpftrace",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Compiles the guest's timer (static) into `dir`, again only when its source changed.
+fn build_benchrun(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (src, bin) = (dir.join("benchrun.c"), dir.join("benchrun"));
+    if bin.exists() && std::fs::read_to_string(&src).is_ok_and(|s| s == BENCHRUN_C) {
+        return Ok(bin);
+    }
+    std::fs::write(&src, BENCHRUN_C)?;
+    let status = Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .context("running gcc")?;
+    ensure!(status.success(), "gcc -static benchrun.c failed ({status})");
+    Ok(bin)
+}

@@ -1,0 +1,202 @@
+# The bench's guest side (xtask/src/bench/mod.rs prepends the parameters: ROUNDS, ITER, HALF1,
+# HALF2, SITES, STORM, CONFIGS, FLOORS, BPFTRACE). Writes `<metric> <round> <config> <value>` lines
+# to /tmp/results, emitted as section `results`; the helpers (emit, fire, stop_bg, ...) are the
+# harness's (tests/src/guest.rs).
+# shellcheck shell=sh
+R=/tmp/results
+L=/tmp/log
+: > $R
+: > $L
+rec() { echo "$*" >> $R; }
+log() { echo "bench: $*"; echo "$*" >> $L; }
+fail() { log "FAILED: $*"; for f in /tmp/out /tmp/err; do [ -f $f ] && tail -n 30 $f >> $L; done; emit log cat $L; emit results cat $R; exit 1; }
+
+# The offending flushes go through the 'pointer' trigger: flush_workqueue(h->wq) with
+# h->wq == system_wq, which the kernel does not warn about at run time (6.12 would for others).
+load_test_module pointer_wq=system || fail "insmod"
+
+# The bpftrace equivalent of wqflush: the same function, one compare per system_*wq variable
+# this kernel has, a count per kernel stack.
+pred=
+for s in $(system_queues | awk '{ print $3 }'); do
+	pred="$pred${pred:+ || }arg0 == *kaddr(\"$s\")"
+done
+# __flush_workqueue, or flush_workqueue before 5.19.
+FN=$(flush_fn)
+printf 'BEGIN { printf("bpftrace: live\\n"); }\nkprobe:%s /%s/ { @[kstack] = count(); }\n' "$FN" "$pred" > /tmp/wqflush.bt
+log "bpftrace program: $(cat /tmp/wqflush.bt)"
+printf 'BEGIN { printf("bpftrace: live\\n"); }\nkfunc:%s { }\n' "$FN" > /tmp/empty-fentry.bt
+printf 'BEGIN { printf("bpftrace: live\\n"); }\nkprobe:%s { }\n' "$FN" > /tmp/empty-kprobe.bt
+# Room for every call site (the default is 4096 keys).
+export BPFTRACE_MAP_KEYS_MAX=65536
+
+# start CONFIG: starts that monitor in the background (PID, output in /tmp/out) and waits
+# until it is live; records the time from process start to its ready signal.
+start() {
+	PID=
+	rm -f /tmp/ready /tmp/attach_ns /tmp/attach_ns.tmp /tmp/out /tmp/err
+	case $1 in
+	none)
+		return 0 ;;
+	fentry|kprobe|kprobe-multi)
+		benchrun /tmp/attach_ns file /tmp/ready -- \
+			wqflush --json --attach $1 --ready-file /tmp/ready >/tmp/out 2>/tmp/err &
+		PID=$! ;;
+	bpftrace|empty-*)
+		_prog=/tmp/wqflush.bt
+		[ $1 = bpftrace ] || _prog=/tmp/$1.bt
+		: > /tmp/err
+		benchrun /tmp/attach_ns line /tmp/out Attaching -- $BPFTRACE $_prog >/tmp/out 2>&1 &
+		PID=$! ;;
+	esac
+	wait_for_file /tmp/attach_ns 300 || fail "$1 did not start"
+	[ "$(cat /tmp/attach_ns)" -ge 0 ] || fail "$1 never got ready"
+	case $1 in fentry|kprobe|kprobe-multi) _wq=1 ;; *) _wq= ;; esac
+	if [ -z "$_wq" ]; then
+		# "Attaching N probes..." comes before the attach; BEGIN fires once it is done.
+		_n=3000
+		until grep -q "bpftrace: live" /tmp/out; do
+			_n=$((_n - 1))
+			[ $_n -gt 0 ] && kill -0 $PID 2>/dev/null || fail "bpftrace did not go live"
+			sleep 0.1
+		done
+	fi
+	rec attach_ns $ROUND $1 $(cat /tmp/attach_ns)
+}
+rss_kb() { awk '/^VmRSS:/ { print $2 }' /proc/$PID/status; }
+cpu_ticks() { awk '{ print $14 + $15 }' /proc/$PID/stat; }
+stop() {
+	[ -n "$PID" ] || return 0
+	stop_bg $PID 600
+	_rc=$?
+	[ $_rc = 0 ] || [ $_rc = 143 ] || fail "$1 exited with $_rc"
+}
+module_count() { awk -v t=$1 '$1 == t { n = $2 } END { print n + 0 }' /proc/wqflush_test; }
+# bpftrace's map at exit: "@[\n stack lines\n]: count"; sums the stacks through function $1
+# (count) and counts them (sites).
+bt_count() { awk -v f="$1" '/^@\[/ { hit = 0 } index($0, f) { hit = 1 } /^\]: [0-9]+$/ { if (hit) { n += $2; s++ } } END { print n + 0, s + 0 }' /tmp/out; }
+summary() { grep '"type":"summary"' /tmp/out | tail -n 1; }
+
+# Context for the attach times: what reading kallsyms alone costs under TCG.
+t0=$(benchrun now)
+n=$(wc -l < /proc/kallsyms)
+t1=$(benchrun now)
+rec kallsyms_ns 0 none $((t1 - t0))
+log "reading /proc/kallsyms ($n lines) took $(( (t1 - t0) / 1000000 )) ms"
+t0=$(benchrun now)
+wqflush doctor > /dev/null 2>&1
+t1=$(benchrun now)
+rec doctor_ns 0 none $((t1 - t0))
+log "wqflush doctor (kallsyms, BTF, no load) took $(( (t1 - t0) / 1000000 )) ms"
+
+ROUND=0
+while [ $ROUND -lt $ROUNDS ]; do
+	ROUND=$((ROUND + 1))
+	# Non-offending path: flushes of the module's own queue, timed by the module.
+	for c in $CONFIGS $FLOORS; do
+		start $c
+		if [ -n "$PID" ]; then
+			sleep 1
+			rec rss_attach_kb $ROUND $c $(rss_kb)
+		fi
+		fire bench "$ITER" || fail "bench trigger"
+		rec bench_ns $ROUND $c $(cat /proc/wqflush_test_bench)
+		stop $c
+		log "round $ROUND $c: bench done"
+	done
+	# Offending path: flush_workqueue(system_wq) from both CPUs at once.
+	for c in $CONFIGS; do
+		start $c
+		before=$(module_count pointer)
+		[ -n "$PID" ] && ticks0=$(cpu_ticks)
+		t0=$(benchrun now)
+		taskset -c 0 sh -c "echo 'pointer $HALF1' > /proc/wqflush_test" &
+		w0=$!
+		taskset -c 1 sh -c "echo 'pointer $HALF2' > /proc/wqflush_test" &
+		w1=$!
+		wait $w0 || fail "writer 0"
+		wait $w1 || fail "writer 1"
+		t1=$(benchrun now)
+		rec flood_ns $ROUND $c $((t1 - t0))
+		rec flood_module $ROUND $c $(( $(module_count pointer) - before ))
+		if [ -n "$PID" ]; then
+			rec flood_cpu_ticks $ROUND $c $(( $(cpu_ticks) - ticks0 ))
+		fi
+		stop $c
+		case $c in
+		fentry|kprobe|kprobe-multi)
+			s=$(summary)
+			[ -n "$s" ] || fail "$c printed no summary"
+			rec flood_summary $ROUND $c "$s" ;;
+		bpftrace)
+			rec flood_bt $ROUND $c $(bt_count wqflush_test_flush_pointer) ;;
+		esac
+		log "round $ROUND $c: flood done"
+	done
+	# Memory: RSS once every one of SITES distinct call sites has been reported.
+	for c in $CONFIGS; do
+		[ $c = none ] && continue
+		start $c
+		fire sites "$SITES" || fail "sites trigger"
+		if [ $c != bpftrace ]; then
+			# Steady: every site's first-sighting record written, or no new one for 3 s (the
+			# ring buffer drops first sightings in a burst; their flushes are still counted).
+			_last=-1
+			_same=0
+			while :; do
+				_n=$(grep -c '"type":"flush"' /tmp/out)
+				[ $_n -ge $SITES ] && break
+				if [ $_n = $_last ]; then
+					_same=$((_same + 1))
+					[ $_same -ge 30 ] && break
+				else
+					_same=0
+				fi
+				_last=$_n
+				sleep 0.1
+			done
+			rec sites_records $ROUND $c $_n
+		fi
+		sleep 1
+		rec rss_sites_kb $ROUND $c $(rss_kb)
+		stop $c
+		case $c in
+		fentry|kprobe|kprobe-multi)
+			# The summary names all sites (megabytes): only its numbers go to the results.
+			summary > /tmp/summary
+			rec sites_summary_sites $ROUND $c $(grep -o '"caller":"wqflush_test_flush_sites"' /tmp/summary | wc -l)
+			rec sites_lost $ROUND $c $(grep -o '"lost":[0-9]*' /tmp/summary | tail -n 1 | cut -d: -f2) ;;
+		bpftrace)
+			rec sites_bt $ROUND $c $(bt_count wqflush_test_flush_sites) ;;
+		esac
+		log "round $ROUND $c: sites done"
+	done
+	# Exactness: a storm of flushes from kthreads sharing CPU 0 with a busy one.
+	for c in $CONFIGS; do
+		[ $c = none ] && continue
+		start $c
+		before=$(module_count storm)
+		fire storm "$STORM" || fail "storm trigger"
+		rec storm_module $ROUND $c $(( $(module_count storm) - before ))
+		stop $c
+		case $c in
+		bpftrace) rec storm_bt $ROUND $c $(bt_count wqflush_test_flush_storm) ;;
+		*) rec storm_summary $ROUND $c "$(summary)" ;;
+		esac
+		log "round $ROUND $c: storm done"
+	done
+	# Memory when every first sighting streams live: the same sites, one every ~1 ms.
+	for c in $CONFIGS; do
+		case $c in none|bpftrace) continue ;; esac
+		start $c
+		fire sites_paced "$SITES" || fail "sites_paced trigger"
+		sleep 2
+		rec paced_records $ROUND $c $(grep -c '"type":"flush"' /tmp/out)
+		rec rss_paced_kb $ROUND $c $(rss_kb)
+		stop $c
+		rec paced_lost $ROUND $c $(summary | grep -o '"lost":[0-9]*' | tail -n 1 | cut -d: -f2)
+		log "round $ROUND $c: paced sites done"
+	done
+done
+emit log cat $L
+emit results cat $R
