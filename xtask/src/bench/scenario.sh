@@ -76,6 +76,18 @@ module_count() { awk -v t=$1 '$1 == t { n = $2 } END { print n + 0 }' /proc/wqfl
 # (count) and counts them (sites).
 bt_count() { awk -v f="$1" '/^@\[/ { hit = 0 } index($0, f) { hit = 1 } /^\]: [0-9]+$/ { if (hit) { n += $2; s++ } } END { print n + 0, s + 0 }' /tmp/out; }
 summary() { grep '"type":"summary"' /tmp/out | tail -n 1; }
+# counted PHASE FUNC: what the stopped monitor $c counted: wqflush's summary record
+# (PHASE_summary), or bpftrace's count and stacks through FUNC (PHASE_bt).
+counted() {
+	case $c in
+	none) ;;
+	bpftrace) rec ${1}_bt $ROUND $c $(bt_count $2) ;;
+	*)
+		_s=$(summary)
+		[ -n "$_s" ] || fail "$c printed no summary"
+		rec ${1}_summary $ROUND $c "$_s" ;;
+	esac
+}
 
 # Context for the attach times: what reading kallsyms alone costs under TCG.
 t0=$(benchrun now)
@@ -123,14 +135,7 @@ while [ $ROUND -lt $ROUNDS ]; do
 			rec flood_cpu_ticks $ROUND $c $(( $(cpu_ticks) - ticks0 ))
 		fi
 		stop $c
-		case $c in
-		fentry|kprobe|kprobe-multi)
-			s=$(summary)
-			[ -n "$s" ] || fail "$c printed no summary"
-			rec flood_summary $ROUND $c "$s" ;;
-		bpftrace)
-			rec flood_bt $ROUND $c $(bt_count wqflush_test_flush_pointer) ;;
-		esac
+		counted flood wqflush_test_flush_pointer
 		log "round $ROUND $c: flood done"
 	done
 	# Memory: RSS once every one of SITES distinct call sites has been reported.
@@ -179,10 +184,7 @@ while [ $ROUND -lt $ROUNDS ]; do
 		fire storm "$STORM" || fail "storm trigger"
 		rec storm_module $ROUND $c $(( $(module_count storm) - before ))
 		stop $c
-		case $c in
-		bpftrace) rec storm_bt $ROUND $c $(bt_count wqflush_test_flush_storm) ;;
-		*) rec storm_summary $ROUND $c "$(summary)" ;;
-		esac
+		counted storm wqflush_test_flush_storm
 		log "round $ROUND $c: storm done"
 	done
 	# Memory when every first sighting streams live: the same sites, one every ~1 ms.
