@@ -8,29 +8,50 @@ use monitor_ebpf::{FLAG_BY_NAME, FLAG_RUNNING_KNOWN, FLAG_WORKER, FLAG_WORKER_KN
 
 use crate::interned::intern;
 
-/// One flush of a system workqueue, as user space sees it.
+/// One flush of a system workqueue, as user space sees it: where it was counted, its stack, and
+/// what a call site keeps of it ([`Sighting`], which `Flush` derefs to).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Flush {
+    pub queue: usize,
+    /// The call site the kernel counts this flush under (return address in the caller).
+    pub caller: u64,
+    /// Kernel return addresses, innermost first.
+    pub stack: Vec<u64>,
+    pub seen: Sighting,
+}
+
+impl std::ops::Deref for Flush {
+    type Target = Sighting;
+    fn deref(&self) -> &Sighting {
+        &self.seen
+    }
+}
+
+impl std::ops::DerefMut for Flush {
+    fn deref_mut(&mut self) -> &mut Sighting {
+        &mut self.seen
+    }
+}
+
+/// The task and queue of a flush: what the summary tells of a call site's first sighting, for
+/// each of thousands of sites (so no stack, and small: 112 bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sighting {
     pub time_ns: u64,
     pub wq: u64,
     pub pid: u32,
     pub tgid: u32,
     pub cpu: u32,
-    pub queue: usize,
     pub by_name: bool,
     /// Whether the flushing task is a workqueue worker; None when BTF could not tell.
     pub worker: Option<bool>,
+    /// `bpf_get_stack`'s errno when it captured nothing.
+    pub stack_error: Option<i32>,
     pub comm: Arc<str>,
     /// The queue's name as the kernel has it (`wq->name`), when BTF gave its offset.
     pub wq_name: Option<Arc<str>>,
     /// For a workqueue worker: the work item it is running, and so the flush it can deadlock on.
     pub running: Option<Running>,
-    /// The call site the kernel counts this flush under (return address in the caller).
-    pub caller: u64,
-    /// Kernel return addresses, innermost first.
-    pub stack: Vec<u64>,
-    /// `bpf_get_stack`'s errno when it captured nothing.
-    pub stack_error: Option<i32>,
 }
 
 /// The queue of the work item a flushing worker is running.
@@ -38,7 +59,7 @@ pub struct Flush {
 pub struct Running {
     pub wq: u64,
     /// Its index in the system queue table, when it is a system queue.
-    pub queue: Option<usize>,
+    pub queue: Option<u32>,
     pub name: Option<Arc<str>>,
 }
 
@@ -58,28 +79,30 @@ pub fn decode(bytes: &[u8], nr_queues: usize) -> Result<Flush> {
     }
     let frames = (ev.stack_bytes.max(0) as usize / 8).min(MAX_FRAMES);
     Ok(Flush {
-        time_ns: ev.time_ns,
-        wq: ev.wq,
-        pid: ev.pid,
-        tgid: ev.tgid,
-        cpu: ev.cpu,
         queue: ev.queue as usize,
-        by_name: ev.flags & FLAG_BY_NAME != 0,
-        worker: (ev.flags & FLAG_WORKER_KNOWN != 0).then_some(ev.flags & FLAG_WORKER != 0),
-        comm: c_string(&ev.comm),
-        wq_name: Some(c_string(&ev.name)).filter(|n| !n.is_empty()),
-        running: (ev.flags & FLAG_RUNNING_KNOWN != 0).then(|| Running {
-            wq: ev.running_wq,
-            queue: Some(ev.running_queue as usize).filter(|&q| q < nr_queues),
-            name: Some(c_string(&ev.running_name)).filter(|n| !n.is_empty()),
-        }),
         caller: ev.caller,
         stack: ev.stack[..frames]
             .iter()
             .copied()
             .take_while(|&a| a != 0)
             .collect(),
-        stack_error: (ev.stack_bytes < 0).then_some(-ev.stack_bytes),
+        seen: Sighting {
+            time_ns: ev.time_ns,
+            wq: ev.wq,
+            pid: ev.pid,
+            tgid: ev.tgid,
+            cpu: ev.cpu,
+            by_name: ev.flags & FLAG_BY_NAME != 0,
+            worker: (ev.flags & FLAG_WORKER_KNOWN != 0).then_some(ev.flags & FLAG_WORKER != 0),
+            stack_error: (ev.stack_bytes < 0).then_some(-ev.stack_bytes),
+            comm: c_string(&ev.comm),
+            wq_name: Some(c_string(&ev.name)).filter(|n| !n.is_empty()),
+            running: (ev.flags & FLAG_RUNNING_KNOWN != 0).then(|| Running {
+                wq: ev.running_wq,
+                queue: Some(ev.running_queue).filter(|&q| (q as usize) < nr_queues),
+                name: Some(c_string(&ev.running_name)).filter(|n| !n.is_empty()),
+            }),
+        },
     })
 }
 
@@ -181,11 +204,11 @@ mod tests {
         assert_eq!(f.running, Some(want));
         ev.running_queue = monitor_ebpf::NO_QUEUE;
         assert_eq!(
-            decode(&encode(&ev), 2).unwrap().running.unwrap().queue,
+            decode(&encode(&ev), 2).unwrap().seen.running.unwrap().queue,
             None
         );
         ev.flags = FLAG_WORKER | FLAG_WORKER_KNOWN;
-        assert_eq!(decode(&encode(&ev), 2).unwrap().running, None);
+        assert_eq!(decode(&encode(&ev), 2).unwrap().seen.running, None);
     }
 
     #[test]

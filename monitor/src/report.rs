@@ -13,6 +13,7 @@ use crate::{
     probe::Lost,
     queues::SystemQueue,
     sites::{Site, Sites},
+    symbolize::Frame,
 };
 
 /// The remedy, from Tetsuo Handa's 2022 announcement to module maintainers.
@@ -109,18 +110,18 @@ impl<W: Write> Reporter<W> {
     }
 
     /// Warns about a call site the first time it flushes, unless the ignore list covers it.
-    pub fn first_sighting(&mut self, site: &Site) -> Result<()> {
+    pub fn first_sighting(&mut self, site: &Site, frames: &[Frame]) -> Result<()> {
         if self.is_ignored(site) {
             return Ok(());
         }
         if let Some(kmsg) = &mut self.kmsg {
-            kmsg.warn(&kernel_warning(&self.queues, site))?;
+            kmsg.warn(&kernel_warning(&self.queues, site, frames))?;
         }
         if self.json {
-            let rec = record(&self.queues, site, Some("flush"), true, false);
+            let rec = record(&self.queues, site, Some("flush"), Some(frames), false);
             line(&mut self.out, &rec)?;
         } else {
-            let text = warning(&self.queues, site);
+            let text = warning(&self.queues, site, frames);
             write!(self.out, "{text}").context("writing the report")?;
         }
         self.out.flush().context("writing the report")
@@ -145,7 +146,7 @@ impl<W: Write> Reporter<W> {
         let records = sites
             .by_count()
             .into_iter()
-            .map(|s| record(&self.queues, s, None, false, self.is_ignored(s)))
+            .map(|s| record(&self.queues, s, None, None, self.is_ignored(s)))
             .collect();
         let summary = SummaryRecord {
             kind: "summary",
@@ -219,7 +220,7 @@ fn record<'a>(
     queues: &'a [SystemQueue],
     site: &'a Site,
     kind: Option<&'static str>,
-    stack: bool,
+    stack: Option<&[Frame]>,
     ignored: bool,
 ) -> SiteRecord<'a> {
     let q = &queues[site.queue];
@@ -234,20 +235,20 @@ fn record<'a>(
         caller: caller.and_then(|c| c.func.as_deref()),
         call_site: caller.map(ToString::to_string).unwrap_or_default(),
         module: caller.and_then(|c| c.module.as_deref()),
-        stack: stack.then(|| site.frames.iter().map(ToString::to_string).collect()),
+        stack: stack.map(|frames| frames.iter().map(ToString::to_string).collect()),
         pid: f.map(|f| f.pid),
         tgid: f.map(|f| f.tgid),
         comm: f.map(|f| &*f.comm),
         cpu: f.map(|f| f.cpu),
         worker: f.and_then(|f| f.worker),
-        worker_wq: running.and_then(|r| queues.get(r.queue?)?.var.as_deref()),
+        worker_wq: running.and_then(|r| queues.get(r.queue? as usize)?.var.as_deref()),
         worker_wq_name: running.and_then(|r| r.name.as_deref()),
         deadlock: f.and_then(|f| Some(f.running.as_ref()?.wq == f.wq)),
         wq_addr: f.map(|f| format!("{:#x}", f.wq)),
         time_ns: f.map(|f| f.time_ns),
         count: site.count,
         ignored,
-        hint: stack.then_some(FIX_HINT),
+        hint: stack.is_some().then_some(FIX_HINT),
     }
 }
 
@@ -261,9 +262,9 @@ fn caller_text(site: &Site) -> String {
         .map_or("an unknown function".to_owned(), |c| c.with_size())
 }
 
-fn call_trace(site: &Site) -> String {
+fn call_trace(site: &Site, frames: &[Frame]) -> String {
     let mut text = String::from("Call Trace:\n");
-    for frame in &site.frames {
+    for frame in frames {
         text.push_str(&format!(" {}\n", frame.with_size()));
     }
     if let Some(err) = site.first.as_ref().and_then(|f| f.stack_error) {
@@ -275,7 +276,7 @@ fn call_trace(site: &Site) -> String {
 }
 
 /// wqflush's own warning, for stdout.
-fn warning(queues: &[SystemQueue], site: &Site) -> String {
+fn warning(queues: &[SystemQueue], site: &Site, frames: &[Frame]) -> String {
     let (comm, pid, tgid, cpu) = match &site.first {
         Some(f) => (&*f.comm, f.pid, f.tgid, f.cpu),
         None => ("?", 0, 0, 0),
@@ -287,7 +288,7 @@ fn warning(queues: &[SystemQueue], site: &Site) -> String {
         queue_label(queues, site),
         caller_text(site),
         worker_text(queues, site),
-        call_trace(site),
+        call_trace(site, frames),
     )
 }
 
@@ -304,7 +305,10 @@ fn worker_text(queues: &[SystemQueue], site: &Site) -> String {
         }
         .to_owned();
     };
-    let queue = match (running.queue.and_then(|q| queues.get(q)), &running.name) {
+    let queue = match (
+        running.queue.and_then(|q| queues.get(q as usize)),
+        &running.name,
+    ) {
         (Some(q), name) => q.describe(name.as_deref()),
         // Not a system queue: its name is all there is.
         (None, Some(n)) => format!("\"{n}\""),
@@ -323,7 +327,7 @@ fn worker_text(queues: &[SystemQueue], site: &Site) -> String {
 /// The same warning laid out like the kernel's own `WARN()` (`__warn()`), so tools that scrape
 /// dmesg for "WARNING: CPU: N PID: N at ..." between "cut here" and "end trace" catch it. Short
 /// enough for the kernel's /dev/kmsg burst: the stack stops at the caller's callers.
-fn kernel_warning(queues: &[SystemQueue], site: &Site) -> Vec<String> {
+fn kernel_warning(queues: &[SystemQueue], site: &Site, frames: &[Frame]) -> Vec<String> {
     let (cpu, pid, comm) = match &site.first {
         Some(f) => (f.cpu, f.pid, &*f.comm),
         None => (0, 0, "?"),
@@ -340,7 +344,7 @@ fn kernel_warning(queues: &[SystemQueue], site: &Site) -> Vec<String> {
     ];
     let room = kmsg::MAX_LINES - lines.len() - 1;
     lines.extend(
-        site.frames
+        frames
             .iter()
             .take(room)
             .map(|f| format!(" {}", f.with_size())),
@@ -400,6 +404,12 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
         sites
     }
 
+    /// The stack of the sites `sites` records, as the reporter gets it with a first sighting.
+    fn frames() -> Vec<Frame> {
+        let ks = Kallsyms::parse(KALLSYMS, |_| false).unwrap();
+        symbolize(&ks, &[0xffffffff810b5e25, 0xffffffffc0a0101e])
+    }
+
     fn lines(out: Vec<u8>) -> Vec<serde_json::Value> {
         String::from_utf8(out)
             .unwrap()
@@ -412,7 +422,7 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
     fn json_flush_record_follows_the_contract() {
         let sites = sites(1);
         let mut r = Reporter::new(Vec::new(), true, queues());
-        r.first_sighting(sites.by_count()[0]).unwrap();
+        r.first_sighting(sites.by_count()[0], &frames()).unwrap();
         let v = &lines(r.into_inner())[0];
         assert_eq!(v["type"], "flush");
         assert_eq!(v["wq"], "system_long_wq");
@@ -485,7 +495,7 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
     fn text_warning_looks_like_a_kernel_warning() {
         let sites = sites(1);
         let mut r = Reporter::new(Vec::new(), false, queues());
-        r.first_sighting(sites.by_count()[0]).unwrap();
+        r.first_sighting(sites.by_count()[0], &frames()).unwrap();
         r.summary(&sites, Lost::default()).unwrap();
         let text = String::from_utf8(r.into_inner()).unwrap();
         assert!(

@@ -10,7 +10,7 @@ use hashbrown::HashTable;
 use monitor_ebpf::CountKey;
 
 use crate::{
-    events::Flush,
+    events::{Flush, Sighting},
     symbolize::{self, Frame},
 };
 
@@ -21,11 +21,8 @@ pub struct Site {
     pub queue: usize,
     /// The frame that asked for the flush, if the stack had one.
     caller: Option<Frame>,
-    /// The symbolized stack of the first sighting, until it has been reported; empty after, and
-    /// when that sighting never reached user space (ring buffer full).
-    pub frames: Vec<Frame>,
-    /// The first flush seen here, if its event arrived (its raw stack dropped once reported).
-    pub first: Option<Box<Flush>>,
+    /// The task of the first flush seen here, if its event arrived (the ring buffer can be full).
+    pub first: Option<Box<Sighting>>,
     pub count: u64,
 }
 
@@ -73,8 +70,9 @@ pub struct Sites {
     /// The kernel's counter keys -> position in `list`.
     by_key: HashMap<CountKey, u32>,
     list: Vec<Site>,
-    /// Sites whose full stack is still kept (until `forget_stacks`).
-    with_stack: Vec<usize>,
+    /// The symbolized stack of the last first sighting, until `forget_stacks`: a stack is printed
+    /// once, and 10,000 sites of full stacks would be most of the daemon's memory.
+    stack: Vec<Frame>,
 }
 
 impl Sites {
@@ -91,36 +89,40 @@ impl Sites {
             .map(|&i| i as usize)
     }
 
-    /// Takes a first sighting from the kernel; returns the site when it is new to the report.
-    pub fn record(&mut self, flush: Flush, frames: Vec<Frame>) -> Option<&Site> {
+    /// Takes a first sighting from the kernel; returns the site and its stack when it is new to
+    /// the report.
+    pub fn record(&mut self, flush: Flush, frames: Vec<Frame>) -> Option<(&Site, &[Frame])> {
         let key = count_key(flush.queue, flush.caller);
         let caller = symbolize::caller(&frames).cloned();
-        if let Some(i) = self.find(&identity(flush.queue, caller.as_ref())) {
-            self.by_key.insert(key, i as u32);
-            let site = &mut self.list[i];
-            if site.first.is_some() {
-                site.count += 1;
-                return None;
-            }
-            // Known only from the counters so far (they can be read before the ring buffer):
-            // this is its first sighting after all.
-            site.caller = caller;
-            site.frames = frames;
-            site.first = Some(Box::new(flush));
-            self.with_stack.push(i);
-            return Some(&self.list[i]);
-        }
         let queue = flush.queue;
-        let i = self.add(Site {
-            queue,
-            caller,
-            frames,
-            first: Some(Box::new(flush)),
-            count: 1,
-        });
-        self.by_key.insert(key, i as u32);
-        self.with_stack.push(i);
-        self.list.last()
+        let first = Some(Box::new(flush.seen));
+        let i = match self.find(&identity(queue, caller.as_ref())) {
+            Some(i) => {
+                self.by_key.insert(key, i as u32);
+                let site = &mut self.list[i];
+                if site.first.is_some() {
+                    site.count += 1;
+                    return None;
+                }
+                // Known only from the counters so far (they can be read before the ring
+                // buffer): this is its first sighting after all.
+                site.caller = caller;
+                site.first = first;
+                i
+            }
+            None => {
+                let i = self.add(Site {
+                    queue,
+                    caller,
+                    first,
+                    count: 1,
+                });
+                self.by_key.insert(key, i as u32);
+                i
+            }
+        };
+        self.stack = frames;
+        Some((&self.list[i], &self.stack))
     }
 
     fn add(&mut self, site: Site) -> usize {
@@ -156,7 +158,6 @@ impl Sites {
             None => self.add(Site {
                 queue,
                 caller: Some(caller),
-                frames: Vec::new(),
                 first: None,
                 count: 0,
             }),
@@ -165,17 +166,9 @@ impl Sites {
         i
     }
 
-    /// Keeps only the caller's frame of sites whose first sighting was reported: the stack is
-    /// printed once, and 10,000 sites of full symbolized stacks would be most of the daemon's
-    /// memory.
+    /// Drops the stack of the last first sighting, once it has been reported.
     pub fn forget_stacks(&mut self) {
-        for i in self.with_stack.drain(..) {
-            let site = &mut self.list[i];
-            site.frames = Vec::new();
-            if let Some(first) = &mut site.first {
-                first.stack = Vec::new();
-            }
-        }
+        self.stack = Vec::new();
     }
 
     /// Sites by count, highest first; ties in order of first sighting.
@@ -240,7 +233,7 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
         let b = [0xffffffff810b5e25, 0xffffffffc0a01022];
         let (f, fr) = flush(1, &a);
         assert!(sites.is_new(1, &fr));
-        let site = sites.record(f, fr).unwrap();
+        let (site, _) = sites.record(f, fr).unwrap();
         assert_eq!(
             site.caller().unwrap().to_string(),
             "wqflush_test_flush_long+0x1e [wqflush_test]"
@@ -298,9 +291,9 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
             &[0xffffffff810b5e25, 0xffffffffc0a0101e, 0xffffffffc0a01050],
         );
         f.caller = 0xffffffffc0a0101e;
-        let site = sites.record(f, fr).expect("first sighting reported");
+        let (site, frames) = sites.record(f, fr).expect("first sighting reported");
         assert_eq!(
-            site.frames.len(),
+            frames.len(),
             3,
             "the full stack replaces the caller-only one"
         );
@@ -318,8 +311,8 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
         sites.record(f, fr);
         sites.forget_stacks();
         let site = sites.by_count()[0];
-        assert!(site.frames.is_empty(), "the reported stack is dropped");
-        assert!(site.first.as_ref().unwrap().stack.is_empty());
+        assert!(sites.stack.is_empty(), "the reported stack is dropped");
+        assert!(site.first.is_some());
         let caller = site.caller().unwrap().to_string();
         assert_eq!(caller, "wqflush_test_flush_long+0x1e [wqflush_test]");
         let (f, fr) = flush(1, &[0xffffffff810b5e25, 0xffffffffc0a0101e]);

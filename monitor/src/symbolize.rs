@@ -37,7 +37,7 @@ impl Frame {
         match loc {
             Some(l) => Frame {
                 addr,
-                func: Some(intern(l.func)),
+                func: Some(intern(&l.func)),
                 offset: l.offset,
                 size: l.size,
                 module: l.module.map(intern),

@@ -84,8 +84,8 @@ impl<W: Write> State<W> {
         if !plausible && self.sites.is_new(flush.queue, &frames) && self.sym.refresh()? {
             frames = self.sym.frames(&flush.stack);
         }
-        if let Some(site) = self.sites.record(flush, frames) {
-            self.reporter.first_sighting(site)?;
+        if let Some((site, frames)) = self.sites.record(flush, frames) {
+            self.reporter.first_sighting(site, frames)?;
         }
         self.sites.forget_stacks();
         Ok(())

@@ -11,7 +11,7 @@ fuzz_target!(|data: (u8, &[u8])| {
         assert!(flush.queue < usize::from(nr_queues));
         assert!(flush.stack.len() <= MAX_FRAMES);
         if let Some(running) = &flush.running {
-            assert!(running.queue.is_none_or(|q| q < usize::from(nr_queues)));
+            assert!(running.queue.is_none_or(|q| (q as usize) < usize::from(nr_queues)));
         }
     }
 });
