@@ -46,6 +46,14 @@ pub enum Cmd {
     },
     /// Tell which attach methods, symbols and BTF this kernel offers
     Doctor,
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff); `cargo xtask dist` packages it
+    #[command(hide = true)]
+    Manpage,
 }
 
 #[derive(Args, Clone)]
@@ -116,6 +124,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Runs the parsed command line; `stdout_closed`: wqflush was started with stdout closed.
 pub fn run(cli: Cli, stdout_closed: bool) -> ExitCode {
     crate::timing::start();
+    match cli.command {
+        Some(Cmd::Completions { shell }) => return print_completions(shell),
+        Some(Cmd::Manpage) => return print_manpage(),
+        _ => {}
+    }
     if stdout_closed {
         return fail(anyhow::anyhow!(
             "standard output is closed (`>&-`), so every report would be lost; send it to a file, \
@@ -140,8 +153,34 @@ pub fn run(cli: Cli, stdout_closed: bool) -> ExitCode {
                 ExitCode::from(exit::ERROR)
             }
         }),
+        Some(Cmd::Completions { .. } | Cmd::Manpage) => unreachable!("handled above"),
     };
     result.unwrap_or_else(fail)
+}
+
+fn print_completions(shell: clap_complete::Shell) -> ExitCode {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "wqflush", &mut out);
+    write_stdout(&out)
+}
+
+fn print_manpage() -> ExitCode {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+        Ok(()) => write_stdout(&out),
+        Err(e) => fail(anyhow::Error::new(e).context("rendering the man page")),
+    }
+}
+
+/// One write, so a closed or full stdout is an error line, not a panic in print!.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(bytes) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(anyhow::Error::new(e).context("writing to standard output")),
+    }
 }
 
 fn fail(err: anyhow::Error) -> ExitCode {

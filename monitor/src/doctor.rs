@@ -73,13 +73,19 @@ fn method_note(method: Method, counters: &btf::MissCounters, fentry_risk: Option
     } else {
         "this kernel keeps no count of misses for it (6.7+ does)"
     };
+    // Both are skipped while a bpf() map call is preempted on the CPU (bpf_prog_active): wqflush
+    // makes its own as SCHED_FIFO (unpreempted.rs), another tool's can still cost flushes.
+    let skips = "skipped only while some process's BPF map call is preempted on that CPU \
+                 (wqflush's own run SCHED_FIFO)";
     match method {
         Method::KprobeMulti => format!(
-            "cannot miss flushes (its handler runs with preemption off; no perf event needed); {counted}"
+            "preemption cannot make it miss flushes (its handler runs with preemption off; no \
+             perf event needed); {skips}; {counted}"
         ),
         Method::Kprobe => format!(
-            "cannot miss flushes (its handler runs with preemption off), but needs perf_event_open \
-             (CAP_SYS_ADMIN when kernel.perf_event_paranoid is 3); {counted}"
+            "preemption cannot make it miss flushes (its handler runs with preemption off), but \
+             needs perf_event_open (CAP_SYS_ADMIN when kernel.perf_event_paranoid is 3); {skips}; \
+             {counted}"
         ),
         Method::Fentry => match fentry_risk {
             Some(why) => format!(

@@ -233,10 +233,7 @@ impl Kallsyms {
 
     /// [start, end) of a function of the kernel image, its end being the next symbol.
     pub fn kernel_function(&self, name: &str) -> Option<(u64, u64)> {
-        let i = self
-            .names()
-            .enumerate()
-            .position(|(i, n)| n == name.as_bytes() && self.module_of(i) == 0)?;
+        let i = self.find(|i, n| n == name.as_bytes() && self.module_of(i) == 0)?;
         let start = self.addrs[i];
         let end = self.addrs[i + 1..]
             .iter()
@@ -251,11 +248,12 @@ impl Kallsyms {
             nonzero_addrs: self.nonzero_addrs,
             ..Builder::default()
         };
-        for (i, name) in self.names().enumerate() {
+        self.find(|i, name| {
             if let Some(module) = self.module_name(self.module_of(i)).filter(|m| keep(m)) {
-                out.add_text(self.addrs[i], &String::from_utf8_lossy(&name), Some(module));
+                out.add_text(self.addrs[i], &String::from_utf8_lossy(name), Some(module));
             }
-        }
+            false
+        });
         out.finish()
     }
 
@@ -286,13 +284,14 @@ impl Kallsyms {
         })
     }
 
-    /// Every name in address order, decoded one after the other.
-    fn names(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
+    /// The first symbol for which `hit(index, name)` holds, decoding the names in address order
+    /// into one buffer (this runs over every symbol at start-up: no allocation per name).
+    fn find(&self, mut hit: impl FnMut(usize, &[u8]) -> bool) -> Option<usize> {
         let mut pos = 0;
         let mut name = Vec::new();
-        (0..self.addrs.len()).map(move |_| {
+        (0..self.addrs.len()).find(|&i| {
             pos = next_entry(&self.names, pos, &mut name);
-            name.clone()
+            hit(i, &name)
         })
     }
 

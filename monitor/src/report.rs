@@ -2,7 +2,7 @@
 //! text or as JSON lines (one object per line; the contract is in README.md), and optionally the
 //! same warning in the kernel log.
 
-use std::io::Write;
+use std::{io::Write, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::{
     ignore::IgnoreList,
     kmsg::{self, Kmsg},
+    module_versions::ModuleVersions,
     probe::Lost,
     queues::SystemQueue,
     sites::{Site, Sites},
@@ -27,12 +28,18 @@ pub struct Reporter<W: Write> {
     queues: Vec<SystemQueue>,
     ignore: IgnoreList,
     kmsg: Option<Kmsg>,
+    /// The running kernel's release, on every JSON record.
+    kernel: Arc<str>,
+    modules: ModuleVersions,
 }
 
 #[derive(Serialize)]
 struct SiteRecord<'a> {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     kind: Option<&'static str>,
+    /// The release, on a flush record (the summary has it once for all its sites).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel: Option<Arc<str>>,
     /// The pointer variable, e.g. "system_long_wq"; null when matched by name only.
     wq: Option<&'a str>,
     wq_name: Option<&'a str>,
@@ -40,6 +47,8 @@ struct SiteRecord<'a> {
     caller: Option<&'a str>,
     call_site: String,
     module: Option<&'a str>,
+    module_version: Option<Arc<str>>,
+    module_srcversion: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stack: Option<Vec<String>>,
     // The task of the first sighting; null when that event was lost (ring buffer full).
@@ -66,6 +75,7 @@ struct SiteRecord<'a> {
 struct SummaryRecord<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
+    kernel: Arc<str>,
     sites: Vec<SiteRecord<'a>>,
     flushes: u64,
     /// First sightings the ring buffer had no room for (their flushes are counted).
@@ -85,7 +95,14 @@ impl<W: Write> Reporter<W> {
             queues,
             ignore: IgnoreList::default(),
             kmsg: None,
+            kernel: "".into(),
+            modules: ModuleVersions::default(),
         }
+    }
+
+    pub fn with_kernel(mut self, release: &str) -> Self {
+        self.kernel = release.into();
+        self
     }
 
     pub fn with_ignore(mut self, ignore: IgnoreList) -> Self {
@@ -117,8 +134,14 @@ impl<W: Write> Reporter<W> {
         if let Some(kmsg) = &mut self.kmsg {
             kmsg.warn(&kernel_warning(&self.queues, site, frames))?;
         }
+        let versions = self
+            .modules
+            .get(site.caller().and_then(|c| c.module.as_deref()));
         if self.json {
-            let rec = record(&self.queues, site, Some("flush"), Some(frames), false);
+            let mut rec = record(&self.queues, site, Some("flush"), Some(frames), false);
+            rec.kernel = Some(self.kernel.clone());
+            rec.module_version = versions.version;
+            rec.module_srcversion = versions.srcversion;
             line(&mut self.out, &rec)?;
         } else {
             let text = warning(&self.queues, site, frames);
@@ -142,14 +165,20 @@ impl<W: Write> Reporter<W> {
         self.out.flush().context("writing the report")
     }
 
-    fn summary_json(&self, sites: &Sites, lost: Lost) -> Result<String> {
-        let records = sites
-            .by_count()
-            .into_iter()
-            .map(|s| record(&self.queues, s, None, None, self.is_ignored(s)))
-            .collect();
+    fn summary_json(&mut self, sites: &Sites, lost: Lost) -> Result<String> {
+        let mut records = Vec::with_capacity(sites.len());
+        for s in sites.by_count() {
+            let versions = self
+                .modules
+                .get(s.caller().and_then(|c| c.module.as_deref()));
+            let mut rec = record(&self.queues, s, None, None, self.is_ignored(s));
+            rec.module_version = versions.version;
+            rec.module_srcversion = versions.srcversion;
+            records.push(rec);
+        }
         let summary = SummaryRecord {
             kind: "summary",
+            kernel: self.kernel.clone(),
             sites: records,
             flushes: sites.total(),
             lost: lost.events,
@@ -229,12 +258,15 @@ fn record<'a>(
     let running = f.and_then(|f| f.running.as_ref());
     SiteRecord {
         kind,
+        kernel: None,
         wq: q.var.as_deref(),
         wq_name: f.and_then(|f| f.wq_name.as_deref()).or(q.name.as_deref()),
         matched_by: if q.var.is_none() { "name" } else { "address" },
         caller: caller.and_then(|c| c.func.as_deref()),
         call_site: caller.map(ToString::to_string).unwrap_or_default(),
         module: caller.and_then(|c| c.module.as_deref()),
+        module_version: None,
+        module_srcversion: None,
         stack: stack.map(|frames| frames.iter().map(ToString::to_string).collect()),
         pid: f.map(|f| f.pid),
         tgid: f.map(|f| f.tgid),
@@ -421,10 +453,14 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
     #[test]
     fn json_flush_record_follows_the_contract() {
         let sites = sites(1);
-        let mut r = Reporter::new(Vec::new(), true, queues());
+        let mut r = Reporter::new(Vec::new(), true, queues()).with_kernel("6.1.0-57-amd64");
         r.first_sighting(sites.by_count()[0], &frames()).unwrap();
         let v = &lines(r.into_inner())[0];
         assert_eq!(v["type"], "flush");
+        assert_eq!(v["kernel"], "6.1.0-57-amd64");
+        // No module of that name is loaded here: no versions, but the fields are there.
+        assert!(v["module_version"].is_null() && v["module_srcversion"].is_null());
+        assert!(v.get("module_version").is_some());
         assert_eq!(v["wq"], "system_long_wq");
         assert_eq!(v["wq_name"], "events_long");
         assert_eq!(v["caller"], "wqflush_test_flush_long");

@@ -37,7 +37,9 @@ impl Kernel {
         } = self;
         let ks = kallsyms?;
         let (queues, by_name) = queues_to_match(&ks, offsets.as_ref(), mode)?;
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let target = Target {
+            release: release.trim().to_owned(),
             function: flush_function(&ks)?,
             queues,
             by_name,
@@ -149,6 +151,8 @@ fn hidden_addresses_remedy() -> &'static str {
 
 /// What the probe attaches to and what it compares against.
 pub struct Target {
+    /// `uname -r`, which every JSON record and `wqflush_info` carry.
+    pub release: String,
     /// `__flush_workqueue` (5.19+) or `flush_workqueue` (older).
     pub function: &'static str,
     pub queues: Vec<SystemQueue>,

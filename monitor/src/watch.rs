@@ -26,6 +26,7 @@ use crate::{
     sites::Sites,
     symbolize::{self, Symbolizer},
     target::{self, MatchMode, Target},
+    unpreempted::Unpreempted,
 };
 
 pub struct Options {
@@ -100,15 +101,20 @@ impl<W: Write> State<W> {
 
     /// Takes the kernel's exact counts; returns what was lost.
     fn refresh_counts(&mut self, probe: &Probe) -> Result<Lost> {
-        probe::counts(&probe.ebpf, &mut self.counts)?;
-        let sym = &self.sym;
-        self.sites
-            .apply_counts(&self.counts, |addr| sym.frame(addr));
         // Read on first use, after the probe went live: two more scans of the kernel's BTF.
         let counters = *self
             .miss_counters
             .get_or_insert_with(|| btf::read_miss_counters().unwrap_or_default());
-        probe.lost(&counters)
+        let lost = {
+            // The map reads only: a flusher must not preempt them (see unpreempted.rs).
+            let _rt = Unpreempted::enter();
+            probe::counts(&probe.ebpf, &mut self.counts)?;
+            probe.lost(&counters)?
+        };
+        let sym = &self.sym;
+        self.sites
+            .apply_counts(&self.counts, |addr| sym.frame(addr));
+        Ok(lost)
     }
 
     /// Flushes at call sites the ignore list does not cover.
@@ -274,8 +280,9 @@ fn reporter(
     ignore: IgnoreList,
     kmsg: Option<Kmsg>,
 ) -> Reporter<std::io::Stdout> {
-    let reporter =
-        Reporter::new(std::io::stdout(), opts.json, target.queues.clone()).with_ignore(ignore);
+    let reporter = Reporter::new(std::io::stdout(), opts.json, target.queues.clone())
+        .with_ignore(ignore)
+        .with_kernel(&target.release);
     match kmsg {
         Some(kmsg) => reporter.with_kmsg(kmsg),
         None => reporter,
@@ -297,10 +304,9 @@ fn finish<W: Write>(state: &mut State<W>, probe: &Probe) -> Result<()> {
 }
 
 fn metrics_info(target: &Target, method: Method) -> metrics::Info {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     metrics::Info {
         attach: method.to_string(),
-        kernel: kernel.trim().to_owned(),
+        kernel: target.release.clone(),
         kallsyms_mode: if target.by_name { "name" } else { "address" }.to_owned(),
     }
 }

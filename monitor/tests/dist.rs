@@ -10,15 +10,21 @@ fn systemd_unit_verifies() {
     };
     assert!(out.status.success());
     let unit = include_str!("../../dist/wqflush.service");
+    let bin = env!("CARGO_BIN_EXE_wqflush");
     // Point ExecStart at the binary just built, so verify can check it exists and runs.
-    let unit = unit.replace("/usr/local/bin/wqflush", env!("CARGO_BIN_EXE_wqflush"));
+    let unit = unit.replace("/usr/bin/wqflush", bin);
     let dir = std::env::temp_dir().join(format!("wqflush-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(dir.join("man1")).unwrap();
     let path = dir.join("wqflush.service");
     std::fs::write(&path, unit).unwrap();
+    // Documentation=man:wqflush(1): verify runs man(1), so give it the page the package ships.
+    let page = Command::new(bin).arg("manpage").output().unwrap();
+    assert!(page.status.success());
+    std::fs::write(dir.join("man1/wqflush.1"), page.stdout).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
+        .env("MANPATH", &dir)
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);

@@ -606,4 +606,6 @@ static void __exit wqflush_test_exit(void)
 module_init(wqflush_test_init);
 module_exit(wqflush_test_exit);
 MODULE_LICENSE("GPL");
+/* Gives the module /sys/module/wqflush_test/{version,srcversion}: wqflush's JSON carries both. */
+MODULE_VERSION("1.0-test");
 MODULE_DESCRIPTION("Fires workqueue flushes on demand for wqflush tests");

@@ -15,6 +15,7 @@ pub mod oracle;
 pub mod qemu;
 pub mod records;
 pub mod scenario;
+pub mod systemd_guest;
 pub mod util;
 
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ pub use module::{MODULE_GUEST_PATH, build_module};
 pub use oracle::{FlushEvent, Oracle, parse_trace};
 pub use qemu::{VmRun, boot, boot_with, run_scenario};
 pub use scenario::{Guest, PerKernel, boot_scenario, wqflush_bin};
+pub use systemd_guest::{Rootfs, boot_systemd_scenario, prepare_rootfs, run_systemd_scenario};
 
 /// Where kernels, module builds and initramfs images are cached between runs.
 ///

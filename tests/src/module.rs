@@ -82,6 +82,7 @@ fn trixie_chroot(out: &Path) -> Result<PathBuf> {
     let root = dir.join("root");
     let _guard = lock(&out.join("chroot-trixie.lock"))?;
     if dir.join(".complete").exists() {
+        forget_mirror(&root)?;
         return Ok(root);
     }
     let _ = fs::remove_dir_all(&root);
@@ -102,8 +103,20 @@ fn trixie_chroot(out: &Path) -> Result<PathBuf> {
     .context(
         "debootstrap of the trixie build chroot failed (apt-get install debootstrap; needs root)",
     )?;
+    forget_mirror(&root)?;
     fs::write(dir.join(".complete"), "trixie\n").context("writing .complete marker")?;
     Ok(root)
+}
+
+/// debootstrap leaves the mirror it used in the chroot's sources.list; no file the harness keeps
+/// names a mirror (the builds need no apt inside).
+fn forget_mirror(root: &Path) -> Result<()> {
+    let list = root.join("etc/apt/sources.list");
+    fs::write(
+        &list,
+        "# Left empty: the harness takes the mirror from the host's apt configuration.\n",
+    )
+    .with_context(|| format!("writing {}", list.display()))
 }
 
 /// Runs `make args` inside `chroot` with each of `dirs` bind-mounted at its own path, so the

@@ -249,7 +249,7 @@ pub fn run_scenario_with(
 /// (under TCG, 6.12 occasionally oopses in early boot while patching static keys), and once when
 /// its vCPUs were starved (an RCU stall or soft lockup, seen when other guests shared the two
 /// cores: a stacktrace trigger patching text stalled for 180 s).
-fn boot_retrying(
+pub fn boot_retrying(
     kernel: &Kernel,
     image: &Path,
     timeout: Duration,

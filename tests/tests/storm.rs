@@ -42,6 +42,8 @@ cat > /tmp/unit <<'UNIT'
 #!/bin/sh
 # LimitMEMLOCK=infinity: without CAP_SYS_RESOURCE wqflush cannot raise it for 5.10's maps.
 ulimit -l unlimited
+# LimitRTPRIO=1: the counter reads run SCHED_FIFO without CAP_SYS_NICE.
+ulimit -r 1
 exec @SETPRIV@ --inh-caps=-all,+bpf,+perfmon,+syslog --ambient-caps=-all,+bpf,+perfmon,+syslog \
 	--bounding-set=-all,+bpf,+perfmon,+syslog "$@"
 UNIT

@@ -37,8 +37,13 @@ emit check_missing wqflush check -- /no/such/command
 
 oracle_stop
 emit counts cat /proc/wqflush_test
+emit release cat /proc/sys/kernel/osrelease
+emit srcversion cat /sys/module/wqflush_test/srcversion
 oracle_dump
 "#;
+
+/// The test module's `MODULE_VERSION()`.
+const MODULE_VERSION: &str = "1.0-test";
 
 /// Which triggers a watch window fires on `series`, and how often.
 fn fired(series: Series, window: &str) -> Vec<(&'static str, u64)> {
@@ -305,7 +310,38 @@ fn name_window(series: Series) -> Result<()> {
     check_window(series, "name", true)
 }
 
+/// For a fleet's log pipeline: every record says which kernel it came from, and a module's
+/// records which build of the module (its version and modpost's srcversion, as sysfs has them).
+fn records_name_the_kernel_and_module_build(series: Series) -> Result<()> {
+    let run = run(series)?;
+    let release = run.section("release")?.trim();
+    let srcversion = run.section("srcversion")?.trim();
+    ensure!(
+        !release.is_empty() && srcversion.len() > 8,
+        "sysfs: {release:?} {srcversion:?}"
+    );
+    let recs = records::records(run, "fentry.json")?;
+    let summary = records::summary(&recs)?;
+    ensure!(summary["kernel"] == release, "{summary}");
+    let flushes: Vec<&Value> = recs.iter().filter(|r| r["type"] == "flush").collect();
+    ensure!(!flushes.is_empty(), "no flush records");
+    let sites = summary["sites"].as_array().context("summary sites")?;
+    for rec in &flushes {
+        ensure!(rec["kernel"] == release, "{rec}");
+    }
+    for rec in flushes.iter().copied().chain(sites) {
+        let (version, src) = (&rec["module_version"], &rec["module_srcversion"]);
+        if rec["module"] == "wqflush_test" {
+            ensure!(version == MODULE_VERSION && src == srcversion, "{rec}");
+        } else if rec["module"].is_null() {
+            ensure!(version.is_null() && src.is_null(), "built in: {rec}");
+        }
+    }
+    Ok(())
+}
+
 wqflush_vmtest::per_kernel_tests! {
+    records_name_the_kernel_and_module_build => records_name_the_kernel_and_module_build,
     fentry_reports_each_call_site_once_with_exact_counts => fentry_window,
     kprobe_reports_each_call_site_once_with_exact_counts => kprobe_window,
     name_mode_matches_by_name_and_says_so => name_window,

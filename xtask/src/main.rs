@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod demo;
+mod dist;
 mod fuzz;
 mod setup;
 
@@ -30,6 +31,8 @@ enum Cmd {
     Setup,
     /// Build the wqflush binary (static, so it also runs in the test VMs)
     Build,
+    /// Build the Debian package and a tarball of the same files into target/dist/
+    Dist,
     /// Boot a Debian kernel under QEMU and show wqflush catching the test module's flushes
     Demo {
         /// Which Debian kernel series to boot
@@ -90,6 +93,7 @@ fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Setup => Ok(()),
         Cmd::Build => build::wqflush().map(|p| println!("{}", p.display())),
+        Cmd::Dist => dist::run(&build::wqflush()?).map(drop),
         Cmd::Demo { kernel } => demo::run(kernel, &build::wqflush()?),
         Cmd::Test { kernel } => test(kernel),
         Cmd::Bench {
@@ -117,8 +121,14 @@ fn run(cmd: Cmd) -> Result<()> {
 
 fn test(kernel: Option<Series>) -> Result<()> {
     let bin = build::wqflush()?;
+    let dist = dist::run(&bin)?;
     let mut total = Tally::default();
-    let result = test_all(bin.to_str().context("non-UTF-8 path")?, kernel, &mut total);
+    let artifacts = Artifacts {
+        bin: bin.to_str().context("non-UTF-8 path")?,
+        deb: dist.deb.to_str().context("non-UTF-8 path")?,
+        tarball: dist.tarball.to_str().context("non-UTF-8 path")?,
+    };
+    let result = test_all(&artifacts, kernel, &mut total);
     println!(
         "tests: {} passed, {} failed, {} skipped",
         total.passed, total.failed, total.ignored
@@ -129,7 +139,24 @@ fn test(kernel: Option<Series>) -> Result<()> {
 /// Fastest first: unit and host tests, the fuzz smoke, then the VM tests, which boot kernels two
 /// at a time (this project's machines have 2 cores). With `kernel`, the VM tests of that series
 /// only (`per_kernel_tests!` puts them in a module named after it).
-fn test_all(wqflush: &str, kernel: Option<Series>, total: &mut Tally) -> Result<()> {
+/// What the tests test: the static binary and the package built from it.
+struct Artifacts<'a> {
+    bin: &'a str,
+    deb: &'a str,
+    tarball: &'a str,
+}
+
+impl Artifacts<'_> {
+    fn env(&self) -> [(&str, &str); 3] {
+        [
+            ("WQFLUSH_BIN", self.bin),
+            ("WQFLUSH_DEB", self.deb),
+            ("WQFLUSH_TARBALL", self.tarball),
+        ]
+    }
+}
+
+fn test_all(artifacts: &Artifacts, kernel: Option<Series>, total: &mut Tally) -> Result<()> {
     let unit = [
         "test",
         "--workspace",
@@ -139,7 +166,7 @@ fn test_all(wqflush: &str, kernel: Option<Series>, total: &mut Tally) -> Result<
         "--bins",
         "--tests",
     ];
-    cargo_test(&unit, &[], total)?;
+    cargo_test(&unit, &artifacts.env(), total)?;
     fuzz::smoke(total)?;
     let filter = kernel.map(|s| format!("debian_{}::", s.to_string().replace('.', "_")));
     let mut vm = vec![
@@ -152,7 +179,7 @@ fn test_all(wqflush: &str, kernel: Option<Series>, total: &mut Tally) -> Result<
         "--test-threads=2",
     ];
     vm.extend(filter.as_deref());
-    cargo_test(&vm, &[("WQFLUSH_BIN", wqflush)], total)
+    cargo_test(&vm, &artifacts.env(), total)
 }
 
 #[derive(Default)]

@@ -20,6 +20,10 @@ const APT_PACKAGES: &[&str] = &[
     "xz-utils",
     "gcc",
     "make",
+    // `cargo xtask dist` (strip) and the package test (lintian, readelf, man).
+    "binutils",
+    "lintian",
+    "man-db",
 ];
 
 /// The bpf-linker release known to build here with `--features llvm-22`.

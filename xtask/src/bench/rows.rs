@@ -126,7 +126,7 @@ fn offending(t: &mut Table, r: &Results, opts: &Options) {
     t.row("  ratio to no probe", ratio(r, "flood_ns", "none"));
     t.row("  ratio to bpftrace", ratio(r, "flood_ns", "bpftrace"));
     t.row("  counted / module's count", flood_counts(r));
-    t.row("  lost / uncounted", flood_losses(r));
+    t.row("  lost / uncounted / missed", flood_losses(r));
     t.row(
         "  monitor's user+sys CPU s during the flood",
         monitors_only(stat(r, "flood_cpu_ticks", USER_HZ, 2)),
@@ -171,7 +171,10 @@ fn flood_losses(r: &Results) -> Vec<String> {
             Ok(s) if !s.is_empty() => {
                 let lost: u64 = s.values().map(|s| s.lost).sum();
                 let uncounted: u64 = s.values().map(|s| s.uncounted).sum();
-                format!("{lost} / {uncounted} (sum)")
+                // null where the kernel keeps no count (kprobe before 6.7).
+                let missed: Option<u64> = s.values().map(|s| s.missed).sum();
+                let missed = missed.map_or("null".into(), |n| n.to_string());
+                format!("{lost} / {uncounted} / {missed} (sum)")
             }
             _ => "?".into(),
         })
@@ -278,6 +281,10 @@ fn storm(t: &mut Table, r: &Results) {
 fn goals(r: &Results, opts: &Options) -> String {
     let mut out = String::from("goals:\n");
     for c in METHODS {
+        if r.nums("bench_ns", c).is_empty() {
+            let _ = writeln!(out, "  [n/a] {c}: not available on this kernel");
+            continue;
+        }
         let med = |v: Vec<f64>| Stat::of(&v).median;
         let floor = format!("empty-{c}");
         let empty = med(r.ratios("bench_ns", &floor, "none"));
@@ -321,6 +328,16 @@ fn goals(r: &Results, opts: &Options) -> String {
             .summaries("flood", c)
             .map_or(1, |s| s.values().map(|s| s.uncounted).sum());
         line(uncounted == 0, format!("uncounted {uncounted} (goal 0)"));
+        let missed: Option<u64> = r
+            .summaries("flood", c)
+            .ok()
+            .and_then(|s| s.values().map(|s| s.missed).sum());
+        if let Some(m) = missed {
+            line(
+                m == 0,
+                format!("flood: the kernel skipped the probe {m} times (goal 0)"),
+            );
+        }
         line(
             r.exact(c, "storm", "wqflush_test_flush_storm"),
             "counted every flush of the storm".into(),
