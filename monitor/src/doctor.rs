@@ -20,10 +20,9 @@ pub fn run() -> Result<bool> {
 }
 
 fn report(out: &mut impl Write) -> Result<bool> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    writeln!(out, "kernel:           {}", release.trim())?;
-    print_privileges(out)?;
     let kernel = target::read(false);
+    writeln!(out, "kernel:           {}", kernel.release)?;
+    print_privileges(out)?;
     print_btf(out, &kernel.offsets)?;
     match &kernel.kallsyms {
         Ok(ks) => print_kallsyms(out, ks)?,

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     ignore::IgnoreList,
     kmsg::{self, Kmsg},
-    module_versions::ModuleVersions,
+    module_versions::{ModuleVersions, Versions},
     probe::Lost,
     queues::SystemQueue,
     sites::{Site, Sites},
@@ -138,10 +138,15 @@ impl<W: Write> Reporter<W> {
             .modules
             .get(site.caller().and_then(|c| c.module.as_deref()));
         if self.json {
-            let mut rec = record(&self.queues, site, Some("flush"), Some(frames), false);
+            let mut rec = record(
+                &self.queues,
+                site,
+                Some("flush"),
+                Some(frames),
+                false,
+                versions,
+            );
             rec.kernel = Some(self.kernel.clone());
-            rec.module_version = versions.version;
-            rec.module_srcversion = versions.srcversion;
             line(&mut self.out, &rec)?;
         } else {
             let text = warning(&self.queues, site, frames);
@@ -171,10 +176,14 @@ impl<W: Write> Reporter<W> {
             let versions = self
                 .modules
                 .get(s.caller().and_then(|c| c.module.as_deref()));
-            let mut rec = record(&self.queues, s, None, None, self.is_ignored(s));
-            rec.module_version = versions.version;
-            rec.module_srcversion = versions.srcversion;
-            records.push(rec);
+            records.push(record(
+                &self.queues,
+                s,
+                None,
+                None,
+                self.is_ignored(s),
+                versions,
+            ));
         }
         let summary = SummaryRecord {
             kind: "summary",
@@ -251,6 +260,7 @@ fn record<'a>(
     kind: Option<&'static str>,
     stack: Option<&[Frame]>,
     ignored: bool,
+    versions: Versions,
 ) -> SiteRecord<'a> {
     let q = &queues[site.queue];
     let caller = site.caller();
@@ -265,8 +275,8 @@ fn record<'a>(
         caller: caller.and_then(|c| c.func.as_deref()),
         call_site: caller.map(ToString::to_string).unwrap_or_default(),
         module: caller.and_then(|c| c.module.as_deref()),
-        module_version: None,
-        module_srcversion: None,
+        module_version: versions.version,
+        module_srcversion: versions.srcversion,
         stack: stack.map(|frames| frames.iter().map(ToString::to_string).collect()),
         pid: f.map(|f| f.pid),
         tgid: f.map(|f| f.tgid),

@@ -30,6 +30,7 @@ impl Kernel {
     /// caller too (it names the frames of every report).
     pub fn target(self, mode: MatchMode) -> Result<(Kallsyms, Target)> {
         let Kernel {
+            release,
             kallsyms,
             offsets,
             kernel_btf,
@@ -37,9 +38,8 @@ impl Kernel {
         } = self;
         let ks = kallsyms?;
         let (queues, by_name) = queues_to_match(&ks, offsets.as_ref(), mode)?;
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let target = Target {
-            release: release.trim().to_owned(),
+            release,
             function: flush_function(&ks)?,
             queues,
             by_name,
@@ -95,6 +95,8 @@ fn queues_to_match(
 
 /// What start-up reads from the kernel before it can load the probe, each fact once.
 pub struct Kernel {
+    /// `uname -r`: doctor's first line, and on every JSON record and `wqflush_info`.
+    pub release: String,
     /// The symbol table, or why it is unusable.
     pub kallsyms: Result<Kallsyms>,
     /// The struct offsets from BTF, or why there are none.
@@ -130,7 +132,9 @@ pub fn read(fentry_only: bool) -> Kernel {
         let aya = aya
             .join()
             .unwrap_or_else(|_| (Some(Err(panicked().to_string())), None));
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         Kernel {
+            release: release.trim().to_owned(),
             kallsyms,
             offsets,
             kernel_btf: aya.0,
