@@ -62,9 +62,10 @@ pub fn run(opts: &Options, wqflush: &Path) -> Result<()> {
     files.push((benchrun, "/bin/benchrun".to_owned()));
     let guest = Guest {
         wqflush: Some(wqflush.to_path_buf()),
-        // Every run boots its monitor, and bpftrace compiles its program with LLVM under TCG.
+        // Every run boots its monitor, and bpftrace compiles its program with LLVM under TCG. A
+        // quiet machine needs about half of this; a busy one (other guests) can need all of it.
         timeout: Duration::from_secs(
-            900 + u64::from(opts.rounds) * (600 + opts.flushes / 10_000 + opts.iterations / 10_000),
+            1800 + u64::from(opts.rounds) * (1500 + opts.flushes / 5_000 + opts.iterations / 5_000),
         ),
         expected_warning: None,
         append: preemption(opts.series),

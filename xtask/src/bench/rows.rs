@@ -128,6 +128,14 @@ fn offending(t: &mut Table, r: &Results, opts: &Options) {
     t.row("  counted / module's count", flood_counts(r));
     t.row("  lost / uncounted / missed", flood_losses(r));
     t.row(
+        "  the probe program's ns per run (kernel's bpf_stats, storm)",
+        monitors_only(stat(r, "storm_prog_ns", 1.0, 0)),
+    );
+    t.row(
+        "    ratio to bpftrace's",
+        monitors_only(ratio(r, "storm_prog_ns", "bpftrace")),
+    );
+    t.row(
         "  monitor's user+sys CPU s during the flood",
         monitors_only(stat(r, "flood_cpu_ticks", USER_HZ, 2)),
     );
