@@ -38,6 +38,8 @@ pub struct Options {
     pub attach: Attach,
     pub match_mode: MatchMode,
     pub ready_file: Option<PathBuf>,
+    /// Time each offending flush until it returns, and count the work items it waited for.
+    pub waits: bool,
 }
 
 pub struct Outcome {
@@ -195,7 +197,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     let sinks = open_sinks(opts).await?;
     let kernel = target::read(opts.attach.methods() == [Method::Fentry]);
     let (ks, mut target) = kernel.target(opts.match_mode)?;
-    let mut probe = probe::attach(&target, opts.attach)?;
+    let mut probe = probe::attach(&target, opts.attach, opts.waits)?;
     target.forget_btf();
     crate::timing::mark("probe attached");
     let (mut ring, mut loads) = rings(&mut probe.ebpf)?;
