@@ -192,9 +192,12 @@ unsafe impl aya::Pod for CountKey {}
 // SAFETY: as for CountKey: bytemuck::Pod proves these are plain data without padding.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for WaitStats {}
+// SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for WaitedKey {}
+// SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for InFlight {}
+// SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SlotKey {}

@@ -60,15 +60,16 @@ pub fn attach(
         anyhow!("loading failed: {err}{hint}{log}")
     })?;
     let name = CString::new(function).context("function name")?;
-    let link = bpf_syscall::kprobe_multi_link(prog.as_fd(), &[&name], return_probe).map_err(|e| {
-        let hint = match e.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(524) => " (the kernel has no fprobe: CONFIG_FPROBE)",
-            Some(libc::EINVAL) => " (kprobe-multi links need 5.18+)",
-            Some(libc::ESRCH) | Some(libc::ENOENT) => " (no such function to probe)",
-            _ => "",
-        };
-        anyhow!("attaching failed: {e}{hint}")
-    })?;
+    let link =
+        bpf_syscall::kprobe_multi_link(prog.as_fd(), &[&name], return_probe).map_err(|e| {
+            let hint = match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) | Some(524) => " (the kernel has no fprobe: CONFIG_FPROBE)",
+                Some(libc::EINVAL) => " (kprobe-multi links need 5.18+)",
+                Some(libc::ESRCH) | Some(libc::ENOENT) => " (no such function to probe)",
+                _ => "",
+            };
+            anyhow!("attaching failed: {e}{hint}")
+        })?;
     Ok(MultiLink { prog, link })
 }
 
