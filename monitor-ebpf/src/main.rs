@@ -705,8 +705,17 @@ mod probe {
             }
             inside |= flush;
         }
+        // With an fexit program on the flush function (--waits), 7.3's trampoline leaves no
+        // return address into the flush function, nor the usual words above the context: the
+        // unwound stack is this program, its trampoline, then the caller.
+        if !inside && global(&WAITS) != 0 && frames > FEXIT_CALLER_FRAME {
+            return ev.stack[FEXIT_CALLER_FRAME];
+        }
         0
     }
+
+    /// Where the caller is in the unwound stack when the flush function left no frame (above).
+    const FEXIT_CALLER_FRAME: usize = 2;
 
     #[inline(always)]
     fn in_flush_ranges(addr: u64) -> bool {

@@ -133,6 +133,26 @@ pub fn caller(frames: &[Frame]) -> Option<&Frame> {
     frames.iter().find(|f| !f.is_flush_function())
 }
 
+/// Drops the frames before the kernel's call site `caller` that are not the flush function:
+/// with an fexit program on the flush function (`--waits`), 7.x unwinds from the BPF program
+/// and its trampoline, with no frame of the flush function, so the first frame would be taken
+/// for the caller.
+pub fn skip_to_caller(frames: &mut Vec<Frame>, caller: u64) {
+    if caller == 0 {
+        return;
+    }
+    let Some(at) = frames.iter().position(|f| f.addr == caller) else {
+        return;
+    };
+    if frames[..at].iter().any(|f| !f.is_flush_function()) {
+        let mut i = 0;
+        frames.retain(|f| {
+            i += 1;
+            i > at || f.is_flush_function()
+        });
+    }
+}
+
 /// Where a module's core lies, from /proc/modules: its functions end there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ModuleRange {

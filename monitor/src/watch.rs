@@ -83,12 +83,14 @@ impl<W: Write> State<W> {
         self.records += 1;
         let flush = decode(bytes, self.queues.len())?;
         let mut frames = self.sym.frames(&flush.stack);
+        symbolize::skip_to_caller(&mut frames, flush.caller);
         // A new call site whose caller does not resolve to a plausible function may be in a
         // module loaded since kallsyms was read: re-read and retry. (Re-reading for every new
         // site would cost seconds under a burst; a module gone meanwhile keeps its names.)
         let plausible = symbolize::caller(&frames).is_some_and(|c| c.is_plausible());
         if !plausible && self.sites.is_new(flush.queue, &frames) && self.sym.refresh()? {
             frames = self.sym.frames(&flush.stack);
+            symbolize::skip_to_caller(&mut frames, flush.caller);
         }
         if let Some((site, frames)) = self.sites.record(flush, frames) {
             self.reporter.first_sighting(site, frames)?;

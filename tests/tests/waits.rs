@@ -103,7 +103,10 @@ fn check_method(series: Series, name: &str) -> Result<()> {
     );
     let recs = records::records(run, &format!("{name}.json"))?;
     let summary = records::summary(&recs)?;
-    let site = slow_site(summary)?;
+    let site = slow_site(summary).with_context(|| {
+        let all: Vec<String> = recs.iter().map(ToString::to_string).collect();
+        format!("records:\n{}\nstderr:\n{err}", all.join("\n"))
+    })?;
     let (started, flush_ns) = oracle(
         run.section(&format!("{name}.trace"))?,
         "wqflush_test_slow_work",
