@@ -145,6 +145,10 @@ struct SummaryRecord<'a> {
     /// Flushes the kernel did not run the probe for, by its own counters; null where this
     /// kernel keeps no such count for the method in use.
     missed: Option<u64>,
+    /// `--waits` only: offending flushes whose wait was not tracked (a queue's 4 slots or the
+    /// in-flight table full) plus work items not counted (that table full).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waits_lost: Option<u64>,
 }
 
 impl<W: Write> Reporter<W> {
@@ -288,6 +292,7 @@ impl<W: Write> Reporter<W> {
             lost: lost.events,
             uncounted: lost.uncounted,
             missed: lost.missed,
+            waits_lost: self.waits.then_some(lost.waits),
         };
         Ok(serde_json::to_string(&summary)? + "\n")
     }

@@ -319,6 +319,34 @@ ffffffffc0a01100 t wqflush_test_flush_own\t[wqflush_test]
     }
 
     #[test]
+    fn probe_frames_before_the_kernels_call_site_are_skipped() {
+        let frame = |addr, func: Option<&str>| Frame {
+            addr,
+            func: func.map(intern),
+            offset: 0,
+            size: 0,
+            module: None,
+        };
+        // 7.3 with fexit: BPF program, trampoline (resolving to the wrong symbol), then caller.
+        let mut frames = vec![
+            frame(0xffffffffc0369280, Some("handshake_exit")),
+            frame(0xffffffffc03697e8, Some("handshake_exit")),
+            frame(0xffffffffc08001a0, Some("slow_caller")),
+            frame(0xffffffffc08005e0, Some("outer")),
+        ];
+        skip_to_caller(&mut frames, 0xffffffffc08001a0);
+        let names: Vec<_> = frames.iter().map(|f| f.func.as_deref().unwrap()).collect();
+        assert_eq!(names, ["slow_caller", "outer"]);
+        // The usual stack, the flush function first, is left alone.
+        let mut frames = vec![
+            frame(0xffffffff810b5e25, Some("__flush_workqueue")),
+            frame(0xffffffffc08001a0, Some("slow_caller")),
+        ];
+        skip_to_caller(&mut frames, 0xffffffffc08001a0);
+        assert_eq!(frames.len(), 2);
+    }
+
+    #[test]
     fn drops_unlisted_bpf_frames_that_resolve_to_other_symbols() {
         // Without bpf_jit_kallsyms the probe's frames land "inside" unrelated symbols.
         let stack = [
