@@ -152,6 +152,7 @@ fn check_method(series: Series, name: &str) -> Result<()> {
         t.to_last_end_ns
     );
     ensure!(site["count"] == 1 && site["waits"] == 1, "{site}");
+    ensure!(summary["waits_lost"] == 0, "{summary}");
     ensure!(
         site["wait_ns_total"].as_u64() == Some(max),
         "one flush: total = max: {site}"
@@ -217,6 +218,7 @@ fn absent_without_the_flag(series: Series) -> Result<()> {
         ensure!(site.get(field).is_none(), "{field} without --waits: {site}");
     }
     ensure!(!recs.iter().any(|r| r["type"] == "waited"));
+    ensure!(records::summary(&recs)?.get("waits_lost").is_none());
     Ok(())
 }
 
