@@ -38,8 +38,34 @@ pub const WORKER_CHAIN: usize = 4;
 pub const LOST_RINGBUF: u32 = 0;
 /// Index into the `LOST` per-CPU array: flushes not counted because `COUNTS` was full.
 pub const LOST_UNCOUNTED: u32 = 1;
+/// Index into the `LOST` per-CPU array (`--waits`): offending flushes whose wait was not
+/// tracked (all `MAX_FLUSH_SLOTS` of its queue taken, or `INFLIGHT` full), and work items not
+/// counted in `WAITED` because it was full.
+pub const LOST_WAITS: u32 = 2;
 /// Slots in the `LOST` per-CPU array.
-pub const LOST_SLOTS: u32 = 2;
+pub const LOST_SLOTS: u32 = 3;
+
+/// `--waits`: offending flushes of one queue tracked at the same time (`FLUSH_SLOTS`); the
+/// work-item tracepoint looks at each, so it stays small.
+pub const MAX_FLUSH_SLOTS: u32 = 4;
+/// `--waits`: offending flushes in flight at once, over all queues (`INFLIGHT`).
+pub const MAX_IN_FLIGHT: u32 = 4096;
+/// `--waits`: (call site, work function) pairs counted in `WAITED`.
+pub const MAX_WAITED: u32 = 16384;
+/// Buckets of `WaitStats::buckets`: upper bounds 1us, 10us, ... 100s (`WAIT_BOUNDS_NS`), +Inf.
+pub const WAIT_BUCKETS: usize = 10;
+/// Upper bounds (inclusive) of the finite wait buckets, nanoseconds.
+pub const WAIT_BOUNDS_NS: [u64; WAIT_BUCKETS - 1] = [
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+    10_000_000_000,
+    100_000_000_000,
+];
 
 /// Distinct (queue, call site) pairs the kernel counts; more are counted in `LOST_UNCOUNTED`.
 pub const MAX_SITES: u32 = 16384;
@@ -95,7 +121,83 @@ pub struct FlushEvent {
     pub stack: [u64; MAX_FRAMES],
 }
 
+/// `--waits`: an offending flush that has not returned yet (`INFLIGHT`, by thread id). Kept in a
+/// map user space can read, for telling flushes that are stuck.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct InFlight {
+    pub key: CountKey,
+    /// The `struct workqueue_struct *` being flushed.
+    pub wq: u64,
+    /// `bpf_ktime_get_ns()` at the flush's entry.
+    pub start_ns: u64,
+    pub tgid: u32,
+    /// The slot of `FLUSH_SLOTS` this flush holds for its queue.
+    pub slot: u32,
+    /// 1 when this was the call site's first sighting (its return is reported).
+    pub first: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+
+/// `--waits`: key of `FLUSH_SLOTS`: which flushes of a queue are in flight (value: thread id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SlotKey {
+    pub queue: u32,
+    pub slot: u32,
+}
+
+/// `--waits`: how long the offending flushes of a call site waited (`WAITS_BY_SITE`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct WaitStats {
+    /// Flushes that returned.
+    pub waits: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    /// Per bucket (not cumulative): waits up to `WAIT_BOUNDS_NS[i]`, the last one above all.
+    pub buckets: [u64; WAIT_BUCKETS],
+}
+
+/// `--waits`: key of `WAITED`: a work function that ran on the flushed queue while a flush from
+/// `site` waited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct WaitedKey {
+    pub site: CountKey,
+    /// `worker->current_func` at `workqueue_execute_end`.
+    pub function: u64,
+}
+
+/// `--waits`: a call site's first reported flush returned (`RETURNS` ring buffer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Returned {
+    pub key: CountKey,
+    pub wait_ns: u64,
+    pub tid: u32,
+    pub _pad: u32,
+}
+
 // SAFETY: aya's own marker for map keys: CountKey is bytemuck::Pod (above), which proves it is
 // repr(C) plain data without padding, valid for any bytes.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CountKey {}
+// SAFETY: as for CountKey: bytemuck::Pod proves these are plain data without padding.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for WaitStats {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for WaitedKey {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for InFlight {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SlotKey {}

@@ -28,7 +28,7 @@ fn main() {
 
 #[cfg(target_arch = "bpf")]
 mod probe {
-    use core::ptr::{addr_of, read_volatile};
+    use core::ptr::{addr_of, addr_of_mut, read_volatile};
 
     use aya_ebpf::{
         EbpfContext,
@@ -37,14 +37,18 @@ mod probe {
             bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
             bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel,
         },
-        macros::{fentry, kprobe, map, raw_tracepoint},
+        macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint},
         maps::{HashMap, PerCpuArray, RingBuf},
-        programs::{FEntryContext, ProbeContext, RawTracePointContext},
+        programs::{
+            FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        },
     };
     use monitor_ebpf::{
         CountKey, FLAG_BY_NAME, FLAG_RUNNING_KNOWN, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent,
-        LOST_RINGBUF, LOST_SLOTS, LOST_UNCOUNTED, MAX_FLUSH_RANGES, MAX_FRAMES, MAX_QUEUES,
-        MAX_SITES, NAME_LEN, NO_QUEUE, WORKER_CHAIN,
+        InFlight, LOST_RINGBUF, LOST_SLOTS, LOST_UNCOUNTED, LOST_WAITS, MAX_FLUSH_RANGES,
+        MAX_FLUSH_SLOTS, MAX_FRAMES, MAX_IN_FLIGHT, MAX_QUEUES, MAX_SITES, MAX_WAITED, NAME_LEN,
+        NO_QUEUE, Returned, SlotKey, WAIT_BOUNDS_NS, WAIT_BUCKETS, WORKER_CHAIN, WaitStats,
+        WaitedKey,
     };
 
     /// How deep the caller is looked for. The stack starts at the flush function, and its
@@ -80,6 +84,14 @@ mod probe {
     #[unsafe(no_mangle)]
     static WORKER_OFFSETS: [u32; WORKER_CHAIN] = [0; WORKER_CHAIN];
 
+    /// 1 with `--waits`: offending flushes are tracked until they return. 0 makes all of it dead
+    /// code for the verifier, so the default pays nothing for it.
+    #[unsafe(no_mangle)]
+    static WAITS: u32 = 0;
+    /// offsetof(struct worker, current_func), from BTF (`--waits`); 0 when unknown.
+    #[unsafe(no_mangle)]
+    static WORKER_FUNC_OFFSET: u32 = 0;
+
     /// [start, end) of the flush function and of the wrappers around it (drain_workqueue, ...).
     #[unsafe(no_mangle)]
     static FLUSH_RANGES: [[u64; 2]; MAX_FLUSH_RANGES] = [[0; 2]; MAX_FLUSH_RANGES];
@@ -101,6 +113,34 @@ mod probe {
     /// would otherwise send user space looking for them).
     #[map]
     static MODULE_LOADS: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+    /// `--waits`: offending flushes that have not returned, by thread id.
+    #[map]
+    static INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+
+    /// `--waits`: per queue, which threads' flushes are in flight (slots 0..MAX_FLUSH_SLOTS), so
+    /// the work-item tracepoint finds them without walking INFLIGHT.
+    #[map]
+    static FLUSH_SLOTS: HashMap<SlotKey, u32> =
+        HashMap::with_max_entries(MAX_QUEUES as u32 * MAX_FLUSH_SLOTS, 0);
+
+    /// `--waits`: how long each call site's flushes waited.
+    #[map]
+    static WAITS_BY_SITE: HashMap<CountKey, WaitStats> = HashMap::with_max_entries(MAX_SITES, 0);
+
+    /// `--waits`: work items that ran on the flushed queue while a flush from a site waited.
+    #[map]
+    static WAITED: HashMap<WaitedKey, u64> = HashMap::with_max_entries(MAX_WAITED, 0);
+
+    /// `--waits`: a reported (first-sighting) flush returned.
+    #[map]
+    static RETURNS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+    /// `--waits`: entries of INFLIGHT. The exit and work-item programs run on every flush and
+    /// every work item; reading this first is all they cost while no offending flush waits.
+    /// Updated only by atomic adds whose result is unused: 5.10 has no fetch-atomics.
+    #[unsafe(no_mangle)]
+    static mut IN_FLIGHT_NOW: u64 = 0;
 
     /// The event being built: too big for the 512-byte BPF stack.
     #[map]
@@ -283,14 +323,18 @@ mod probe {
             _pad: 0,
             caller: call_site(ctx, ev, entry),
         };
-        if count(&key) {
-            return;
+        let first = !count(&key)
+            && match COUNTS.insert(&key, &1, u64::from(BPF_NOEXIST)) {
+                Ok(()) => true,
+                // Another CPU counted this site's first flush in the meantime.
+                Err(_) if count(&key) => false,
+                Err(_) => return lose(LOST_UNCOUNTED),
+            };
+        if global(&WAITS) != 0 {
+            track(&key, wq, first);
         }
-        match COUNTS.insert(&key, &1, u64::from(BPF_NOEXIST)) {
-            Ok(()) => {}
-            // Another CPU counted this site's first flush in the meantime.
-            Err(_) if count(&key) => return,
-            Err(_) => return lose(LOST_UNCOUNTED),
+        if !first {
+            return;
         }
         stack(ctx, ev, MAX_FRAMES);
         let pid_tgid = bpf_get_current_pid_tgid();
@@ -307,6 +351,247 @@ mod probe {
         ev.name = queue_name(wq);
         if EVENTS.output::<FlushEvent>(&*ev, 0).is_err() {
             lose(LOST_RINGBUF);
+        }
+    }
+
+    /// `--waits`: records the flush as in flight, holding one of its queue's slots, until the
+    /// exit program sees it return.
+    #[inline(always)]
+    fn track(key: &CountKey, wq: u64, first: bool) {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tid = pid_tgid as u32;
+        // A flush whose return was never seen (an exit program skipped) must not hold its slot.
+        // SAFETY: a copy out of the map value.
+        if let Some(stale) = unsafe { INFLIGHT.get(&tid) }.copied() {
+            release(tid, &stale);
+        }
+        let Some(slot) = claim_slot(key.queue, tid) else {
+            return lose(LOST_WAITS);
+        };
+        let flight = InFlight {
+            key: *key,
+            wq,
+            start_ns: unsafe { bpf_ktime_get_ns() },
+            tgid: (pid_tgid >> 32) as u32,
+            slot,
+            first: u32::from(first),
+            _pad: 0,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        };
+        if INFLIGHT.insert(&tid, &flight, 0).is_err() {
+            let _ = FLUSH_SLOTS.remove(&SlotKey {
+                queue: key.queue,
+                slot,
+            });
+            return lose(LOST_WAITS);
+        }
+        add_in_flight(1);
+    }
+
+    /// The first free slot of `queue`; BPF_NOEXIST makes the claim atomic between CPUs.
+    #[inline(always)]
+    fn claim_slot(queue: u32, tid: u32) -> Option<u32> {
+        for slot in 0..MAX_FLUSH_SLOTS {
+            let key = SlotKey { queue, slot };
+            if FLUSH_SLOTS
+                .insert(&key, &tid, u64::from(BPF_NOEXIST))
+                .is_ok()
+            {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    /// Ends the tracking of `tid`'s flush: frees its slot and entry.
+    #[inline(always)]
+    fn release(tid: u32, flight: &InFlight) {
+        let _ = FLUSH_SLOTS.remove(&SlotKey {
+            queue: flight.key.queue,
+            slot: flight.slot,
+        });
+        if INFLIGHT.remove(&tid).is_ok() {
+            // Adding u64::MAX subtracts one; only the program that removed the entry does.
+            add_in_flight(u64::MAX);
+        }
+    }
+
+    #[inline(always)]
+    fn add_in_flight(n: u64) {
+        // SAFETY: this program's global; an atomic add whose result is unused (BPF XADD).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                core::ptr::addr_of_mut!(IN_FLIGHT_NOW),
+                n,
+            )
+        };
+    }
+
+    #[inline(always)]
+    fn in_flight() -> u64 {
+        // SAFETY: a plain read of this program's global.
+        unsafe { read_volatile(addr_of!(IN_FLIGHT_NOW)) }
+    }
+
+    /// `--waits` with fentry: the flush function returned.
+    #[fexit(function = "__flush_workqueue")]
+    pub fn flush_fexit(_ctx: FExitContext) -> u32 {
+        on_flush_exit();
+        0
+    }
+
+    /// `--waits` with a kprobe or kprobe-multi (linked with BPF_F_KPROBE_MULTI_RETURN).
+    #[kretprobe]
+    pub fn flush_kretprobe(_ctx: RetProbeContext) -> u32 {
+        on_flush_exit();
+        0
+    }
+
+    /// Every flush returns through here: the calling thread's in-flight entry, if any, gives the
+    /// wait. A reported flush's return goes to user space for its "waited" line.
+    #[inline(always)]
+    fn on_flush_exit() {
+        if in_flight() == 0 {
+            return;
+        }
+        let tid = bpf_get_current_pid_tgid() as u32;
+        // SAFETY: a copy out of the map value.
+        let Some(flight) = (unsafe { INFLIGHT.get(&tid) }).copied() else {
+            return;
+        };
+        let wait_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(flight.start_ns);
+        record_wait(&flight.key, wait_ns);
+        release(tid, &flight);
+        if flight.first != 0 {
+            let returned = Returned {
+                key: flight.key,
+                wait_ns,
+                tid,
+                _pad: 0,
+            };
+            let _ = RETURNS.output::<Returned>(&returned, 0);
+        }
+    }
+
+    /// Adds one wait to its call site's figures.
+    #[inline(always)]
+    fn record_wait(key: &CountKey, wait_ns: u64) {
+        let mut stats = WAITS_BY_SITE.get_ptr_mut(key);
+        if stats.is_none() {
+            let _ = WAITS_BY_SITE.insert(key, &WaitStats::default(), u64::from(BPF_NOEXIST));
+            stats = WAITS_BY_SITE.get_ptr_mut(key);
+        }
+        let Some(stats) = stats else {
+            return lose(LOST_WAITS);
+        };
+        // SAFETY: a map value; atomic adds keep concurrent CPUs exact.
+        unsafe {
+            xadd(addr_of_mut!((*stats).waits), 1);
+            xadd(addr_of_mut!((*stats).total_ns), wait_ns);
+            // get_mut: an index the compiler cannot prove in range would leave a panic path.
+            if let Some(b) = (*stats).buckets.get_mut(bucket(wait_ns)) {
+                xadd(b, 1);
+            }
+            // No compare-and-swap before 5.12: two CPUs racing may keep the smaller maximum.
+            if wait_ns > read_volatile(addr_of!((*stats).max_ns)) {
+                (*stats).max_ns = wait_ns;
+            }
+        }
+    }
+
+    /// Index of the histogram bucket of `ns` (the last one is +Inf).
+    #[inline(always)]
+    fn bucket(ns: u64) -> usize {
+        for (i, bound) in WAIT_BOUNDS_NS.iter().enumerate() {
+            if ns <= *bound {
+                return i;
+            }
+        }
+        WAIT_BUCKETS - 1
+    }
+
+    #[inline(always)]
+    unsafe fn xadd(at: *mut u64, n: u64) {
+        // SAFETY: the caller's pointer is to a map value; the result is unused (BPF XADD).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                at, n,
+            )
+        };
+    }
+
+    /// `--waits`: a work item finished. While a flush of a system queue is in flight, a work item
+    /// of that queue that ran is one the flush (may have) waited for: counted per flushing site.
+    #[raw_tracepoint(tracepoint = "workqueue_execute_end")]
+    pub fn work_end(_ctx: RawTracePointContext) -> i32 {
+        if in_flight() == 0 {
+            return 0;
+        }
+        let Some((wq, function)) = current_work() else {
+            return 0;
+        };
+        load_queue_values();
+        let Some(queue) = system_queue(wq) else {
+            return 0;
+        };
+        for slot in 0..MAX_FLUSH_SLOTS {
+            // SAFETY: copies out of map values.
+            let Some(tid) = (unsafe { FLUSH_SLOTS.get(&SlotKey { queue, slot }) }).copied() else {
+                continue;
+            };
+            if let Some(flight) = unsafe { INFLIGHT.get(&tid) } {
+                count_waited(&WaitedKey {
+                    site: flight.key,
+                    function,
+                });
+            }
+        }
+        0
+    }
+
+    /// The queue and function of the work item the current worker runs: worker->current_pwq->wq
+    /// and worker->current_func, both still set at workqueue_execute_end.
+    #[inline(always)]
+    fn current_work() -> Option<(u64, u64)> {
+        let func_off = global(&WORKER_FUNC_OFFSET);
+        if func_off == 0 {
+            return None;
+        }
+        let task = unsafe { bpf_get_current_task() };
+        let worker = follow(task, 0, 2)?;
+        // SAFETY: probe_read tolerates any address.
+        let function =
+            unsafe { bpf_probe_read_kernel((worker + u64::from(func_off)) as *const u64) }.ok()?;
+        Some((follow(worker, 2, WORKER_CHAIN)?, function))
+    }
+
+    /// Follows `WORKER_OFFSETS[from..to]` from `p`; None at a null pointer or unknown offset.
+    #[inline(always)]
+    fn follow(mut p: u64, from: usize, to: usize) -> Option<u64> {
+        for i in from..to {
+            let off = global(&WORKER_OFFSETS[i]);
+            // SAFETY: probe_read tolerates any address.
+            match unsafe { bpf_probe_read_kernel((p + u64::from(off)) as *const u64) } {
+                Ok(next) if off != 0 && next != 0 => p = next,
+                _ => return None,
+            }
+        }
+        Some(p)
+    }
+
+    #[inline(always)]
+    fn count_waited(key: &WaitedKey) {
+        if let Some(n) = WAITED.get_ptr_mut(key) {
+            // SAFETY: a map value.
+            return unsafe { xadd(n, 1) };
+        }
+        if WAITED.insert(key, &1, u64::from(BPF_NOEXIST)).is_ok() {
+            return;
+        }
+        match WAITED.get_ptr_mut(key) {
+            // SAFETY: as above; another CPU inserted it meanwhile.
+            Some(n) => unsafe { xadd(n, 1) },
+            None => lose(LOST_WAITS),
         }
     }
 
@@ -420,8 +705,17 @@ mod probe {
             }
             inside |= flush;
         }
+        // With an fexit program on the flush function (--waits), 7.3's trampoline leaves no
+        // return address into the flush function, nor the usual words above the context: the
+        // unwound stack is this program, its trampoline, then the caller.
+        if !inside && global(&WAITS) != 0 && frames > FEXIT_CALLER_FRAME {
+            return ev.stack[FEXIT_CALLER_FRAME];
+        }
         0
     }
+
+    /// Where the caller is in the unwound stack when the flush function left no frame (above).
+    const FEXIT_CALLER_FRAME: usize = 2;
 
     #[inline(always)]
     fn in_flush_ranges(addr: u64) -> bool {

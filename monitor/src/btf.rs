@@ -21,6 +21,8 @@ pub struct Offsets {
     /// From a worker task to the workqueue of the work item it runs (see
     /// `monitor_ebpf::WORKER_CHAIN`); None when this kernel's BTF lacks a link.
     pub worker_chain: Option<[u32; WORKER_CHAIN]>,
+    /// offsetof(struct worker, current_func), for `--waits`; 0 when BTF lacks it.
+    pub worker_func: u32,
 }
 
 /// The structs whose members the probe reads.
@@ -41,11 +43,15 @@ pub fn read_offsets() -> Result<Offsets> {
     };
     let (task_flags, _) = structs.member("task_struct", "flags")?;
     let worker_chain = worker_chain(&structs).ok();
+    let worker_func = structs
+        .member("worker", "current_func")
+        .map_or(0, |(off, _)| off);
     Ok(Offsets {
         wq_name,
         wq_name_len: array.len() as u32,
         task_flags,
         worker_chain,
+        worker_func,
     })
 }
 

@@ -82,6 +82,10 @@ pub struct WatchArgs {
     /// Serve Prometheus metrics on [ADDR:]PORT (a bare port binds 127.0.0.1)
     #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_metrics_addr)]
     metrics: Option<std::net::SocketAddr>,
+    /// Also time each offending flush until it returns and name the work items it waited for
+    /// (adds a probe on every flush's return and on every work item's end)
+    #[arg(long)]
+    waits: bool,
 }
 
 fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -99,6 +103,7 @@ impl WatchArgs {
             ignore: self.ignore,
             kmsg: self.kmsg,
             metrics: self.metrics,
+            waits: self.waits,
         }
     }
 }

@@ -41,7 +41,7 @@ fn report(out: &mut impl Write) -> Result<bool> {
     let fentry_risk = preemption::fentry_can_miss(counters);
     let mut working = Vec::new();
     for &method in probe::Attach::Auto.methods() {
-        match probe::attach_with(&target, method) {
+        match probe::attach_with(&target, method, false) {
             Ok(_probe) => {
                 let note = method_note(method, &counters, fentry_risk.as_deref());
                 writeln!(out, "  {method}: available; {note}")?;

@@ -30,7 +30,14 @@ pub struct MultiLink {
 
 /// Loads `program` of `object` (already loaded by aya as `ebpf`, for its maps) and attaches it
 /// to `function` with a kprobe-multi link.
-pub fn attach(ebpf: &Ebpf, object: &[u8], program: &str, function: &str) -> Result<MultiLink> {
+/// With `return_probe`, the link runs it when `function` returns (BPF_F_KPROBE_MULTI_RETURN).
+pub fn attach(
+    ebpf: &Ebpf,
+    object: &[u8],
+    program: &str,
+    function: &str,
+    return_probe: bool,
+) -> Result<MultiLink> {
     let (insns, license) = linked_program(ebpf, object, program)?;
     let load = bpf_syscall::ProgLoad {
         prog_type: bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32,
@@ -53,15 +60,16 @@ pub fn attach(ebpf: &Ebpf, object: &[u8], program: &str, function: &str) -> Resu
         anyhow!("loading failed: {err}{hint}{log}")
     })?;
     let name = CString::new(function).context("function name")?;
-    let link = bpf_syscall::kprobe_multi_link(prog.as_fd(), &[&name], false).map_err(|e| {
-        let hint = match e.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(524) => " (the kernel has no fprobe: CONFIG_FPROBE)",
-            Some(libc::EINVAL) => " (kprobe-multi links need 5.18+)",
-            Some(libc::ESRCH) | Some(libc::ENOENT) => " (no such function to probe)",
-            _ => "",
-        };
-        anyhow!("attaching failed: {e}{hint}")
-    })?;
+    let link =
+        bpf_syscall::kprobe_multi_link(prog.as_fd(), &[&name], return_probe).map_err(|e| {
+            let hint = match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) | Some(524) => " (the kernel has no fprobe: CONFIG_FPROBE)",
+                Some(libc::EINVAL) => " (kprobe-multi links need 5.18+)",
+                Some(libc::ESRCH) | Some(libc::ENOENT) => " (no such function to probe)",
+                _ => "",
+            };
+            anyhow!("attaching failed: {e}{hint}")
+        })?;
     Ok(MultiLink { prog, link })
 }
 

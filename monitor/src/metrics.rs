@@ -43,6 +43,8 @@ pub struct SiteMetric {
     /// "" when built in.
     pub module: String,
     pub count: u64,
+    /// `--waits`: the kernel's wait figures for the site, once a flush from it returned.
+    pub waits: Option<monitor_ebpf::WaitStats>,
 }
 
 /// What a scrape reports; the daemon replaces or updates it as events arrive.
@@ -160,7 +162,78 @@ pub fn render(info: &Info, snap: &Snapshot) -> Result<String> {
     );
     let mut text = String::new();
     prometheus_text::encode(&mut text, &registry).context("cannot encode the metrics")?;
+    wait_histogram(&mut text, snap);
     Ok(text)
+}
+
+/// `--waits`: `wqflush_flush_wait_seconds`, from the kernel's per-site buckets (the client
+/// library builds histograms from observations only, so the text is written here).
+fn wait_histogram(text: &mut String, snap: &Snapshot) {
+    use std::fmt::Write as _;
+    let mut series: Vec<(SiteLabels, monitor_ebpf::WaitStats)> = Vec::new();
+    for site in &snap.sites {
+        let Some(w) = site.waits else { continue };
+        let labels = SiteLabels {
+            wq: site.wq.clone(),
+            caller: site.caller.clone(),
+            module: site.module.clone(),
+        };
+        match series.iter_mut().find(|(l, _)| *l == labels) {
+            Some((_, s)) => {
+                s.waits += w.waits;
+                s.total_ns += w.total_ns;
+                for (b, n) in s.buckets.iter_mut().zip(w.buckets) {
+                    *b += n;
+                }
+            }
+            None => series.push((labels, w)),
+        }
+    }
+    if series.is_empty() {
+        return;
+    }
+    text.push_str(
+        "# HELP wqflush_flush_wait_seconds How long offending flushes waited until they returned (--waits), by workqueue and call site.\n\
+         # TYPE wqflush_flush_wait_seconds histogram\n",
+    );
+    for (l, w) in series {
+        let labels = format!(
+            "wq=\"{}\",caller=\"{}\",module=\"{}\"",
+            escape(&l.wq),
+            escape(&l.caller),
+            escape(&l.module)
+        );
+        let mut cumulative = 0;
+        for (i, n) in w.buckets.iter().enumerate() {
+            cumulative += n;
+            let le = match monitor_ebpf::WAIT_BOUNDS_NS.get(i) {
+                Some(&ns) => format!("{}", ns as f64 / 1e9),
+                None => "+Inf".into(),
+            };
+            let _ = writeln!(
+                text,
+                "wqflush_flush_wait_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            text,
+            "wqflush_flush_wait_seconds_sum{{{labels}}} {}",
+            w.total_ns as f64 / 1e9
+        );
+        let _ = writeln!(
+            text,
+            "wqflush_flush_wait_seconds_count{{{labels}}} {}",
+            w.waits
+        );
+    }
+}
+
+/// A label value in the text format: backslash, double quote and newline escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// One counter per label set. Sites that differ only in what the labels leave out (the offset
@@ -303,6 +376,7 @@ mod tests {
             caller: caller.into(),
             module: module.into(),
             count,
+            waits: None,
         }
     }
 
@@ -396,6 +470,43 @@ mod tests {
             !text.contains("# EOF"),
             "OpenMetrics marker in Prometheus text:\n{text}"
         );
+    }
+
+    #[test]
+    fn waits_render_a_cumulative_histogram() {
+        let mut s = site("system_wq", "slow_flush", "foo", 2);
+        let mut w = monitor_ebpf::WaitStats {
+            waits: 2,
+            total_ns: 700_000_000,
+            max_ns: 500_000_000,
+            ..Default::default()
+        };
+        w.buckets[5] = 1; // <= 100 ms
+        w.buckets[6] = 1; // <= 1 s
+        s.waits = Some(w);
+        let snap = Snapshot {
+            sites: vec![s],
+            lost: 0,
+            missed: None,
+        };
+        let text = render(&info(), &snap).expect("render");
+        let labels = r#"wq="system_wq",caller="slow_flush",module="foo""#;
+        for line in [
+            "# TYPE wqflush_flush_wait_seconds histogram".to_owned(),
+            format!(r#"wqflush_flush_wait_seconds_bucket{{{labels},le="0.01"}} 0"#),
+            format!(r#"wqflush_flush_wait_seconds_bucket{{{labels},le="0.1"}} 1"#),
+            format!(r#"wqflush_flush_wait_seconds_bucket{{{labels},le="1"}} 2"#),
+            format!(r#"wqflush_flush_wait_seconds_bucket{{{labels},le="+Inf"}} 2"#),
+            format!("wqflush_flush_wait_seconds_sum{{{labels}}} 0.7"),
+            format!("wqflush_flush_wait_seconds_count{{{labels}}} 2"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        let text = render(&info(), &sample()).expect("render");
+        assert!(!text.contains("wait_seconds"), "{text}");
     }
 
     #[test]

@@ -24,10 +24,11 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, KProbe, ProgramError, RawTracePoint},
+    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint},
 };
 use monitor_ebpf::{
-    CountKey, LOST_RINGBUF, LOST_UNCOUNTED, MAX_FLUSH_RANGES, MAX_QUEUES, NAME_LEN,
+    CountKey, LOST_RINGBUF, LOST_UNCOUNTED, LOST_WAITS, MAX_FLUSH_RANGES, MAX_QUEUES, NAME_LEN,
+    WaitStats, WaitedKey,
 };
 
 use std::os::fd::AsFd as _;
@@ -87,10 +88,14 @@ pub struct Probe {
     pub method: Method,
     /// The kprobe-multi program and link, which aya does not hold.
     multi: Option<kprobe_multi::MultiLink>,
+    /// `--waits` with kprobe-multi: the return program's link.
+    _multi_exit: Option<kprobe_multi::MultiLink>,
+    /// `--waits`: the exit program and the work-item tracepoint are attached.
+    pub waits: bool,
 }
 
 /// Attaches with the first method that works; the error lists every method's reason.
-pub fn attach(target: &Target, attach: Attach) -> Result<Probe> {
+pub fn attach(target: &Target, attach: Attach, waits: bool) -> Result<Probe> {
     let mut reasons = Vec::new();
     for &method in attach.methods() {
         if attach == Attach::Auto
@@ -104,7 +109,7 @@ pub fn attach(target: &Target, attach: Attach) -> Result<Probe> {
             ));
             continue;
         }
-        match attach_with(target, method) {
+        match attach_with(target, method, waits) {
             Ok(probe) => return Ok(probe),
             Err(err) => reasons.push(format!("  {method}: {err:#}")),
         }
@@ -118,9 +123,16 @@ pub fn attach(target: &Target, attach: Attach) -> Result<Probe> {
 }
 
 /// Loads and attaches one method in a fresh object, so a failed method leaves nothing behind.
-pub fn attach_with(target: &Target, method: Method) -> Result<Probe> {
-    let mut ebpf = load(target)?;
+/// With `waits`, the exit program and the work-item tracepoint go first, so no flush the entry
+/// program tracks can return unseen.
+pub fn attach_with(target: &Target, method: Method, waits: bool) -> Result<Probe> {
+    let mut ebpf = load(target, waits)?;
     crate::timing::mark("eBPF object parsed, maps created");
+    let multi_exit = if waits {
+        attach_waits(&mut ebpf, target, method)?
+    } else {
+        None
+    };
     let mut multi = None;
     match method {
         Method::Fentry => attach_fentry(&mut ebpf, target)?,
@@ -131,6 +143,7 @@ pub fn attach_with(target: &Target, method: Method) -> Result<Probe> {
                 EBPF_OBJECT,
                 "flush_kprobe",
                 target.function,
+                false,
             )?);
         }
     }
@@ -138,7 +151,57 @@ pub fn attach_with(target: &Target, method: Method) -> Result<Probe> {
         ebpf,
         method,
         multi,
+        _multi_exit: multi_exit,
+        waits,
     })
+}
+
+/// `--waits`: the flush function's exit program for `method`, and the work-item tracepoint.
+/// Loaded only then: the verifier's work is start-up time.
+fn attach_waits(
+    ebpf: &mut Ebpf,
+    target: &Target,
+    method: Method,
+) -> Result<Option<kprobe_multi::MultiLink>> {
+    let mut multi = None;
+    match method {
+        Method::Fentry => {
+            let btf = target
+                .kernel_btf
+                .get_or_init(|| Btf::from_sys_fs().map_err(|e| e.to_string()));
+            let btf = btf
+                .as_ref()
+                .map_err(|e| anyhow!("fexit needs kernel BTF: {e}"))?;
+            let prog: &mut FExit = program(ebpf, "flush_fexit")?;
+            prog.load(target.function, btf)
+                .map_err(|e| explain(e, "loading the exit program"))?;
+            prog.attach()
+                .map_err(|e| explain(e, "attaching the exit program"))?;
+        }
+        Method::Kprobe => {
+            let prog: &mut KProbe = program(ebpf, "flush_kretprobe")?;
+            prog.load()
+                .map_err(|e| explain(e, "loading the exit program"))?;
+            prog.attach(target.function, 0)
+                .map_err(|e| explain(e, "attaching the exit program"))?;
+        }
+        Method::KprobeMulti => {
+            multi = Some(kprobe_multi::attach(
+                ebpf,
+                EBPF_OBJECT,
+                "flush_kretprobe",
+                target.function,
+                true,
+            )?);
+        }
+    }
+    let prog: &mut RawTracePoint = program(ebpf, "work_end")?;
+    prog.load()
+        .map_err(|e| explain(e, "loading the workqueue_execute_end program"))?;
+    prog.attach("workqueue_execute_end")
+        .map_err(|e| explain(e, "attaching to workqueue_execute_end"))?;
+    crate::timing::mark("--waits: exit program and workqueue_execute_end attached");
+    Ok(multi)
 }
 
 impl Probe {
@@ -168,7 +231,7 @@ impl Probe {
     }
 }
 
-fn load(target: &Target) -> Result<Ebpf> {
+fn load(target: &Target, waits: bool) -> Result<Ebpf> {
     let n = target.queues.len().min(MAX_QUEUES);
     let mut addrs = [0u64; MAX_QUEUES];
     let mut names = [[0u8; NAME_LEN]; MAX_QUEUES];
@@ -184,6 +247,7 @@ fn load(target: &Target) -> Result<Ebpf> {
     }
     let offsets = target.offsets.unwrap_or_default();
     let (nr, by_name) = (n as u32, u32::from(target.by_name));
+    let waits = u32::from(waits);
     // EbpfLoader::new() parses the kernel's BTF itself; `prepare` made one in parallel with
     // reading kallsyms. A second method (the kprobe fallback) pays for its own.
     let mut loader = target.loader.take().unwrap_or_default();
@@ -195,6 +259,8 @@ fn load(target: &Target) -> Result<Ebpf> {
         .override_global("WQ_NAME_OFFSET", &offsets.wq_name, true)
         .override_global("TASK_FLAGS_OFFSET", &offsets.task_flags, true)
         .override_global("FLUSH_RANGES", &ranges, true)
+        .override_global("WAITS", &waits, true)
+        .override_global("WORKER_FUNC_OFFSET", &offsets.worker_func, true)
         .override_global(
             "WORKER_OFFSETS",
             &offsets.worker_chain.unwrap_or_default(),
@@ -392,6 +458,8 @@ pub struct Lost {
     pub uncounted: u64,
     /// Flushes the kernel did not run the probe for ([`Probe::missed`]).
     pub missed: Option<u64>,
+    /// `--waits`: offending flushes whose wait was not tracked, and work items not counted.
+    pub waits: u64,
 }
 
 impl Probe {
@@ -407,6 +475,7 @@ impl Probe {
             events: sum(LOST_RINGBUF)?,
             uncounted: sum(LOST_UNCOUNTED)?,
             missed: self.missed(counters)?,
+            waits: sum(LOST_WAITS)?,
         })
     }
 }
@@ -422,6 +491,39 @@ pub fn counts(ebpf: &Ebpf, out: &mut Vec<(CountKey, u64)>) -> Result<()> {
         out.push(entry.context("reading the flush counters")?);
     }
     Ok(())
+}
+
+/// `--waits`: the kernel's wait figures per call site, and the work items each site waited for.
+pub fn waits(
+    ebpf: &Ebpf,
+    stats: &mut Vec<(CountKey, WaitStats)>,
+    waited: &mut Vec<(WaitedKey, u64)>,
+) -> Result<()> {
+    let map = ebpf
+        .map("WAITS_BY_SITE")
+        .context("eBPF object has no WAITS_BY_SITE map")?;
+    let map: HashMap<_, CountKey, WaitStats> = HashMap::try_from(map)?;
+    stats.clear();
+    for entry in map.iter() {
+        stats.push(entry.context("reading the wait figures")?);
+    }
+    let map = ebpf
+        .map("WAITED")
+        .context("eBPF object has no WAITED map")?;
+    let map: HashMap<_, WaitedKey, u64> = HashMap::try_from(map)?;
+    waited.clear();
+    for entry in map.iter() {
+        waited.push(entry.context("reading the work items waited for")?);
+    }
+    Ok(())
+}
+
+/// `--waits`: the ring buffer of reported flushes that returned.
+pub fn returns(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>> {
+    let map = ebpf
+        .take_map("RETURNS")
+        .context("eBPF object has no RETURNS map")?;
+    Ok(RingBuf::try_from(map)?)
 }
 
 #[cfg(test)]

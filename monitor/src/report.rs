@@ -13,7 +13,7 @@ use crate::{
     module_versions::{ModuleVersions, Versions},
     probe::Lost,
     queues::SystemQueue,
-    sites::{Site, Sites},
+    sites::{Site, SiteWaits, Sites},
     symbolize::Frame,
 };
 
@@ -31,6 +31,45 @@ pub struct Reporter<W: Write> {
     /// The running kernel's release, on every JSON record.
     kernel: Arc<str>,
     modules: ModuleVersions,
+    /// `--waits`: sites carry wait figures.
+    waits: bool,
+}
+
+/// `--waits`: a work function that ran on the flushed queue while a flush from the site waited.
+#[derive(Serialize)]
+struct WaitedFor<'a> {
+    function: Option<&'a str>,
+    module: Option<&'a str>,
+    count: u64,
+}
+
+fn waited_for(w: Option<&SiteWaits>) -> Vec<WaitedFor<'_>> {
+    w.map(|w| {
+        w.waited_for
+            .iter()
+            .map(|(f, n)| WaitedFor {
+                function: f.func.as_deref(),
+                module: f.module.as_deref(),
+                count: *n,
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// `--waits`: a reported flush returned.
+#[derive(Serialize)]
+struct WaitedRecord<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    kernel: Arc<str>,
+    wq: Option<&'a str>,
+    caller: Option<&'a str>,
+    call_site: String,
+    module: Option<&'a str>,
+    pid: u32,
+    wait_ns: u64,
+    waited_for: Vec<WaitedFor<'a>>,
 }
 
 #[derive(Serialize)]
@@ -69,6 +108,27 @@ struct SiteRecord<'a> {
     ignored: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     hint: Option<&'static str>,
+    /// `--waits` only (absent without): flushes that returned, their summed and longest wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waits: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wait_ns_total: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wait_ns_max: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waited_for: Option<Vec<WaitedFor<'a>>>,
+}
+
+impl<'a> SiteRecord<'a> {
+    fn with_waits(mut self, site: &'a Site) -> Self {
+        let w = site.waits.as_deref();
+        let stats = w.map(|w| w.stats).unwrap_or_default();
+        self.waits = Some(stats.waits);
+        self.wait_ns_total = Some(stats.total_ns);
+        self.wait_ns_max = Some(stats.max_ns);
+        self.waited_for = Some(waited_for(w));
+        self
+    }
 }
 
 #[derive(Serialize)]
@@ -85,6 +145,10 @@ struct SummaryRecord<'a> {
     /// Flushes the kernel did not run the probe for, by its own counters; null where this
     /// kernel keeps no such count for the method in use.
     missed: Option<u64>,
+    /// `--waits` only: offending flushes whose wait was not tracked (a queue's 4 slots or the
+    /// in-flight table full) plus work items not counted (that table full).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waits_lost: Option<u64>,
 }
 
 impl<W: Write> Reporter<W> {
@@ -97,7 +161,48 @@ impl<W: Write> Reporter<W> {
             kmsg: None,
             kernel: "".into(),
             modules: ModuleVersions::default(),
+            waits: false,
         }
+    }
+
+    /// `--waits`: summary sites carry their wait figures.
+    pub fn with_waits(mut self, waits: bool) -> Self {
+        self.waits = waits;
+        self
+    }
+
+    /// `--waits`: a reported flush from `site` returned after `wait_ns`; what it waited for is
+    /// the site's WAITED entries as read just now.
+    pub fn returned(&mut self, site: &Site, pid: u32, wait_ns: u64) -> Result<()> {
+        if self.is_ignored(site) {
+            return Ok(());
+        }
+        let caller = site.caller();
+        let w = site.waits.as_deref();
+        if self.json {
+            let rec = WaitedRecord {
+                kind: "waited",
+                kernel: self.kernel.clone(),
+                wq: self.queues[site.queue].var.as_deref(),
+                caller: caller.and_then(|c| c.func.as_deref()),
+                call_site: caller.map(ToString::to_string).unwrap_or_default(),
+                module: caller.and_then(|c| c.module.as_deref()),
+                pid,
+                wait_ns,
+                waited_for: waited_for(w),
+            };
+            line(&mut self.out, &rec)?;
+        } else {
+            let call_site = caller.map_or_else(|| "?".into(), ToString::to_string);
+            writeln!(
+                self.out,
+                "wqflush: {call_site} (pid {pid}) waited {} for {}",
+                duration_text(wait_ns),
+                waited_text(w)
+            )
+            .context("writing the report")?;
+        }
+        self.out.flush().context("writing the report")
     }
 
     pub fn with_kernel(mut self, release: &str) -> Self {
@@ -176,14 +281,8 @@ impl<W: Write> Reporter<W> {
             let versions = self
                 .modules
                 .get(s.caller().and_then(|c| c.module.as_deref()));
-            records.push(record(
-                &self.queues,
-                s,
-                None,
-                None,
-                self.is_ignored(s),
-                versions,
-            ));
+            let rec = record(&self.queues, s, None, None, self.is_ignored(s), versions);
+            records.push(if self.waits { rec.with_waits(s) } else { rec });
         }
         let summary = SummaryRecord {
             kind: "summary",
@@ -193,6 +292,7 @@ impl<W: Write> Reporter<W> {
             lost: lost.events,
             uncounted: lost.uncounted,
             missed: lost.missed,
+            waits_lost: self.waits.then_some(lost.waits),
         };
         Ok(serde_json::to_string(&summary)? + "\n")
     }
@@ -239,9 +339,57 @@ impl<W: Write> Reporter<W> {
                 "{:>10}  {label:<40}  {call_site}{ignored}\n",
                 site.count
             ));
+            if self.waits {
+                let stats = site.waits.as_ref().map(|w| w.stats).unwrap_or_default();
+                text.push_str(&format!(
+                    "{:>10}  waited: {} returned, {} in all, {} at most, for {}\n",
+                    "",
+                    stats.waits,
+                    duration_text(stats.total_ns),
+                    duration_text(stats.max_ns),
+                    waited_text(site.waits.as_deref())
+                ));
+            }
         }
         text
     }
+}
+
+/// `212 ms`, `1.5 s`, `37 us`.
+pub fn duration_text(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns} ns"),
+        1_000..1_000_000 => format!("{} us", ns / 1_000),
+        1_000_000..10_000_000_000 => format!("{} ms", ns / 1_000_000),
+        _ => format!("{:.1} s", ns as f64 / 1e9),
+    }
+}
+
+/// `3 work items: slow_work_fn [foo] ×3, other ×1`.
+fn waited_text(w: Option<&SiteWaits>) -> String {
+    let items = w.map_or(&[][..], |w| &w.waited_for[..]);
+    let n: u64 = items.iter().map(|(_, n)| n).sum();
+    if n == 0 {
+        return "no work items".into();
+    }
+    let list: Vec<String> = items
+        .iter()
+        .map(|(f, n)| {
+            let name = f
+                .func
+                .as_deref()
+                .map_or_else(|| format!("{:#x}", f.addr), str::to_owned);
+            match f.module.as_deref() {
+                Some(m) => format!("{name} [{m}] ×{n}"),
+                None => format!("{name} ×{n}"),
+            }
+        })
+        .collect();
+    format!(
+        "{n} work item{}: {}",
+        if n == 1 { "" } else { "s" },
+        list.join(", ")
+    )
 }
 
 /// The warning for flushes the kernel did not run the probe for, when there were any.
@@ -291,6 +439,10 @@ fn record<'a>(
         count: site.count,
         ignored,
         hint: stack.is_some().then_some(FIX_HINT),
+        waits: None,
+        wait_ns_total: None,
+        wait_ns_max: None,
+        waited_for: None,
     }
 }
 
@@ -499,6 +651,7 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
                 events: 2,
                 uncounted: 1,
                 missed: Some(4),
+                waits: 0,
             },
         )
         .unwrap();
@@ -523,6 +676,7 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
         let mut r = Reporter::new(Vec::new(), false, queues());
         let lost = Lost {
             missed: Some(7),
+            waits: 0,
             ..Lost::default()
         };
         r.summary(&sites(1), lost).unwrap();

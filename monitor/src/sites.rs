@@ -7,7 +7,7 @@ use std::{
 
 use hashbrown::HashTable;
 
-use monitor_ebpf::CountKey;
+use monitor_ebpf::{CountKey, WaitStats, WaitedKey};
 
 use crate::{
     events::{Flush, Sighting},
@@ -24,6 +24,17 @@ pub struct Site {
     /// The task of the first flush seen here, if its event arrived (the ring buffer can be full).
     pub first: Option<Box<Sighting>>,
     pub count: u64,
+    /// `--waits`: how long its flushes waited and for which work items; None until one returned.
+    pub waits: Option<Box<SiteWaits>>,
+}
+
+/// `--waits`: the kernel's wait figures for a site (summed over its counter keys).
+#[derive(Clone, Debug, Default)]
+pub struct SiteWaits {
+    pub stats: WaitStats,
+    /// Work functions that ran on the flushed queue while a flush from here waited, with how
+    /// often; highest count first.
+    pub waited_for: Vec<(Frame, u64)>,
 }
 
 impl Site {
@@ -116,6 +127,7 @@ impl Sites {
                     caller,
                     first,
                     count: 1,
+                    waits: None,
                 });
                 self.by_key.insert(key, i as u32);
                 i
@@ -160,10 +172,65 @@ impl Sites {
                 caller: Some(caller),
                 first: None,
                 count: 0,
+                waits: None,
             }),
         };
         self.by_key.insert(key, i as u32);
         i
+    }
+
+    /// `--waits`: replaces every site's wait figures with the kernel's. Keys not counted yet
+    /// (read before COUNTS) wait for the next refresh.
+    pub fn apply_waits(
+        &mut self,
+        stats: &[(CountKey, WaitStats)],
+        waited: &[(WaitedKey, u64)],
+        frame: impl Fn(u64) -> Frame,
+    ) {
+        for site in &mut self.list {
+            site.waits = None;
+        }
+        for (key, s) in stats {
+            let Some(&i) = self.by_key.get(key) else {
+                continue;
+            };
+            let w = self.list[i as usize]
+                .waits
+                .get_or_insert_with(Default::default);
+            w.stats.waits += s.waits;
+            w.stats.total_ns += s.total_ns;
+            w.stats.max_ns = w.stats.max_ns.max(s.max_ns);
+            for (b, n) in w.stats.buckets.iter_mut().zip(s.buckets) {
+                *b += n;
+            }
+        }
+        for (key, n) in waited {
+            let Some(&i) = self.by_key.get(&key.site) else {
+                continue;
+            };
+            let w = self.list[i as usize]
+                .waits
+                .get_or_insert_with(Default::default);
+            let f = frame(key.function);
+            match w
+                .waited_for
+                .iter_mut()
+                .find(|(g, _)| g.func == f.func && g.module == f.module && g.func.is_some())
+            {
+                Some((_, m)) => *m += n,
+                None => w.waited_for.push((f, *n)),
+            }
+        }
+        for site in &mut self.list {
+            if let Some(w) = &mut site.waits {
+                w.waited_for.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+            }
+        }
+    }
+
+    /// The site the kernel counts under `key`, once known.
+    pub fn by_key(&self, key: &CountKey) -> Option<&Site> {
+        self.by_key.get(key).map(|&i| &self.list[i as usize])
     }
 
     /// Drops the stack of the last first sighting, once it has been reported.

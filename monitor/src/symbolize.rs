@@ -133,6 +133,26 @@ pub fn caller(frames: &[Frame]) -> Option<&Frame> {
     frames.iter().find(|f| !f.is_flush_function())
 }
 
+/// Drops the frames before the kernel's call site `caller` that are not the flush function:
+/// with an fexit program on the flush function (`--waits`), 7.x unwinds from the BPF program
+/// and its trampoline, with no frame of the flush function, so the first frame would be taken
+/// for the caller.
+pub fn skip_to_caller(frames: &mut Vec<Frame>, caller: u64) {
+    if caller == 0 {
+        return;
+    }
+    let Some(at) = frames.iter().position(|f| f.addr == caller) else {
+        return;
+    };
+    if frames[..at].iter().any(|f| !f.is_flush_function()) {
+        let mut i = 0;
+        frames.retain(|f| {
+            i += 1;
+            i > at || f.is_flush_function()
+        });
+    }
+}
+
 /// Where a module's core lies, from /proc/modules: its functions end there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ModuleRange {
@@ -296,6 +316,34 @@ ffffffffc0a01100 t wqflush_test_flush_own\t[wqflush_test]
             c.with_size(),
             "wqflush_test_flush_long+0x1e/0x40 [wqflush_test]"
         );
+    }
+
+    #[test]
+    fn probe_frames_before_the_kernels_call_site_are_skipped() {
+        let frame = |addr, func: Option<&str>| Frame {
+            addr,
+            func: func.map(intern),
+            offset: 0,
+            size: 0,
+            module: None,
+        };
+        // 7.3 with fexit: BPF program, trampoline (resolving to the wrong symbol), then caller.
+        let mut frames = vec![
+            frame(0xffffffffc0369280, Some("handshake_exit")),
+            frame(0xffffffffc03697e8, Some("handshake_exit")),
+            frame(0xffffffffc08001a0, Some("slow_caller")),
+            frame(0xffffffffc08005e0, Some("outer")),
+        ];
+        skip_to_caller(&mut frames, 0xffffffffc08001a0);
+        let names: Vec<_> = frames.iter().map(|f| f.func.as_deref().unwrap()).collect();
+        assert_eq!(names, ["slow_caller", "outer"]);
+        // The usual stack, the flush function first, is left alone.
+        let mut frames = vec![
+            frame(0xffffffff810b5e25, Some("__flush_workqueue")),
+            frame(0xffffffffc08001a0, Some("slow_caller")),
+        ];
+        skip_to_caller(&mut frames, 0xffffffffc08001a0);
+        assert_eq!(frames.len(), 2);
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct Options {
     pub attach: Attach,
     pub match_mode: MatchMode,
     pub ready_file: Option<PathBuf>,
+    /// Time each offending flush until it returns, and count the work items it waited for.
+    pub waits: bool,
 }
 
 pub struct Outcome {
@@ -71,6 +73,9 @@ struct State<W: Write> {
     miss_counters: Option<btf::MissCounters>,
     /// What the kernel side lost by the last reading of its counters.
     lost: Lost,
+    /// `--waits`: the kernel's wait maps, read with the counters.
+    wait_stats: Vec<(monitor_ebpf::CountKey, monitor_ebpf::WaitStats)>,
+    waited: Vec<(monitor_ebpf::WaitedKey, u64)>,
 }
 
 impl<W: Write> State<W> {
@@ -78,12 +83,14 @@ impl<W: Write> State<W> {
         self.records += 1;
         let flush = decode(bytes, self.queues.len())?;
         let mut frames = self.sym.frames(&flush.stack);
+        symbolize::skip_to_caller(&mut frames, flush.caller);
         // A new call site whose caller does not resolve to a plausible function may be in a
         // module loaded since kallsyms was read: re-read and retry. (Re-reading for every new
         // site would cost seconds under a burst; a module gone meanwhile keeps its names.)
         let plausible = symbolize::caller(&frames).is_some_and(|c| c.is_plausible());
         if !plausible && self.sites.is_new(flush.queue, &frames) && self.sym.refresh()? {
             frames = self.sym.frames(&flush.stack);
+            symbolize::skip_to_caller(&mut frames, flush.caller);
         }
         if let Some((site, frames)) = self.sites.record(flush, frames) {
             self.reporter.first_sighting(site, frames)?;
@@ -114,7 +121,53 @@ impl<W: Write> State<W> {
         let sym = &self.sym;
         self.sites
             .apply_counts(&self.counts, |addr| sym.frame(addr));
+        self.refresh_waits(probe)?;
         Ok(lost)
+    }
+
+    /// `--waits`: the kernel's wait figures, onto the sites.
+    fn refresh_waits(&mut self, probe: &Probe) -> Result<()> {
+        if !probe.waits {
+            return Ok(());
+        }
+        {
+            let _rt = Unpreempted::enter();
+            probe::waits(&probe.ebpf, &mut self.wait_stats, &mut self.waited)?;
+        }
+        let sym = &self.sym;
+        self.sites
+            .apply_waits(&self.wait_stats, &self.waited, |addr| sym.frame(addr));
+        Ok(())
+    }
+
+    /// `--waits`: reported flushes that returned; sightings and wait maps are read first, so
+    /// the site and what it waited for are known.
+    fn drain_returns(
+        &mut self,
+        probe: &Probe,
+        ring: &mut RingBuf<MapData>,
+        returns: &mut RingBuf<MapData>,
+    ) -> Result<()> {
+        let mut got = Vec::new();
+        while let Some(item) = returns.next() {
+            let size = size_of::<monitor_ebpf::Returned>();
+            if item.len() >= size {
+                got.push(bytemuck::pod_read_unaligned::<monitor_ebpf::Returned>(
+                    &item[..size],
+                ));
+            }
+        }
+        if got.is_empty() {
+            return Ok(());
+        }
+        self.drain(ring)?;
+        self.refresh_waits(probe)?;
+        for r in got {
+            if let Some(site) = self.sites.by_key(&r.key) {
+                self.reporter.returned(site, r.tid, r.wait_ns)?;
+            }
+        }
+        Ok(())
     }
 
     /// Flushes at call sites the ignore list does not cover.
@@ -142,6 +195,7 @@ impl<W: Write> State<W> {
                     .unwrap_or_default()
                     .to_owned(),
                 count: s.count,
+                waits: s.waits.as_ref().map(|w| w.stats),
             }
         });
         metrics::Snapshot {
@@ -195,10 +249,20 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     let sinks = open_sinks(opts).await?;
     let kernel = target::read(opts.attach.methods() == [Method::Fentry]);
     let (ks, mut target) = kernel.target(opts.match_mode)?;
-    let mut probe = probe::attach(&target, opts.attach)?;
+    let mut probe = probe::attach(&target, opts.attach, opts.waits)?;
     target.forget_btf();
     crate::timing::mark("probe attached");
     let (mut ring, mut loads) = rings(&mut probe.ebpf)?;
+    let mut returns = if opts.waits {
+        let returns = probe::returns(&mut probe.ebpf)?;
+        // SAFETY: as in rings().
+        Some(
+            unsafe { AsyncFd::register(returns) }
+                .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?,
+        )
+    } else {
+        None
+    };
     crate::timing::mark("ring buffers and module_load tracepoint ready");
     let mut state = State {
         records: 0,
@@ -209,6 +273,8 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         queues: target.queues.clone(),
         miss_counters: None,
         lost: Lost::default(),
+        wait_stats: Vec::new(),
+        waited: Vec::new(),
     };
     let shared = metrics::Shared::default();
     let server = sinks.metrics.map(|listener| {
@@ -228,11 +294,21 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         child => {
             let child = child.and_then(Result::ok);
             looped
-                .run(&mut ring, &mut loads, &mut signals, &mut state, child)
+                .run(
+                    &mut ring,
+                    &mut loads,
+                    &mut returns,
+                    &mut signals,
+                    &mut state,
+                    child,
+                )
                 .await?
         }
     };
     state.drain(ring.get_mut())?;
+    if let Some(returns) = &mut returns {
+        state.drain_returns(&probe, ring.get_mut(), returns.get_mut())?;
+    }
     finish(&mut state, &probe)?;
     if let Some(server) = server {
         server.abort();
@@ -281,6 +357,7 @@ fn reporter(
     kmsg: Option<Kmsg>,
 ) -> Reporter<std::io::Stdout> {
     let reporter = Reporter::new(std::io::stdout(), opts.json, target.queues.clone())
+        .with_waits(opts.waits)
         .with_ignore(ignore)
         .with_kernel(&target.release);
     match kmsg {
@@ -365,6 +442,7 @@ impl Loop<'_> {
         &self,
         ring: &mut Ring,
         loads: &mut Option<Ring>,
+        returns: &mut Option<Ring>,
         signals: &mut Signals,
         state: &mut State<W>,
         mut child: Option<Child>,
@@ -384,6 +462,11 @@ impl Loop<'_> {
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
                     state.drain(guard.get_inner_mut())?;
+                    guard.clear_ready();
+                }
+                guard = readable(returns) => {
+                    let mut guard = guard?;
+                    state.drain_returns(self.probe, ring.get_mut(), guard.get_inner_mut())?;
                     guard.clear_ready();
                 }
                 _ = tick.tick() => {
@@ -409,6 +492,16 @@ impl Loop<'_> {
                 status = wait(&mut child) => return Ok(End::Exited(status?)),
             }
         }
+    }
+}
+
+/// `--waits`' ring buffer once readable; never without `--waits`.
+async fn readable(
+    fd: &mut Option<Ring>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match fd {
+        Some(fd) => fd.readable_mut().await,
+        None => std::future::pending().await,
     }
 }
 

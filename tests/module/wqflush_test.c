@@ -129,6 +129,27 @@ static noinline void wqflush_test_flush_storm(void)
 	barrier();
 }
 
+/*
+ * 'slow <n>' (n <= WQFLUSH_TEST_SLOW_MAX): n work items on system_wq that each sleep 200 ms,
+ * then a flush of system_wq through a pointer, which waits for them (wqflush --waits).
+ */
+#define WQFLUSH_TEST_SLOW_MAX 8
+#define WQFLUSH_TEST_SLOW_MS 200
+static struct workqueue_struct *slow_wq;
+static struct work_struct slow_works[WQFLUSH_TEST_SLOW_MAX];
+
+static noinline void wqflush_test_slow_work(struct work_struct *work)
+{
+	msleep(WQFLUSH_TEST_SLOW_MS);
+	barrier();
+}
+
+static noinline void wqflush_test_flush_slow(void)
+{
+	flush_workqueue(READ_ONCE(slow_wq));
+	barrier();
+}
+
 static noinline void wqflush_test_flush_own(void)
 {
 	flush_workqueue(own_wq);
@@ -397,6 +418,21 @@ static long wqflush_test_run_storm(struct wqflush_test_trigger *t, long count)
 	return started == WQFLUSH_TEST_STORM_THREADS ? 0 : -ENOMEM;
 }
 
+static long wqflush_test_run_slow(struct wqflush_test_trigger *t, long count)
+{
+	long i;
+
+	if (count < 1 || count > WQFLUSH_TEST_SLOW_MAX)
+		return -EINVAL;
+	for (i = 0; i < count; i++) {
+		INIT_WORK(&slow_works[i], wqflush_test_slow_work);
+		queue_work(READ_ONCE(slow_wq), &slow_works[i]);
+	}
+	wqflush_test_flush_slow();
+	/* One flush, however many work items it waited for. */
+	return 1;
+}
+
 static long wqflush_test_run_bench(struct wqflush_test_trigger *t, long count)
 {
 	u64 start = ktime_get_ns();
@@ -432,6 +468,7 @@ static struct wqflush_test_trigger triggers[] = {
 	{ .name = "storm", .run = wqflush_test_run_storm, .listed_when_fired = true },
 	{ .name = "sites_paced", .run = wqflush_test_run_sites_paced,
 	  .listed_when_fired = true },
+	{ .name = "slow", .run = wqflush_test_run_slow, .listed_when_fired = true },
 };
 
 static struct wqflush_test_trigger *find_trigger(const char *name)
@@ -568,6 +605,7 @@ static int __init wqflush_test_init(void)
 		return -ENOMEM;
 	WRITE_ONCE(holder.wq, queue_by_name(pointer_wq));
 	WRITE_ONCE(storm_wq, system_highpri_wq);
+	WRITE_ONCE(slow_wq, system_wq);
 #if WQFLUSH_TEST_HAVE_DFL_LONG
 	WRITE_ONCE(holder.dfl_long, system_dfl_long_wq);
 #endif

@@ -1,0 +1,249 @@
+//! `--waits`: how long an offending flush waited, and for which work items.
+//!
+//! The module's `slow 3` queues three work items on system_wq that sleep 200 ms each
+//! (`wqflush_test_slow_work`), then flushes system_wq once from `wqflush_test_flush_slow`. The
+//! oracle is tracefs, independent of wqflush: `workqueue_execute_start` events name the work
+//! items that ran, and a kprobe/kretprobe pair on `wqflush_test_flush_slow` times the flush
+//! from outside (the flush function's wait is inside that interval).
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
+use wqflush_vmtest::{PerKernel, Series, VmRun, records};
+
+const SLOW_NS: u64 = 200_000_000;
+
+const SCENARIO: &str = r#"
+load_test_module || exit 1
+T=/sys/kernel/tracing
+echo 'p:wqf/slow_in wqflush_test_flush_slow' >> $T/kprobe_events || exit 1
+echo 'r:wqf/slow_out wqflush_test_flush_slow' >> $T/kprobe_events || exit 1
+echo 1 > $T/events/wqf/enable || exit 1
+echo 1 > $T/events/workqueue/workqueue_execute_start/enable || exit 1
+echo 1 > $T/events/workqueue/workqueue_execute_end/enable || exit 1
+echo 1 > $T/tracing_on
+# waits NAME CMD...: CMD (wqflush ...) while `slow 3` runs, with the tracefs record of it.
+waits() {
+	_n=$1
+	shift
+	echo > $T/trace
+	wqflush_start $_n "$@" || return 1
+	fire slow 3 || return 1
+	wqflush_stop $_n
+	emit $_n.trace cat $T/trace
+}
+waits fentry wqflush --waits --attach fentry || exit 1
+waits kprobe wqflush --waits --attach kprobe || exit 1
+@MULTI@
+waits plain wqflush --attach fentry || exit 1
+# Text: the "waited" line and the summary's figures.
+wqflush --waits --attach fentry --duration 6 --ready-file /tmp/text.ready >/tmp/text.out 2>&1 &
+echo $! > /tmp/text.pid
+wait_for_file /tmp/text.ready 60 || exit 1
+fire slow 2 || exit 1
+emit text.status wait $(cat /tmp/text.pid)
+emit text cat /tmp/text.out
+true
+"#;
+
+fn run(series: Series) -> Result<&'static VmRun> {
+    static RUNS: PerKernel = PerKernel::new();
+    let multi = if series.has_fprobe() {
+        "waits multi wqflush --waits --attach kprobe-multi || exit 1"
+    } else {
+        ""
+    };
+    let script = SCENARIO.replace("@MULTI@", multi);
+    RUNS.with_wqflush(series, &script, Duration::from_secs(600), None)
+}
+
+/// What tracefs saw of one `slow 3`.
+struct Traced {
+    /// `workqueue_execute_start` events of the slow work function.
+    started: u64,
+    /// Its `workqueue_execute_end` events between the flush's kprobe and kretprobe.
+    ended_during: u64,
+    /// kprobe to kretprobe of `wqflush_test_flush_slow`, ns.
+    flush_ns: u64,
+    /// kprobe to the last `workqueue_execute_end` of the slow work function, ns.
+    to_last_end_ns: u64,
+}
+
+/// Seconds on a tracefs line, before ` EVENT:`.
+fn stamp(line: &str, event: &str) -> Option<f64> {
+    let before = line.split(&format!(" {event}:")).next()?;
+    before
+        .split_whitespace()
+        .last()?
+        .trim_end_matches(':')
+        .parse()
+        .ok()
+}
+
+fn oracle(trace: &str, function: &str) -> Result<Traced> {
+    let first = |event: &str| -> Result<f64> {
+        trace
+            .lines()
+            .find_map(|l| stamp(l, event))
+            .with_context(|| format!("no {event} event in:\n{trace}"))
+    };
+    let (t_in, t_out) = (first("slow_in")?, first("slow_out")?);
+    let of_function = |event: &'static str| {
+        trace
+            .lines()
+            .filter(move |l| l.contains(function))
+            .filter_map(move |l| stamp(l, event))
+    };
+    let ends: Vec<f64> = of_function("workqueue_execute_end").collect();
+    let last_end = ends.iter().copied().fold(t_in, f64::max);
+    Ok(Traced {
+        started: of_function("workqueue_execute_start").count() as u64,
+        ended_during: ends.iter().filter(|&&t| t_in < t && t < t_out).count() as u64,
+        flush_ns: ((t_out - t_in) * 1e9) as u64,
+        to_last_end_ns: ((last_end - t_in) * 1e9) as u64,
+    })
+}
+
+fn slow_site(summary: &Value) -> Result<&Value> {
+    let sites = records::sites(summary, "wqflush_test_flush_slow");
+    ensure!(sites.len() == 1, "slow sites: {sites:?}\n{summary}");
+    Ok(sites[0])
+}
+
+fn waited_count(waited_for: &Value, function: &str) -> u64 {
+    waited_for
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["function"] == function && w["module"] == "wqflush_test")
+        .filter_map(|w| w["count"].as_u64())
+        .sum()
+}
+
+fn check_method(series: Series, name: &str) -> Result<()> {
+    let run = run(series)?;
+    let err = run.section(&format!("{name}.err"))?;
+    ensure!(
+        run.section_status(&format!("{name}.status"))? == 0,
+        "{name}: wqflush failed:\n{err}"
+    );
+    let recs = records::records(run, &format!("{name}.json"))?;
+    let summary = records::summary(&recs)?;
+    let site = slow_site(summary).with_context(|| {
+        let all: Vec<String> = recs.iter().map(ToString::to_string).collect();
+        format!("records:\n{}\nstderr:\n{err}", all.join("\n"))
+    })?;
+    let t = oracle(
+        run.section(&format!("{name}.trace"))?,
+        "wqflush_test_slow_work",
+    )?;
+    let max = site["wait_ns_max"].as_u64().context("wait_ns_max")?;
+    let waited = waited_count(&site["waited_for"], "wqflush_test_slow_work");
+    eprintln!(
+        "{series} {name}: waits {} wait_ns_max {max} total {} waited_for {}; tracefs: {} started, \
+         {} ended during the flush, flush {} ns, its start to the last end {} ns",
+        site["waits"],
+        site["wait_ns_total"],
+        site["waited_for"],
+        t.started,
+        t.ended_during,
+        t.flush_ns,
+        t.to_last_end_ns
+    );
+    ensure!(site["count"] == 1 && site["waits"] == 1, "{site}");
+    ensure!(summary["waits_lost"] == 0, "{summary}");
+    ensure!(
+        site["wait_ns_total"].as_u64() == Some(max),
+        "one flush: total = max: {site}"
+    );
+    ensure!(t.started == 3, "tracefs saw {} slow work items", t.started);
+    // The items sleep from when they are queued, before the flush: under TCG the flush can
+    // start tens of ms later, so its wait may be under one item's 200 ms. It lies within the
+    // caller's kprobe/kretprobe interval and ends after the last item's end; it starts later
+    // than that kprobe by the kprobe's and trampoline's time under TCG (6-15 ms seen on 7.3).
+    ensure!(max >= SLOW_NS / 2, "waited {max} ns");
+    ensure!(
+        max <= t.flush_ns + 1_000_000 && max + 50_000_000 >= t.to_last_end_ns,
+        "wqflush {max} ns; tracefs: flush {} ns, to the last end {} ns",
+        t.flush_ns,
+        t.to_last_end_ns
+    );
+    ensure!(
+        waited == t.ended_during && waited >= 1,
+        "waited_for {waited}, tracefs {} ended during the flush: {site}",
+        t.ended_during
+    );
+    let returned: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "waited" && r["caller"] == "wqflush_test_flush_slow")
+        .collect();
+    ensure!(returned.len() == 1, "waited records: {returned:?}");
+    ensure!(
+        returned[0]["wait_ns"].as_u64() == Some(max)
+            && waited_count(&returned[0]["waited_for"], "wqflush_test_slow_work") == waited,
+        "{}",
+        returned[0]
+    );
+    Ok(())
+}
+
+fn with_fentry(series: Series) -> Result<()> {
+    check_method(series, "fentry")
+}
+
+fn with_kprobe(series: Series) -> Result<()> {
+    check_method(series, "kprobe")
+}
+
+fn with_kprobe_multi(series: Series) -> Result<()> {
+    if !series.has_fprobe() {
+        eprintln!("{series}: no fprobe, no kprobe-multi");
+        return Ok(());
+    }
+    check_method(series, "multi")
+}
+
+/// Without `--waits` the fields are absent and no "waited" record is written.
+fn absent_without_the_flag(series: Series) -> Result<()> {
+    let run = run(series)?;
+    ensure!(
+        run.section_status("plain.status")? == 0,
+        "{}",
+        run.section("plain.err")?
+    );
+    let recs = records::records(run, "plain.json")?;
+    let site = slow_site(records::summary(&recs)?)?;
+    for field in ["waits", "wait_ns_total", "wait_ns_max", "waited_for"] {
+        ensure!(site.get(field).is_none(), "{field} without --waits: {site}");
+    }
+    ensure!(!recs.iter().any(|r| r["type"] == "waited"));
+    ensure!(records::summary(&recs)?.get("waits_lost").is_none());
+    Ok(())
+}
+
+fn text_output(series: Series) -> Result<()> {
+    let run = run(series)?;
+    let text = run.section("text")?;
+    ensure!(run.section_status("text.status")? == 0, "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("wqflush_test_flush_slow") && l.contains(" waited "))
+        .with_context(|| format!("no waited line:\n{text}"))?;
+    // Other work items of system_wq (vmstat_shepherd, psi_avgs_work, ...) may run meanwhile.
+    ensure!(
+        line.contains(" work items: ") && line.contains("wqflush_test_slow_work [wqflush_test] ×2"),
+        "{line}"
+    );
+    ensure!(text.contains("waited: 1 returned"), "{text}");
+    eprintln!("{series} text: {line}");
+    Ok(())
+}
+
+wqflush_vmtest::per_kernel_tests! {
+    waits_with_fentry => with_fentry,
+    waits_with_kprobe => with_kprobe,
+    waits_with_kprobe_multi => with_kprobe_multi,
+    waits_absent_without_the_flag => absent_without_the_flag,
+    waits_in_text => text_output,
+}
