@@ -141,6 +141,21 @@ pub struct InFlight {
     pub comm: [u8; 16],
 }
 
+/// `--waits`: a work item a worker is running, as the `running_work` task iterator writes it;
+/// what a stuck flush of its queue waits for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct RunningWork {
+    /// The worker's thread id.
+    pub tid: u32,
+    pub _pad: u32,
+    /// `worker->current_pwq->wq`: the queue the work item was queued on.
+    pub wq: u64,
+    /// `worker->current_func`.
+    pub function: u64,
+}
+
 /// `--waits`: key of `FLUSH_SLOTS`: which flushes of a queue are in flight (value: thread id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -47,8 +47,8 @@ mod probe {
         CountKey, FLAG_BY_NAME, FLAG_RUNNING_KNOWN, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent,
         InFlight, LOST_RINGBUF, LOST_SLOTS, LOST_UNCOUNTED, LOST_WAITS, MAX_FLUSH_RANGES,
         MAX_FLUSH_SLOTS, MAX_FRAMES, MAX_IN_FLIGHT, MAX_QUEUES, MAX_SITES, MAX_WAITED, NAME_LEN,
-        NO_QUEUE, Returned, SlotKey, WAIT_BOUNDS_NS, WAIT_BUCKETS, WORKER_CHAIN, WaitStats,
-        WaitedKey,
+        NO_QUEUE, Returned, RunningWork, SlotKey, WAIT_BOUNDS_NS, WAIT_BUCKETS, WORKER_CHAIN,
+        WaitStats, WaitedKey,
     };
 
     /// How deep the caller is looked for. The stack starts at the flush function, and its
@@ -79,6 +79,9 @@ mod probe {
     /// offsetof(struct task_struct, flags), from BTF; 0 when unknown.
     #[unsafe(no_mangle)]
     static TASK_FLAGS_OFFSET: u32 = 0;
+    /// offsetof(struct task_struct, pid), from BTF (`--waits`: the task iterator's thread ids).
+    #[unsafe(no_mangle)]
+    static TASK_PID_OFFSET: u32 = 0;
 
     /// The worker -> running workqueue offsets (`WORKER_CHAIN`); zeros when BTF lacks them.
     #[unsafe(no_mangle)]
@@ -549,15 +552,79 @@ mod probe {
         0
     }
 
+    /// `struct bpf_iter__task` (5.8+): what a task iterator program is called with.
+    #[repr(C)]
+    struct IterTask {
+        meta: *const IterMeta,
+        task: u64,
+    }
+
+    /// `struct bpf_iter_meta`: its first member is the seq_file the program writes to.
+    #[repr(C)]
+    struct IterMeta {
+        seq: *mut core::ffi::c_void,
+    }
+
+    /// `--waits`: a task iterator user space runs only when a flush has been stuck past
+    /// `--stuck-after`, never on a hot path. It writes one `RunningWork` per worker that is
+    /// running a work item. That includes items started before the flush, such as one blocked on
+    /// a lock the flusher holds, and the flusher's own item when a worker flushes its own queue.
+    /// User space keeps the ones on the stuck flush's queue. aya-ebpf 0.2 has no macro for
+    /// iterators; the section name is what aya's loader knows them by.
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "iter/task")]
+    pub fn running_work(ctx: *mut core::ffi::c_void) -> i32 {
+        let ctx = ctx as *const IterTask;
+        // SAFETY: the verifier checks these loads against the context's BTF type.
+        let (seq, task) = unsafe { ((*(*ctx).meta).seq, (*ctx).task) };
+        if task == 0 {
+            // The iteration's end: one more call with no task.
+            return 0;
+        }
+        // Only a worker's kthread data is a struct worker.
+        if !task_flags(task).is_some_and(|f| f & PF_WQ_WORKER != 0) {
+            return 0;
+        }
+        let Some((wq, function)) = work_of(task) else {
+            return 0;
+        };
+        let off = global(&TASK_PID_OFFSET);
+        // SAFETY: probe_read tolerates any address.
+        let Ok(tid) = (unsafe { bpf_probe_read_kernel((task + u64::from(off)) as *const u32) })
+        else {
+            return 0;
+        };
+        let rec = RunningWork {
+            tid,
+            _pad: 0,
+            wq,
+            function,
+        };
+        // SAFETY: the helper copies `size_of::<RunningWork>()` bytes from the record.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_seq_write(
+                seq.cast(),
+                (&rec as *const RunningWork).cast(),
+                size_of::<RunningWork>() as u32,
+            )
+        };
+        0
+    }
+
     /// The queue and function of the work item the current worker runs: worker->current_pwq->wq
     /// and worker->current_func, both still set at workqueue_execute_end.
     #[inline(always)]
     fn current_work() -> Option<(u64, u64)> {
+        work_of(unsafe { bpf_get_current_task() })
+    }
+
+    /// The queue and function of the work item `task`, a worker, runs; None when it runs none.
+    #[inline(always)]
+    fn work_of(task: u64) -> Option<(u64, u64)> {
         let func_off = global(&WORKER_FUNC_OFFSET);
         if func_off == 0 {
             return None;
         }
-        let task = unsafe { bpf_get_current_task() };
         let worker = follow(task, 0, 2)?;
         // SAFETY: probe_read tolerates any address.
         let function =
@@ -766,17 +833,22 @@ mod probe {
     /// Whether the current task is a workqueue worker, if BTF told us where its flags are.
     #[inline(always)]
     fn worker_flags() -> u32 {
+        match task_flags(unsafe { bpf_get_current_task() }) {
+            Some(f) if f & PF_WQ_WORKER != 0 => FLAG_WORKER | FLAG_WORKER_KNOWN,
+            Some(_) => FLAG_WORKER_KNOWN,
+            None => 0,
+        }
+    }
+
+    /// `task->flags`, unless its offset is unknown or the read failed.
+    #[inline(always)]
+    fn task_flags(task: u64) -> Option<u32> {
         let off = global(&TASK_FLAGS_OFFSET);
         if off == 0 {
-            return 0;
+            return None;
         }
         // SAFETY: probe_read tolerates any address.
-        let task = unsafe { bpf_get_current_task() };
-        match unsafe { bpf_probe_read_kernel((task + u64::from(off)) as *const u32) } {
-            Ok(f) if f & PF_WQ_WORKER != 0 => FLAG_WORKER | FLAG_WORKER_KNOWN,
-            Ok(_) => FLAG_WORKER_KNOWN,
-            Err(_) => 0,
-        }
+        unsafe { bpf_probe_read_kernel((task + u64::from(off)) as *const u32) }.ok()
     }
 
     #[panic_handler]

@@ -23,6 +23,8 @@ pub struct Offsets {
     pub worker_chain: Option<[u32; WORKER_CHAIN]>,
     /// offsetof(struct worker, current_func), for `--waits`; 0 when BTF lacks it.
     pub worker_func: u32,
+    /// offsetof(struct task_struct, pid): a worker's thread id, for `--waits`' task iterator.
+    pub task_pid: u32,
 }
 
 /// The structs whose members the probe reads.
@@ -42,6 +44,7 @@ pub fn read_offsets() -> Result<Offsets> {
         bail!("workqueue_struct.name is not an array");
     };
     let (task_flags, _) = structs.member("task_struct", "flags")?;
+    let (task_pid, _) = structs.member("task_struct", "pid")?;
     let worker_chain = worker_chain(&structs).ok();
     let worker_func = structs
         .member("worker", "current_func")
@@ -52,6 +55,7 @@ pub fn read_offsets() -> Result<Offsets> {
         task_flags,
         worker_chain,
         worker_func,
+        task_pid,
     })
 }
 

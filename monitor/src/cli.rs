@@ -83,9 +83,19 @@ pub struct WatchArgs {
     #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_metrics_addr)]
     metrics: Option<std::net::SocketAddr>,
     /// Also time each offending flush until it returns and name the work items it waited for
-    /// (adds a probe on every flush's return and on every work item's end)
+    /// and report a flush that never returns (adds a probe on every flush's return and on every
+    /// work item's end)
     #[arg(long)]
     waits: bool,
+    /// With --waits: report a flush still waiting after this long as STUCK (10s, 500ms, 2m)
+    #[arg(
+        long,
+        requires = "waits",
+        value_parser = parse_duration,
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    stuck_after: Duration,
 }
 
 fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -104,6 +114,7 @@ impl WatchArgs {
             kmsg: self.kmsg,
             metrics: self.metrics,
             waits: self.waits,
+            stuck_after: self.stuck_after,
         }
     }
 }

@@ -108,7 +108,7 @@ pub fn decode(bytes: &[u8], nr_queues: usize) -> Result<Flush> {
 
 /// The bytes up to the first NUL (the kernel's fixed-size name arrays), interned: task and queue
 /// names repeat across sites.
-fn c_string(bytes: &[u8]) -> Arc<str> {
+pub fn c_string(bytes: &[u8]) -> Arc<str> {
     let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     intern(&String::from_utf8_lossy(&bytes[..len]))
 }

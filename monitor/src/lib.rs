@@ -20,6 +20,7 @@ pub mod probe;
 pub mod queues;
 pub mod report;
 pub mod sites;
+pub mod stuck;
 pub mod symbolize;
 pub mod target;
 pub mod timing;

@@ -45,6 +45,8 @@ pub struct SiteMetric {
     pub count: u64,
     /// `--waits`: the kernel's wait figures for the site, once a flush from it returned.
     pub waits: Option<monitor_ebpf::WaitStats>,
+    /// `--waits`: its flushes reported stuck (None without --waits).
+    pub stuck: Option<u64>,
 }
 
 /// What a scrape reports; the daemon replaces or updates it as events arrive.
@@ -163,6 +165,7 @@ pub fn render(info: &Info, snap: &Snapshot) -> Result<String> {
     let mut text = String::new();
     prometheus_text::encode(&mut text, &registry).context("cannot encode the metrics")?;
     wait_histogram(&mut text, snap);
+    stuck_counter(&mut text, snap);
     Ok(text)
 }
 
@@ -224,6 +227,41 @@ fn wait_histogram(text: &mut String, snap: &Snapshot) {
             text,
             "wqflush_flush_wait_seconds_count{{{labels}}} {}",
             w.waits
+        );
+    }
+}
+
+/// `--waits`: `wqflush_stuck_flushes_total`, per site (sites of one label set summed). Written
+/// after the registry's text, like the histogram.
+fn stuck_counter(text: &mut String, snap: &Snapshot) {
+    use std::fmt::Write as _;
+    let mut series: Vec<(SiteLabels, u64)> = Vec::new();
+    for site in &snap.sites {
+        let Some(n) = site.stuck else { continue };
+        let labels = SiteLabels {
+            wq: site.wq.clone(),
+            caller: site.caller.clone(),
+            module: site.module.clone(),
+        };
+        match series.iter_mut().find(|(l, _)| *l == labels) {
+            Some((_, m)) => *m += n,
+            None => series.push((labels, n)),
+        }
+    }
+    if series.is_empty() {
+        return;
+    }
+    text.push_str(
+        "# HELP wqflush_stuck_flushes Offending flushes reported stuck (still waiting after --stuck-after; --waits), by workqueue and call site.\n\
+         # TYPE wqflush_stuck_flushes counter\n",
+    );
+    for (l, n) in series {
+        let _ = writeln!(
+            text,
+            "wqflush_stuck_flushes_total{{wq=\"{}\",caller=\"{}\",module=\"{}\"}} {n}",
+            escape(&l.wq),
+            escape(&l.caller),
+            escape(&l.module)
         );
     }
 }
@@ -377,6 +415,7 @@ mod tests {
             module: module.into(),
             count,
             waits: None,
+            stuck: None,
         }
     }
 
@@ -507,6 +546,37 @@ mod tests {
         }
         let text = render(&info(), &sample()).expect("render");
         assert!(!text.contains("wait_seconds"), "{text}");
+    }
+
+    #[test]
+    fn stuck_flushes_are_counted_per_label_set_with_waits_only() {
+        // Two sites of one caller (two call offsets) sum into one series; a site with none
+        // stuck still has its series at 0 once --waits is on.
+        let stuck = |n| {
+            let mut s = site("system_long_wq", "flush_self", "foo", 1);
+            s.stuck = Some(n);
+            s
+        };
+        let mut other = site("system_wq", "quiet", "", 3);
+        other.stuck = Some(0);
+        let snap = Snapshot {
+            sites: vec![stuck(1), stuck(2), other],
+            lost: 0,
+            missed: None,
+        };
+        let text = render(&info(), &snap).expect("render");
+        for line in [
+            "# TYPE wqflush_stuck_flushes counter",
+            r#"wqflush_stuck_flushes_total{wq="system_long_wq",caller="flush_self",module="foo"} 3"#,
+            r#"wqflush_stuck_flushes_total{wq="system_wq",caller="quiet",module=""} 0"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        let text = render(&info(), &sample()).expect("render");
+        assert!(!text.contains("stuck"), "{text}");
     }
 
     #[test]

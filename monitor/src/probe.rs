@@ -24,11 +24,11 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint},
+    programs::{FEntry, FExit, Iter, KProbe, ProgramError, RawTracePoint},
 };
 use monitor_ebpf::{
-    CountKey, LOST_RINGBUF, LOST_UNCOUNTED, LOST_WAITS, MAX_FLUSH_RANGES, MAX_QUEUES, NAME_LEN,
-    WaitStats, WaitedKey,
+    CountKey, InFlight, LOST_RINGBUF, LOST_UNCOUNTED, LOST_WAITS, MAX_FLUSH_RANGES, MAX_QUEUES,
+    NAME_LEN, RunningWork, WaitStats, WaitedKey,
 };
 
 use std::os::fd::AsFd as _;
@@ -195,12 +195,21 @@ fn attach_waits(
             )?);
         }
     }
+    let btf = target
+        .kernel_btf
+        .get_or_init(|| Btf::from_sys_fs().map_err(|e| e.to_string()));
+    let btf = btf
+        .as_ref()
+        .map_err(|e| anyhow!("--waits needs kernel BTF for its task iterator: {e}"))?;
+    let prog: &mut Iter = program(ebpf, "running_work")?;
+    prog.load("task", btf)
+        .map_err(|e| explain(e, "loading the task iterator (5.8+)"))?;
     let prog: &mut RawTracePoint = program(ebpf, "work_end")?;
     prog.load()
         .map_err(|e| explain(e, "loading the workqueue_execute_end program"))?;
     prog.attach("workqueue_execute_end")
         .map_err(|e| explain(e, "attaching to workqueue_execute_end"))?;
-    crate::timing::mark("--waits: exit program and workqueue_execute_end attached");
+    crate::timing::mark("--waits: exit program, workqueue_execute_end and the task iterator ready");
     Ok(multi)
 }
 
@@ -258,6 +267,7 @@ fn load(target: &Target, waits: bool) -> Result<Ebpf> {
         .override_global("QUEUE_NAMES", &names, true)
         .override_global("WQ_NAME_OFFSET", &offsets.wq_name, true)
         .override_global("TASK_FLAGS_OFFSET", &offsets.task_flags, true)
+        .override_global("TASK_PID_OFFSET", &offsets.task_pid, true)
         .override_global("FLUSH_RANGES", &ranges, true)
         .override_global("WAITS", &waits, true)
         .override_global("WORKER_FUNC_OFFSET", &offsets.worker_func, true)
@@ -460,6 +470,10 @@ pub struct Lost {
     pub missed: Option<u64>,
     /// `--waits`: offending flushes whose wait was not tracked, and work items not counted.
     pub waits: u64,
+    /// `--waits`: flushes in flight past `--stuck-after` whose task had left the flush (gone,
+    /// not in D, or it slept again): the kernel did not run the exit probe for them. Counted in
+    /// user space, never reported as stuck.
+    pub exits_missed: u64,
 }
 
 impl Probe {
@@ -476,6 +490,7 @@ impl Probe {
             uncounted: sum(LOST_UNCOUNTED)?,
             missed: self.missed(counters)?,
             waits: sum(LOST_WAITS)?,
+            exits_missed: 0,
         })
     }
 }
@@ -516,6 +531,60 @@ pub fn waits(
         waited.push(entry.context("reading the work items waited for")?);
     }
     Ok(())
+}
+
+/// `--waits`: the offending flushes in flight, by thread id, into `flights`.
+pub fn in_flight(ebpf: &Ebpf, flights: &mut Vec<(u32, InFlight)>) -> Result<()> {
+    let map = ebpf
+        .map("INFLIGHT")
+        .context("eBPF object has no INFLIGHT map")?;
+    let map: HashMap<_, u32, InFlight> = HashMap::try_from(map)?;
+    flights.clear();
+    for entry in map.iter() {
+        match entry {
+            Ok(e) => flights.push(e),
+            // An entry removed between listing its key and reading it.
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e).context("reading the flushes in flight"),
+        }
+    }
+    Ok(())
+}
+
+/// `--waits`: the work item every worker is running now, by one run of the task iterator.
+/// Called only for a stuck flush: it walks every task in the system.
+pub fn running_work(ebpf: &mut Ebpf) -> Result<Vec<RunningWork>> {
+    use std::io::Read as _;
+    let prog: &mut Iter = program(ebpf, "running_work")?;
+    let link = prog
+        .attach()
+        .map_err(|e| explain(e, "running the task iterator"))?;
+    let link = prog
+        .take_link(link)
+        .map_err(|e| explain(e, "running the task iterator"))?;
+    let mut file = link
+        .into_file()
+        .context("running the task iterator: bpf_iter_create")?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .context("reading the task iterator")?;
+    Ok(bytes
+        .chunks_exact(size_of::<RunningWork>())
+        .map(bytemuck::pod_read_unaligned)
+        .collect())
+}
+
+/// `--waits`: `tid`'s in-flight flush, if it still has one.
+pub fn in_flight_of(ebpf: &Ebpf, tid: u32) -> Result<Option<InFlight>> {
+    let map = ebpf
+        .map("INFLIGHT")
+        .context("eBPF object has no INFLIGHT map")?;
+    let map: HashMap<_, u32, InFlight> = HashMap::try_from(map)?;
+    match map.get(&tid, 0) {
+        Ok(f) => Ok(Some(f)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e).context("reading a flush in flight"),
+    }
 }
 
 /// `--waits`: the ring buffer of reported flushes that returned.

@@ -72,6 +72,44 @@ struct WaitedRecord<'a> {
     waited_for: Vec<WaitedFor<'a>>,
 }
 
+/// `--waits --stuck-after`: a work item running on the stuck flush's queue.
+#[derive(Serialize)]
+struct RunningItem<'a> {
+    function: Option<&'a str>,
+    module: Option<&'a str>,
+}
+
+/// `--waits --stuck-after`: a flush still waiting.
+#[derive(Serialize)]
+struct StuckRecord<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    kernel: Arc<str>,
+    wq: Option<&'a str>,
+    wq_name: Option<&'a str>,
+    caller: Option<&'a str>,
+    call_site: String,
+    module: Option<&'a str>,
+    pid: u32,
+    comm: &'a str,
+    waiting_ns: u64,
+    running: Vec<RunningItem<'a>>,
+}
+
+/// What a stuck report is about (see [`Reporter::stuck`]).
+pub struct StuckFlush<'a> {
+    /// Index of the flushed queue in the system queue table.
+    pub queue: usize,
+    /// The kernel's name of the queue, when known.
+    pub wq_name: Option<&'a str>,
+    pub caller: Option<&'a Frame>,
+    pub pid: u32,
+    pub comm: &'a str,
+    pub waiting_ns: u64,
+    /// Work items of that queue that started and have not finished.
+    pub running: &'a [Frame],
+}
+
 #[derive(Serialize)]
 struct SiteRecord<'a> {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
@@ -117,6 +155,9 @@ struct SiteRecord<'a> {
     wait_ns_max: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     waited_for: Option<Vec<WaitedFor<'a>>>,
+    /// `--waits` only: its flushes reported stuck.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stuck: Option<u64>,
 }
 
 impl<'a> SiteRecord<'a> {
@@ -127,6 +168,7 @@ impl<'a> SiteRecord<'a> {
         self.wait_ns_total = Some(stats.total_ns);
         self.wait_ns_max = Some(stats.max_ns);
         self.waited_for = Some(waited_for(w));
+        self.stuck = Some(site.stuck);
         self
     }
 }
@@ -149,6 +191,10 @@ struct SummaryRecord<'a> {
     /// in-flight table full) plus work items not counted (that table full).
     #[serde(skip_serializing_if = "Option::is_none")]
     waits_lost: Option<u64>,
+    /// `--waits` only: flushes past --stuck-after whose task had left the flush (the kernel did
+    /// not run the exit probe for them); never reported as stuck.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exits_missed: Option<u64>,
 }
 
 impl<W: Write> Reporter<W> {
@@ -201,6 +247,70 @@ impl<W: Write> Reporter<W> {
                 waited_text(w)
             )
             .context("writing the report")?;
+        }
+        self.out.flush().context("writing the report")
+    }
+
+    /// `--waits --stuck-after`: a flush has waited `waiting_ns` so far and still waits.
+    pub fn stuck(&mut self, s: &StuckFlush) -> Result<()> {
+        let q = &self.queues[s.queue];
+        let call_site = s.caller.map(ToString::to_string).unwrap_or_default();
+        let label = q.describe(s.wq_name);
+        let running_text = if s.running.is_empty() {
+            "none seen".to_owned()
+        } else {
+            s.running
+                .iter()
+                .map(|f| {
+                    let name = f
+                        .func
+                        .as_deref()
+                        .map_or_else(|| format!("{:#x}", f.addr), str::to_owned);
+                    match f.module.as_deref() {
+                        Some(m) => format!("{name} [{m}]"),
+                        None => name,
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let from = s
+            .caller
+            .map_or("an unknown function".to_owned(), |c| c.with_size());
+        let text = format!(
+            "STUCK: wqflush: flush of {label} from {from} by {} (pid {}) has waited {:.1} s; \
+             running on that queue: {running_text}",
+            s.comm,
+            s.pid,
+            s.waiting_ns as f64 / 1e9
+        );
+        if let Some(kmsg) = &mut self.kmsg {
+            kmsg.warn(std::slice::from_ref(&text))?;
+        }
+        if self.json {
+            let rec = StuckRecord {
+                kind: "stuck",
+                kernel: self.kernel.clone(),
+                wq: q.var.as_deref(),
+                wq_name: s.wq_name.or(q.name.as_deref()),
+                caller: s.caller.and_then(|c| c.func.as_deref()),
+                call_site,
+                module: s.caller.and_then(|c| c.module.as_deref()),
+                pid: s.pid,
+                comm: s.comm,
+                waiting_ns: s.waiting_ns,
+                running: s
+                    .running
+                    .iter()
+                    .map(|f| RunningItem {
+                        function: f.func.as_deref(),
+                        module: f.module.as_deref(),
+                    })
+                    .collect(),
+            };
+            line(&mut self.out, &rec)?;
+        } else {
+            writeln!(self.out, "{text}").context("writing the report")?;
         }
         self.out.flush().context("writing the report")
     }
@@ -293,6 +403,7 @@ impl<W: Write> Reporter<W> {
             uncounted: lost.uncounted,
             missed: lost.missed,
             waits_lost: self.waits.then_some(lost.waits),
+            exits_missed: self.waits.then_some(lost.exits_missed),
         };
         Ok(serde_json::to_string(&summary)? + "\n")
     }
@@ -318,6 +429,13 @@ impl<W: Write> Reporter<W> {
         if let Some(line) = missed_line(lost.missed) {
             text.push_str(&line);
         }
+        if self.waits && lost.exits_missed > 0 {
+            text.push_str(&format!(
+                "wqflush: {} flush(es) in flight past --stuck-after had left the flush (the kernel \
+                 did not run the exit probe for them); not reported as stuck\n",
+                lost.exits_missed
+            ));
+        }
         if !sites.is_empty() {
             text.push_str(&format!(
                 "{:>10}  {:<40}  {}\n",
@@ -342,12 +460,13 @@ impl<W: Write> Reporter<W> {
             if self.waits {
                 let stats = site.waits.as_ref().map(|w| w.stats).unwrap_or_default();
                 text.push_str(&format!(
-                    "{:>10}  waited: {} returned, {} in all, {} at most, for {}\n",
+                    "{:>10}  waited: {} returned, {} in all, {} at most, for {}; {} stuck\n",
                     "",
                     stats.waits,
                     duration_text(stats.total_ns),
                     duration_text(stats.max_ns),
-                    waited_text(site.waits.as_deref())
+                    waited_text(site.waits.as_deref()),
+                    site.stuck
                 ));
             }
         }
@@ -443,6 +562,7 @@ fn record<'a>(
         wait_ns_total: None,
         wait_ns_max: None,
         waited_for: None,
+        stuck: None,
     }
 }
 
@@ -642,6 +762,62 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
         );
     }
 
+    fn frame(func: &str, module: Option<&str>) -> Frame {
+        Frame {
+            addr: 0xffffffffc0a01000,
+            func: Some(func.into()),
+            offset: 0x1e,
+            size: 0x40,
+            module: module.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn stuck_record_follows_the_contract() {
+        let caller = frame("wqflush_test_work_flush_self", Some("wqflush_test"));
+        let running = [
+            frame("wqflush_test_work_flush_self", Some("wqflush_test")),
+            frame("vmstat_update", None),
+        ];
+        let stuck = StuckFlush {
+            queue: 1,
+            wq_name: None,
+            caller: Some(&caller),
+            pid: 42,
+            comm: "kworker/0:2",
+            waiting_ns: 10_200_000_000,
+            running: &running,
+        };
+        let mut r = Reporter::new(Vec::new(), true, queues()).with_kernel("5.10.0-35-amd64");
+        r.stuck(&stuck).unwrap();
+        let v = &lines(r.into_inner())[0];
+        assert_eq!(v["type"], "stuck");
+        assert_eq!(v["wq"], "system_long_wq");
+        assert_eq!(v["wq_name"], "events_long");
+        assert_eq!(v["caller"], "wqflush_test_work_flush_self");
+        assert_eq!(v["module"], "wqflush_test");
+        assert_eq!(v["pid"], 42);
+        assert_eq!(v["comm"], "kworker/0:2");
+        assert_eq!(v["waiting_ns"], 10_200_000_000u64);
+        assert_eq!(
+            v["running"],
+            serde_json::json!([
+                {"function": "wqflush_test_work_flush_self", "module": "wqflush_test"},
+                {"function": "vmstat_update", "module": null},
+            ])
+        );
+        let mut r = Reporter::new(Vec::new(), false, queues());
+        r.stuck(&stuck).unwrap();
+        let text = String::from_utf8(r.into_inner()).unwrap();
+        assert_eq!(
+            text,
+            "STUCK: wqflush: flush of system_long_wq (events_long) from \
+             wqflush_test_work_flush_self+0x1e/0x40 [wqflush_test] by kworker/0:2 (pid 42) has \
+             waited 10.2 s; running on that queue: wqflush_test_work_flush_self [wqflush_test], \
+             vmstat_update\n"
+        );
+    }
+
     #[test]
     fn json_summary_has_counts_and_lost() {
         let mut r = Reporter::new(Vec::new(), true, queues());
@@ -652,6 +828,7 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
                 uncounted: 1,
                 missed: Some(4),
                 waits: 0,
+                exits_missed: 0,
             },
         )
         .unwrap();

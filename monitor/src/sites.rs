@@ -26,6 +26,8 @@ pub struct Site {
     pub count: u64,
     /// `--waits`: how long its flushes waited and for which work items; None until one returned.
     pub waits: Option<Box<SiteWaits>>,
+    /// `--waits`: its flushes reported as stuck (`--stuck-after`).
+    pub stuck: u64,
 }
 
 /// `--waits`: the kernel's wait figures for a site (summed over its counter keys).
@@ -128,6 +130,7 @@ impl Sites {
                     first,
                     count: 1,
                     waits: None,
+                    stuck: 0,
                 });
                 self.by_key.insert(key, i as u32);
                 i
@@ -173,6 +176,7 @@ impl Sites {
                 first: None,
                 count: 0,
                 waits: None,
+                stuck: 0,
             }),
         };
         self.by_key.insert(key, i as u32);
@@ -231,6 +235,18 @@ impl Sites {
     /// The site the kernel counts under `key`, once known.
     pub fn by_key(&self, key: &CountKey) -> Option<&Site> {
         self.by_key.get(key).map(|&i| &self.list[i as usize])
+    }
+
+    /// `--waits`: counts a stuck flush of the site the kernel counts under `key`; false when
+    /// that site is not known yet.
+    pub fn add_stuck(&mut self, key: &CountKey) -> bool {
+        match self.by_key.get(key) {
+            Some(&i) => {
+                self.list[i as usize].stuck += 1;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Drops the stack of the last first sighting, once it has been reported.

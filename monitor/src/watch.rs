@@ -24,6 +24,7 @@ use crate::{
     queues,
     report::Reporter,
     sites::Sites,
+    stuck::{self, StuckTracker},
     symbolize::{self, Symbolizer},
     target::{self, MatchMode, Target},
     unpreempted::Unpreempted,
@@ -40,6 +41,8 @@ pub struct Options {
     pub ready_file: Option<PathBuf>,
     /// Time each offending flush until it returns, and count the work items it waited for.
     pub waits: bool,
+    /// With `waits`: report flushes in flight longer than this as stuck.
+    pub stuck_after: Duration,
 }
 
 pub struct Outcome {
@@ -76,6 +79,9 @@ struct State<W: Write> {
     /// `--waits`: the kernel's wait maps, read with the counters.
     wait_stats: Vec<(monitor_ebpf::CountKey, monitor_ebpf::WaitStats)>,
     waited: Vec<(monitor_ebpf::WaitedKey, u64)>,
+    /// `--waits`: flushes in flight past `--stuck-after`, and the work items running meanwhile.
+    stuck: Option<StuckTracker>,
+    flights: Vec<(u32, monitor_ebpf::InFlight)>,
 }
 
 impl<W: Write> State<W> {
@@ -122,7 +128,71 @@ impl<W: Write> State<W> {
         self.sites
             .apply_counts(&self.counts, |addr| sym.frame(addr));
         self.refresh_waits(probe)?;
-        Ok(lost)
+        Ok(Lost {
+            exits_missed: self.stuck.as_ref().map_or(0, |s| s.exits_missed),
+            ..lost
+        })
+    }
+
+    /// `--waits`: reports the flushes in flight past `--stuck-after` that still wait (the counts
+    /// were read just before, so their sites are known).
+    fn check_stuck(&mut self, probe: &mut Probe) -> Result<()> {
+        let Some(tracker) = &mut self.stuck else {
+            return Ok(());
+        };
+        {
+            let _rt = Unpreempted::enter();
+            probe::in_flight(&probe.ebpf, &mut self.flights)?;
+        }
+        let now = stuck::monotonic_ns();
+        let ebpf = &probe.ebpf;
+        let found = tracker.poll(&self.flights, now, stuck::read_task, |tid| {
+            probe::in_flight_of(ebpf, tid).ok().flatten()
+        });
+        if found.is_empty() {
+            return Ok(());
+        }
+        let running = probe::running_work(&mut probe.ebpf)?;
+        for (tid, flight) in found {
+            self.report_stuck(tid, &flight, &running, now)?;
+        }
+        Ok(())
+    }
+
+    /// One stuck flush: its site's figures and the report, with the work items running on the
+    /// flushed queue (by the task iterator) as what it waits for.
+    fn report_stuck(
+        &mut self,
+        tid: u32,
+        flight: &monitor_ebpf::InFlight,
+        running: &[monitor_ebpf::RunningWork],
+        now: u64,
+    ) -> Result<()> {
+        let caller = self.sym.frame(flight.key.caller);
+        let running: Vec<_> = running
+            .iter()
+            .filter(|r| r.wq == flight.wq)
+            .map(|r| self.sym.frame(r.function))
+            .collect();
+        let comm = crate::events::c_string(&flight.comm);
+        self.sites.add_stuck(&flight.key);
+        let site = self.sites.by_key(&flight.key);
+        if site.is_some_and(|s| self.reporter.is_ignored(s)) {
+            return Ok(());
+        }
+        let wq_name = site
+            .and_then(|s| s.first.as_ref())
+            .and_then(|f| f.wq_name.as_deref());
+        let caller = site.and_then(|s| s.caller()).or(Some(&caller));
+        self.reporter.stuck(&crate::report::StuckFlush {
+            queue: flight.key.queue as usize,
+            wq_name,
+            caller,
+            pid: tid,
+            comm: &comm,
+            waiting_ns: now.saturating_sub(flight.start_ns),
+            running: &running,
+        })
     }
 
     /// `--waits`: the kernel's wait figures, onto the sites.
@@ -196,6 +266,7 @@ impl<W: Write> State<W> {
                     .to_owned(),
                 count: s.count,
                 waits: s.waits.as_ref().map(|w| w.stats),
+                stuck: self.stuck.as_ref().map(|_| s.stuck),
             }
         });
         metrics::Snapshot {
@@ -275,6 +346,8 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         lost: Lost::default(),
         wait_stats: Vec::new(),
         waited: Vec::new(),
+        stuck: opts.waits.then(|| StuckTracker::new(opts.stuck_after)),
+        flights: Vec::new(),
     };
     let shared = metrics::Shared::default();
     let server = sinks.metrics.map(|listener| {
@@ -284,8 +357,8 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     release_free_memory();
     announce(&target, probe.method, opts.ready_file.as_ref())?;
     crate::timing::mark("announced");
-    let looped = Loop {
-        probe: &probe,
+    let mut looped = Loop {
+        probe: &mut probe,
         shared: server.is_some().then_some(&shared),
         duration: opts.duration,
     };
@@ -429,7 +502,8 @@ struct Signals {
 
 /// The event loop's fixed inputs.
 struct Loop<'a> {
-    probe: &'a Probe,
+    /// Mutable for `--waits`' task iterator, which is attached anew for each run.
+    probe: &'a mut Probe,
     /// The metrics server's copy of the sites, when there is a server.
     shared: Option<&'a metrics::Shared>,
     duration: Option<Duration>,
@@ -439,7 +513,7 @@ impl Loop<'_> {
     /// Streams events until a signal, the deadline or the command's exit; keeps the metrics
     /// snapshot current once a second.
     async fn run<W: Write>(
-        &self,
+        &mut self,
         ring: &mut Ring,
         loads: &mut Option<Ring>,
         returns: &mut Option<Ring>,
@@ -477,6 +551,7 @@ impl Loop<'_> {
                     // Sightings first, so counters rarely precede their call site's stack.
                     state.drain(ring.get_mut())?;
                     let lost = state.refresh_counts(self.probe)?;
+                    state.check_stuck(self.probe)?;
                     if let Some(shared) = self.shared {
                         *shared.lock().unwrap_or_else(|e| e.into_inner()) = state.snapshot(lost);
                     }

@@ -253,6 +253,33 @@ static noinline void wqflush_test_work_flush_self(struct work_struct *work)
 	barrier();
 }
 
+/*
+ * 'abba': the deadlock a system-queue flush makes that no one queue of the caller's shows. The
+ * writer takes a mutex, queues a system_highpri_wq work item that needs that mutex, waits until
+ * the item runs, then flushes system_highpri_wq (through a pointer): the item waits for the
+ * mutex, the flush for the item. The writing task and the kworker block for good; once per boot,
+ * and it pins the module. The item started before the flush did.
+ */
+static DEFINE_MUTEX(abba_lock);
+static struct work_struct abba_work;
+static DECLARE_COMPLETION(abba_started);
+static atomic_t abba_queued = ATOMIC_INIT(0);
+static struct workqueue_struct *abba_wq;
+
+static noinline void wqflush_test_abba_work(struct work_struct *work)
+{
+	complete(&abba_started);
+	mutex_lock(&abba_lock);
+	mutex_unlock(&abba_lock);
+	barrier();
+}
+
+static noinline void wqflush_test_flush_abba(void)
+{
+	flush_workqueue(READ_ONCE(abba_wq));
+	barrier();
+}
+
 /* 'exit': the module's exit function flushes the 'pointer' queue on unload. */
 static bool exit_flush;
 
@@ -319,6 +346,24 @@ static long wqflush_test_run_worker_self(struct wqflush_test_trigger *t, long co
 	INIT_WORK(&self_work, wqflush_test_work_flush_self);
 	queue_work(system_long_wq, &self_work);
 	/* Not waited for; the work function counts itself. */
+	return 0;
+}
+
+static long wqflush_test_run_abba(struct wqflush_test_trigger *t, long count)
+{
+	if (count != 1)
+		return -EINVAL;
+	if (atomic_cmpxchg(&abba_queued, 0, 1))
+		return -EBUSY;
+	__module_get(THIS_MODULE);
+	mutex_lock(&abba_lock);
+	INIT_WORK(&abba_work, wqflush_test_abba_work);
+	queue_work(READ_ONCE(abba_wq), &abba_work);
+	wait_for_completion(&abba_started);
+	/* Counted before the flush: it never returns. */
+	atomic_long_inc(&t->fired);
+	wqflush_test_flush_abba();
+	mutex_unlock(&abba_lock);
 	return 0;
 }
 
@@ -447,6 +492,38 @@ static long wqflush_test_run_bench(struct wqflush_test_trigger *t, long count)
 }
 
 /*
+ * 'workitems <n>': the cost of one work item, which `wqflush --waits` adds a program run to
+ * (its workqueue_execute_end tracepoint). The item does nothing, so what is timed is the
+ * workqueue's own path: queue_work(), a kworker running it, flush_work() waking the writer.
+ */
+static noinline void wqflush_test_workitem(struct work_struct *work)
+{
+	barrier();
+}
+
+/*
+ * Queues one item on own_wq and waits for it with flush_work() (which is no queue flush, so the
+ * flush probe never runs), n times; the time goes to /proc/wqflush_test_bench like 'bench'.
+ * Each writer has its own item on its stack, so two writers can run at once (throughput).
+ */
+static long wqflush_test_run_workitems(struct wqflush_test_trigger *t, long count)
+{
+	struct work_struct work;
+	u64 start = ktime_get_ns();
+	long i;
+
+	INIT_WORK_ONSTACK(&work, wqflush_test_workitem);
+	for (i = 0; i < count; i++) {
+		queue_work(own_wq, &work);
+		flush_work(&work);
+		cond_resched();
+	}
+	destroy_work_on_stack(&work);
+	atomic64_set(&bench_ns, ktime_get_ns() - start);
+	return count;
+}
+
+/*
  * The first four are always listed; the later ones only once they fired, so a read-out of a
  * boot that uses only the original triggers is unchanged.
  */
@@ -469,6 +546,8 @@ static struct wqflush_test_trigger triggers[] = {
 	{ .name = "sites_paced", .run = wqflush_test_run_sites_paced,
 	  .listed_when_fired = true },
 	{ .name = "slow", .run = wqflush_test_run_slow, .listed_when_fired = true },
+	{ .name = "abba", .run = wqflush_test_run_abba, .listed_when_fired = true },
+	{ .name = "workitems", .run = wqflush_test_run_workitems, .listed_when_fired = true },
 };
 
 static struct wqflush_test_trigger *find_trigger(const char *name)
@@ -606,6 +685,7 @@ static int __init wqflush_test_init(void)
 	WRITE_ONCE(holder.wq, queue_by_name(pointer_wq));
 	WRITE_ONCE(storm_wq, system_highpri_wq);
 	WRITE_ONCE(slow_wq, system_wq);
+	WRITE_ONCE(abba_wq, system_highpri_wq);
 #if WQFLUSH_TEST_HAVE_DFL_LONG
 	WRITE_ONCE(holder.dfl_long, system_dfl_long_wq);
 #endif
@@ -628,7 +708,7 @@ static int __init wqflush_test_init(void)
 }
 
 /*
- * Never runs after 'worker_self': that trigger holds a module reference for good. After 'exit'
+ * Never runs after 'worker_self' or 'abba': they hold a module reference for good. After 'exit'
  * it flushes a system queue first, as many drivers' exit functions did: module_exit() makes
  * cleanup_module an alias of this function, and a report must name this one.
  */

@@ -93,8 +93,8 @@ prom_wait 'count(wqflush_flushes_total) == 2' || exit 1
 # A counter's first sample is where increase() starts: flushes after it are what it sees.
 fire pointer 4 || exit 1
 prom_wait 'wqflush_flushes_total{caller="wqflush_test_flush_pointer"} == 7' || exit 1
-# increase() extrapolates over the samples it has (by up to half an interval at each end):
-# 10 s of 1 s samples after the flushes keep that under 10 %.
+# increase() extrapolates past the samples it has (up to 1.6 intervals in all): 10 s of 1 s
+# samples after the flushes keep that well under one flush in 4.
 sleep 10
 emit promql.increase prom 'increase(wqflush_flushes_total[5m])'
 emit promql.total prom 'wqflush_flushes_total'
@@ -330,13 +330,17 @@ fn prometheus_scrapes_and_alerts(series: Series) -> Result<()> {
             && of(&total, "wqflush_test_flush_long") == Some(2.0),
         "{total:?}"
     );
-    // increase() extrapolates to the ends of its window (under 10 % here, see the scenario); it
-    // rounds to the 4 flushes made after the first scrape, and none of the long ones, all made
-    // before it.
+    // increase() sees the 4 flushes made after the first scrape, and none of the long ones, all
+    // made before it. It extrapolates past its first and last samples, which only ever adds: by
+    // at most 1.6 scrape intervals over the samples' span (half an interval before, 1.1 after).
+    // A CI run saw 4.53 (13 %: scrapes stretch under TCG), so the bound is the next whole flush.
     let inc = prom_values(run.section("promql.increase")?)?;
     let pointer = of(&inc, "wqflush_test_flush_pointer").context("no pointer series")?;
     let long = of(&inc, "wqflush_test_flush_long").context("no long series")?;
-    ensure!(pointer.round() == 4.0 && long == 0.0, "increase: {inc:?}");
+    ensure!(
+        (4.0..5.0).contains(&pointer) && long == 0.0,
+        "increase: {inc:?}"
+    );
     let alerts = run.section("alerts")?;
     ensure!(
         alerts.contains(r#""alertname":"SystemWorkqueueFlushed""#)

@@ -9,15 +9,16 @@ use wqflush_vmtest::{Guest, Series, boot_scenario};
 const SCENARIO: &str = r#"load_test_module || exit 1
 ifconfig lo 127.0.0.1 up
 emit doctor wqflush doctor
-wqflush --kmsg --metrics 19100 --ready-file /tmp/ready >/tmp/wqflush.out 2>&1 &
+wqflush --waits --stuck-after 3s --kmsg --metrics 19100 --ready-file /tmp/ready >/tmp/wqflush.out 2>&1 &
 pid=$!
 wait_for_file /tmp/ready 60 || { cat /tmp/wqflush.out; exit 1; }
 echo "scheduled 3" > /proc/wqflush_test   # flush_scheduled_work()
 echo "long 2" > /proc/wqflush_test        # flush_workqueue(system_long_wq)
 echo "pointer 4" > /proc/wqflush_test     # flush_workqueue(h->wq), h->wq == system_unbound_wq
 echo "own 5" > /proc/wqflush_test         # flush_workqueue(own_wq): fine, not reported
+echo "slow 3" > /proc/wqflush_test        # 3 work items sleeping 200 ms on system_wq, then a flush of it
 echo "worker_self" > /proc/wqflush_test   # a work item of system_long_wq flushes system_long_wq
-sleep 2
+sleep 6                                   # --stuck-after 3s: that flush never returns
 emit metrics wget -q -O - http://127.0.0.1:19100/metrics
 stop_bg $pid
 emit wqflush cat /tmp/wqflush.out
@@ -48,7 +49,7 @@ pub fn run(series: Series, wqflush: &Path) -> Result<()> {
         run.section("doctor")?
     );
     println!(
-        "# wqflush (in the guest, stopped with SIGTERM after the triggers)\n{}",
+        "# wqflush --waits --stuck-after 3s (in the guest, stopped with SIGTERM after the triggers)\n{}",
         run.section("wqflush")?
     );
     println!(

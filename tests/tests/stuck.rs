@@ -1,0 +1,253 @@
+//! `--waits --stuck-after`: a flush that never returns is reported while it waits, naming the
+//! work items it waits for.
+//!
+//! Two real deadlocks, each once per boot:
+//! - `worker_self`: a system_long_wq work item flushes system_long_wq, so it waits for itself;
+//! - `abba`: the writing task holds a mutex and flushes system_highpri_wq while a work item of
+//!   that queue, started before the flush, waits for the mutex.
+//!
+//! Each kernel boots twice, once with wqflush attached by fentry and once by kprobe. The guest
+//! notes (by /proc/uptime) when the output first holds each stuck record. The oracle is /proc,
+//! independent of wqflush: which tasks are in D, their comm (a kworker's names the queue of the
+//! item it runs) and the module's functions on their stacks.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
+use wqflush_vmtest::{PerKernel, Series, VmRun, records};
+
+const STUCK_AFTER_S: f64 = 3.0;
+/// The issue's budget past --stuck-after: user space polls once a second.
+const SLACK_S: f64 = 2.0;
+
+/// One boot per method: a kretprobe (the kprobe method's exit probe) replaces the return address
+/// into the flush's caller on the stack, and before 5.16 nothing unwinds through it, so a
+/// second instance's fentry program would read the kretprobe's trampoline as the call site.
+/// `@METHOD@` is the method.
+const SCENARIO: &str = r#"
+load_test_module || exit 1
+wqflush_start w wqflush --waits --stuck-after 3s --attach @METHOD@ || exit 1
+_t0=$(cut -d' ' -f1 /proc/uptime)
+echo worker_self > /proc/wqflush_test || exit 1
+# The writer blocks for good: in the background.
+echo abba > /proc/wqflush_test &
+emit abba_pid echo $!
+_left=150
+_self=none; _abba=none
+# has CALLER: wqflush's output holds a stuck record of CALLER.
+has() { grep '"type":"stuck"' /tmp/w.json | grep -q "\"caller\":\"$1\""; }
+while [ $_left -gt 0 ]; do
+	_now=$(cut -d' ' -f1 /proc/uptime)
+	[ $_self = none ] && has wqflush_test_work_flush_self && _self=$_now
+	[ $_abba = none ] && has wqflush_test_flush_abba && _abba=$_now
+	[ $_self != none ] && [ $_abba != none ] && break
+	_left=$((_left - 1))
+	sleep 0.1
+done
+emit times echo "$_t0 $_self $_abba"
+# The oracle, the kernel's own view of every task in D: its comm (a kworker's says "+queue"
+# while it runs a work item of that queue) and the module's functions on its stack.
+emit blocked sh -c 'for p in /proc/[0-9]*; do
+	grep -q "^State:.D" $p/status 2>/dev/null || continue
+	echo "${p#/proc/} $(cat $p/comm) $(grep -o "wqflush_test_[a-z_]*" $p/stack 2>/dev/null | tr "\n" " ")"
+done; true'
+wqflush_stop w
+true
+"#;
+
+fn run(series: Series, method: &str) -> Result<&'static VmRun> {
+    static FENTRY: PerKernel = PerKernel::new();
+    static KPROBE: PerKernel = PerKernel::new();
+    let runs = if method == "fentry" { &FENTRY } else { &KPROBE };
+    let script = SCENARIO.replace("@METHOD@", method);
+    runs.with_wqflush(series, &script, Duration::from_secs(300), None)
+}
+
+/// A blocked task as the scenario's `blocked` section lists it.
+struct Blocked<'a> {
+    pid: &'a str,
+    comm: &'a str,
+    functions: Vec<&'a str>,
+}
+
+fn blocked(section: &str) -> Vec<Blocked<'_>> {
+    section
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            Some(Blocked {
+                pid: words.next()?,
+                comm: words.next()?,
+                functions: words.collect(),
+            })
+        })
+        .collect()
+}
+
+/// One deadlock as a trigger makes it, and what the report must say of it.
+struct Deadlock {
+    caller: &'static str,
+    wq: &'static str,
+    wq_name: &'static str,
+    /// The work function the flush waits for.
+    waits_for: &'static str,
+    /// Column of `times`.
+    column: usize,
+    /// The flusher is the work item itself (else the background writer).
+    by_worker: bool,
+}
+
+const SELF: Deadlock = Deadlock {
+    caller: "wqflush_test_work_flush_self",
+    wq: "system_long_wq",
+    wq_name: "events_long",
+    waits_for: "wqflush_test_work_flush_self",
+    column: 1,
+    by_worker: true,
+};
+
+const ABBA: Deadlock = Deadlock {
+    caller: "wqflush_test_flush_abba",
+    wq: "system_highpri_wq",
+    wq_name: "events_highpri",
+    waits_for: "wqflush_test_abba_work",
+    column: 2,
+    by_worker: false,
+};
+
+/// The oracle, from /proc alone: the blocked flusher (the kworker running an item of the queue
+/// for `worker_self`, the background writer for `abba`), checked to wait beside a blocked
+/// kworker of that queue running the awaited function. A kretprobe hides the flush's caller
+/// from /proc/PID/stack before 5.16, so the flusher is found by comm or pid, not by stack.
+fn flusher<'a>(run: &VmRun, tasks: &'a [Blocked<'a>], d: &Deadlock) -> Result<&'a Blocked<'a>> {
+    let suffix = format!("+{}", d.wq_name);
+    let worker = |t: &&Blocked| t.comm.ends_with(&suffix);
+    let flusher = if d.by_worker {
+        let workers: Vec<_> = tasks.iter().filter(worker).collect();
+        ensure!(
+            workers.len() == 1,
+            "blocked workers of {}: {}",
+            d.wq_name,
+            workers.len()
+        );
+        workers[0]
+    } else {
+        let pid = run.section("abba_pid")?.trim().to_owned();
+        tasks
+            .iter()
+            .find(|t| t.pid == pid)
+            .context("the abba writer is not blocked")?
+    };
+    ensure!(
+        d.by_worker
+            || tasks
+                .iter()
+                .filter(worker)
+                .any(|t| t.functions.contains(&d.waits_for)),
+        "no blocked worker of {} inside {}",
+        d.wq_name,
+        d.waits_for
+    );
+    Ok(flusher)
+}
+
+fn check(series: Series, method: &str, d: &Deadlock) -> Result<()> {
+    let run = run(series, method)?;
+    let err = run.section("w.err")?;
+    ensure!(
+        run.section_status("w.status")? == 0,
+        "{method}: wqflush failed:\n{err}"
+    );
+    let section = run.section("blocked")?;
+    let tasks = blocked(section);
+    let flusher = flusher(run, &tasks, d).with_context(|| format!("blocked:\n{section}"))?;
+    let recs = records::records(run, "w.json")?;
+    let all = || {
+        let all: Vec<String> = recs.iter().map(ToString::to_string).collect();
+        format!(
+            "records:\n{}\nstderr:\n{err}\nblocked:\n{section}",
+            all.join("\n")
+        )
+    };
+    let stuck: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "stuck" && r["caller"] == d.caller)
+        .collect();
+    ensure!(
+        stuck.len() == 1,
+        "{method}: stuck records of {}: {}",
+        d.caller,
+        all()
+    );
+    let rec = stuck[0];
+    let times: Vec<&str> = run.section("times")?.split_whitespace().collect();
+    ensure!(times.len() == 3, "times: {times:?}");
+    let t0: f64 = times[0].parse().context("t0")?;
+    let at: f64 = times[d.column]
+        .parse()
+        .with_context(|| format!("{method}: no stuck record within 15 s\n{}", all()))?;
+    eprintln!(
+        "{series} {method}: stuck record {:.2} s after the trigger: {rec}",
+        at - t0
+    );
+    ensure!(
+        at - t0 <= STUCK_AFTER_S + SLACK_S,
+        "{method}: stuck record {:.2} s after the trigger",
+        at - t0
+    );
+    ensure!(
+        rec["module"] == "wqflush_test" && rec["wq"] == d.wq && rec["wq_name"] == d.wq_name,
+        "{rec}"
+    );
+    let waiting = rec["waiting_ns"].as_u64().context("waiting_ns")?;
+    ensure!(
+        waiting >= 3_000_000_000 && (waiting as f64) < (STUCK_AFTER_S + SLACK_S + 1.0) * 1e9,
+        "{rec}"
+    );
+    ensure!(
+        rec["pid"].as_u64().map(|p| p.to_string()).as_deref() == Some(flusher.pid)
+            && rec["comm"].as_str() == flusher.comm.split('+').next(),
+        "{rec}\nthe flusher per /proc: {} {}",
+        flusher.pid,
+        flusher.comm
+    );
+    let running = rec["running"].as_array().context("running")?;
+    ensure!(
+        running
+            .iter()
+            .any(|r| r["function"] == d.waits_for && r["module"] == "wqflush_test"),
+        "{rec}"
+    );
+    let summary = records::summary(&recs)?;
+    let sites = records::sites(summary, d.caller);
+    ensure!(
+        sites.len() == 1 && sites[0]["stuck"] == 1 && sites[0]["waits"] == 0,
+        "{summary}"
+    );
+    ensure!(summary["exits_missed"] == 0, "{summary}");
+    Ok(())
+}
+
+fn self_with_fentry(series: Series) -> Result<()> {
+    check(series, "fentry", &SELF)
+}
+
+fn self_with_kprobe(series: Series) -> Result<()> {
+    check(series, "kprobe", &SELF)
+}
+
+fn abba_with_fentry(series: Series) -> Result<()> {
+    check(series, "fentry", &ABBA)
+}
+
+fn abba_with_kprobe(series: Series) -> Result<()> {
+    check(series, "kprobe", &ABBA)
+}
+
+wqflush_vmtest::per_kernel_tests! {
+    self_flush_is_stuck_with_fentry => self_with_fentry,
+    self_flush_is_stuck_with_kprobe => self_with_kprobe,
+    abba_flush_is_stuck_with_fentry => abba_with_fentry,
+    abba_flush_is_stuck_with_kprobe => abba_with_kprobe,
+}
