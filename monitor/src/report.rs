@@ -77,6 +77,8 @@ struct WaitedRecord<'a> {
 struct RunningItem<'a> {
     function: Option<&'a str>,
     module: Option<&'a str>,
+    /// The worker running it.
+    pid: u32,
 }
 
 /// `--waits --stuck-after`: a flush still waiting.
@@ -107,7 +109,15 @@ pub struct StuckFlush<'a> {
     pub comm: &'a str,
     pub waiting_ns: u64,
     /// Work items of that queue that started and have not finished.
-    pub running: &'a [Frame],
+    pub running: &'a [WorkerItem],
+}
+
+/// A work item a worker is running.
+pub struct WorkerItem {
+    /// The worker's thread id.
+    pub pid: u32,
+    /// The work function.
+    pub frame: Frame,
 }
 
 #[derive(Serialize)]
@@ -253,48 +263,19 @@ impl<W: Write> Reporter<W> {
 
     /// `--waits --stuck-after`: a flush has waited `waiting_ns` so far and still waits.
     pub fn stuck(&mut self, s: &StuckFlush) -> Result<()> {
-        let q = &self.queues[s.queue];
-        let call_site = s.caller.map(ToString::to_string).unwrap_or_default();
-        let label = q.describe(s.wq_name);
-        let running_text = if s.running.is_empty() {
-            "none seen".to_owned()
-        } else {
-            s.running
-                .iter()
-                .map(|f| {
-                    let name = f
-                        .func
-                        .as_deref()
-                        .map_or_else(|| format!("{:#x}", f.addr), str::to_owned);
-                    match f.module.as_deref() {
-                        Some(m) => format!("{name} [{m}]"),
-                        None => name,
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let from = s
-            .caller
-            .map_or("an unknown function".to_owned(), |c| c.with_size());
-        let text = format!(
-            "STUCK: wqflush: flush of {label} from {from} by {} (pid {}) has waited {:.1} s; \
-             running on that queue: {running_text}",
-            s.comm,
-            s.pid,
-            s.waiting_ns as f64 / 1e9
-        );
+        let text = self.stuck_text(s);
         if let Some(kmsg) = &mut self.kmsg {
             kmsg.warn(std::slice::from_ref(&text))?;
         }
         if self.json {
+            let q = &self.queues[s.queue];
             let rec = StuckRecord {
                 kind: "stuck",
                 kernel: self.kernel.clone(),
                 wq: q.var.as_deref(),
                 wq_name: s.wq_name.or(q.name.as_deref()),
                 caller: s.caller.and_then(|c| c.func.as_deref()),
-                call_site,
+                call_site: s.caller.map(ToString::to_string).unwrap_or_default(),
                 module: s.caller.and_then(|c| c.module.as_deref()),
                 pid: s.pid,
                 comm: s.comm,
@@ -302,9 +283,10 @@ impl<W: Write> Reporter<W> {
                 running: s
                     .running
                     .iter()
-                    .map(|f| RunningItem {
-                        function: f.func.as_deref(),
-                        module: f.module.as_deref(),
+                    .map(|w| RunningItem {
+                        function: w.frame.func.as_deref(),
+                        module: w.frame.module.as_deref(),
+                        pid: w.pid,
                     })
                     .collect(),
             };
@@ -313,6 +295,45 @@ impl<W: Write> Reporter<W> {
             writeln!(self.out, "{text}").context("writing the report")?;
         }
         self.out.flush().context("writing the report")
+    }
+
+    /// The STUCK line; a work item the flushing task runs itself is marked, since that flush
+    /// can never return.
+    fn stuck_text(&self, s: &StuckFlush) -> String {
+        let label = self.queues[s.queue].describe(s.wq_name);
+        let running = s
+            .running
+            .iter()
+            .map(|w| {
+                let f = &w.frame;
+                let mut name = f
+                    .func
+                    .as_deref()
+                    .map_or_else(|| format!("{:#x}", f.addr), str::to_owned);
+                if let Some(m) = f.module.as_deref() {
+                    name = format!("{name} [{m}]");
+                }
+                if w.pid == s.pid {
+                    name.push_str(" (run by the flushing task itself)");
+                }
+                name
+            })
+            .collect::<Vec<_>>();
+        let running = if running.is_empty() {
+            "none seen".to_owned()
+        } else {
+            running.join(", ")
+        };
+        let from = s
+            .caller
+            .map_or("an unknown function".to_owned(), |c| c.with_size());
+        format!(
+            "STUCK: wqflush: flush of {label} from {from} by {} (pid {}) has waited {:.1} s; \
+             running on that queue: {running}",
+            s.comm,
+            s.pid,
+            s.waiting_ns as f64 / 1e9
+        )
     }
 
     pub fn with_kernel(mut self, release: &str) -> Self {
@@ -776,8 +797,14 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
     fn stuck_record_follows_the_contract() {
         let caller = frame("wqflush_test_work_flush_self", Some("wqflush_test"));
         let running = [
-            frame("wqflush_test_work_flush_self", Some("wqflush_test")),
-            frame("vmstat_update", None),
+            WorkerItem {
+                pid: 42,
+                frame: frame("wqflush_test_work_flush_self", Some("wqflush_test")),
+            },
+            WorkerItem {
+                pid: 7,
+                frame: frame("vmstat_update", None),
+            },
         ];
         let stuck = StuckFlush {
             queue: 1,
@@ -802,8 +829,8 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
         assert_eq!(
             v["running"],
             serde_json::json!([
-                {"function": "wqflush_test_work_flush_self", "module": "wqflush_test"},
-                {"function": "vmstat_update", "module": null},
+                {"function": "wqflush_test_work_flush_self", "module": "wqflush_test", "pid": 42},
+                {"function": "vmstat_update", "module": null, "pid": 7},
             ])
         );
         let mut r = Reporter::new(Vec::new(), false, queues());
@@ -813,8 +840,8 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
             text,
             "STUCK: wqflush: flush of system_long_wq (events_long) from \
              wqflush_test_work_flush_self+0x1e/0x40 [wqflush_test] by kworker/0:2 (pid 42) has \
-             waited 10.2 s; running on that queue: wqflush_test_work_flush_self [wqflush_test], \
-             vmstat_update\n"
+             waited 10.2 s; running on that queue: wqflush_test_work_flush_self [wqflush_test] \
+             (run by the flushing task itself), vmstat_update\n"
         );
     }
 

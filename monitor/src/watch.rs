@@ -172,7 +172,10 @@ impl<W: Write> State<W> {
         let running: Vec<_> = running
             .iter()
             .filter(|r| r.wq == flight.wq)
-            .map(|r| self.sym.frame(r.function))
+            .map(|r| crate::report::WorkerItem {
+                pid: r.tid,
+                frame: self.sym.frame(r.function),
+            })
             .collect();
         let comm = crate::events::c_string(&flight.comm);
         self.sites.add_stuck(&flight.key);

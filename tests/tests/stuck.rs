@@ -117,13 +117,17 @@ const ABBA: Deadlock = Deadlock {
 };
 
 /// The oracle, from /proc alone: the blocked flusher (the kworker running an item of the queue
-/// for `worker_self`, the background writer for `abba`), checked to wait beside a blocked
-/// kworker of that queue running the awaited function. A kretprobe hides the flush's caller
-/// from /proc/PID/stack before 5.16, so the flusher is found by comm or pid, not by stack.
-fn flusher<'a>(run: &VmRun, tasks: &'a [Blocked<'a>], d: &Deadlock) -> Result<&'a Blocked<'a>> {
+/// for `worker_self`, the background writer for `abba`), and the blocked kworker of that queue
+/// running the awaited function (the flusher itself for `worker_self`). A kretprobe hides the
+/// flush's caller from /proc/PID/stack before 5.16, so the flusher is found by comm or pid.
+fn oracle<'a>(
+    run: &VmRun,
+    tasks: &'a [Blocked<'a>],
+    d: &Deadlock,
+) -> Result<(&'a Blocked<'a>, &'a str)> {
     let suffix = format!("+{}", d.wq_name);
     let worker = |t: &&Blocked| t.comm.ends_with(&suffix);
-    let flusher = if d.by_worker {
+    if d.by_worker {
         let workers: Vec<_> = tasks.iter().filter(worker).collect();
         ensure!(
             workers.len() == 1,
@@ -131,25 +135,19 @@ fn flusher<'a>(run: &VmRun, tasks: &'a [Blocked<'a>], d: &Deadlock) -> Result<&'
             d.wq_name,
             workers.len()
         );
-        workers[0]
-    } else {
-        let pid = run.section("abba_pid")?.trim().to_owned();
-        tasks
-            .iter()
-            .find(|t| t.pid == pid)
-            .context("the abba writer is not blocked")?
-    };
-    ensure!(
-        d.by_worker
-            || tasks
-                .iter()
-                .filter(worker)
-                .any(|t| t.functions.contains(&d.waits_for)),
-        "no blocked worker of {} inside {}",
-        d.wq_name,
-        d.waits_for
-    );
-    Ok(flusher)
+        return Ok((workers[0], workers[0].pid));
+    }
+    let pid = run.section("abba_pid")?.trim().to_owned();
+    let flusher = tasks
+        .iter()
+        .find(|t| t.pid == pid)
+        .context("the abba writer is not blocked")?;
+    let awaited = tasks
+        .iter()
+        .filter(worker)
+        .find(|t| t.functions.contains(&d.waits_for))
+        .with_context(|| format!("no blocked worker of {} inside {}", d.wq_name, d.waits_for))?;
+    Ok((flusher, awaited.pid))
 }
 
 fn check(series: Series, method: &str, d: &Deadlock) -> Result<()> {
@@ -161,7 +159,8 @@ fn check(series: Series, method: &str, d: &Deadlock) -> Result<()> {
     );
     let section = run.section("blocked")?;
     let tasks = blocked(section);
-    let flusher = flusher(run, &tasks, d).with_context(|| format!("blocked:\n{section}"))?;
+    let (flusher, awaited) =
+        oracle(run, &tasks, d).with_context(|| format!("blocked:\n{section}"))?;
     let recs = records::records(run, "w.json")?;
     let all = || {
         let all: Vec<String> = recs.iter().map(ToString::to_string).collect();
@@ -214,9 +213,9 @@ fn check(series: Series, method: &str, d: &Deadlock) -> Result<()> {
     );
     let running = rec["running"].as_array().context("running")?;
     ensure!(
-        running
-            .iter()
-            .any(|r| r["function"] == d.waits_for && r["module"] == "wqflush_test"),
+        running.iter().any(|r| r["function"] == d.waits_for
+            && r["module"] == "wqflush_test"
+            && r["pid"].as_u64().map(|p| p.to_string()).as_deref() == Some(awaited)),
         "{rec}"
     );
     let summary = records::summary(&recs)?;
