@@ -44,8 +44,11 @@ pub enum Cmd {
         )]
         command: Vec<OsString>,
     },
-    /// Tell which attach methods, symbols and BTF this kernel offers
-    Doctor,
+    /// Tell which attach methods, symbols, BTF and debug info this kernel offers
+    Doctor {
+        #[command(flatten)]
+        debuginfo: DebugInfoArgs,
+    },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]
@@ -96,6 +99,16 @@ pub struct WatchArgs {
         value_name = "DURATION"
     )]
     stuck_after: Duration,
+    #[command(flatten)]
+    debuginfo: DebugInfoArgs,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct DebugInfoArgs {
+    /// Also look for debug info (vmlinux, MODULE.ko with .debug_info) in DIR, before the system's
+    /// places; a file is used only when its build-id is the running one's (repeatable)
+    #[arg(long = "debuginfo", value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
 }
 
 fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -115,6 +128,7 @@ impl WatchArgs {
             metrics: self.metrics,
             waits: self.waits,
             stuck_after: self.stuck_after,
+            debuginfo: self.debuginfo.dirs,
         }
     }
 }
@@ -162,13 +176,15 @@ pub fn run(cli: Cli, stdout_closed: bool) -> ExitCode {
         None => runtime.block_on(watch(cli.watch)),
         Some(Cmd::Watch(args)) => runtime.block_on(watch(args)),
         Some(Cmd::Check { watch, command }) => runtime.block_on(check(watch, command)),
-        Some(Cmd::Doctor) => runtime.block_on(async { doctor::run() }).map(|ok| {
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(exit::ERROR)
-            }
-        }),
+        Some(Cmd::Doctor { debuginfo }) => runtime
+            .block_on(async { doctor::run(debuginfo.dirs) })
+            .map(|ok| {
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(exit::ERROR)
+                }
+            }),
         Some(Cmd::Completions { .. } | Cmd::Manpage) => unreachable!("handled above"),
     };
     result.unwrap_or_else(fail)

@@ -1,25 +1,31 @@
 //! `wqflush doctor`: what this kernel offers wqflush, each missing piece with its reason.
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    path::PathBuf,
+};
 
 use anyhow::{Context as _, Result};
 
 use crate::{
     btf,
+    debuginfo::DebugInfoSearch,
     kallsyms::{self, Kallsyms},
     preemption,
     probe::{self, Method},
     queues,
+    source::SourceResolver,
     target::{self, MatchMode, Target},
 };
 
-/// Prints the report; Ok(true) when at least one attach method works.
-pub fn run() -> Result<bool> {
+/// Prints the report; Ok(true) when at least one attach method works. `debuginfo`: the
+/// `--debuginfo` directories.
+pub fn run(debuginfo: Vec<PathBuf>) -> Result<bool> {
     let mut out = io::stdout().lock();
-    report(&mut out).context("writing the doctor report")
+    report(&mut out, debuginfo).context("writing the doctor report")
 }
 
-fn report(out: &mut impl Write) -> Result<bool> {
+fn report(out: &mut impl Write, debuginfo: Vec<PathBuf>) -> Result<bool> {
     let kernel = target::read(false);
     writeln!(out, "kernel:           {}", kernel.release)?;
     print_privileges(out)?;
@@ -28,6 +34,7 @@ fn report(out: &mut impl Write) -> Result<bool> {
         Ok(ks) => print_kallsyms(out, ks)?,
         Err(e) => writeln!(out, "kallsyms:         unusable: {e:#}")?,
     }
+    print_debuginfo(out, debuginfo)?;
     let target = match kernel.target(MatchMode::Auto) {
         Ok((_, target)) => target,
         Err(e) => {
@@ -184,6 +191,35 @@ fn print_queues(out: &mut impl Write, target: &Target) -> io::Result<()> {
             format!("{:#x}", q.addr)
         };
         writeln!(out, "  {var:<40} {name:<32} {addr}")?;
+    }
+    Ok(())
+}
+
+/// Where source lines would come from, for vmlinux and each loaded module: the file whose
+/// build-id is the running one's, or why there is none (a stale file says "build-id differs").
+fn print_debuginfo(out: &mut impl Write, dirs: Vec<PathBuf>) -> Result<()> {
+    writeln!(
+        out,
+        "debug info (source lines; --debuginfo DIR adds places to look):"
+    )?;
+    let search = match DebugInfoSearch::new(dirs) {
+        Ok(s) => s,
+        Err(e) => {
+            writeln!(out, "  unavailable: {e:#}")?;
+            return Ok(());
+        }
+    };
+    let mut resolver = SourceResolver::new(search);
+    let modules = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+    let names = std::iter::once(None).chain(
+        modules
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(Some),
+    );
+    for name in names {
+        let status = resolver.status(name);
+        writeln!(out, "  {:<24} {status}", name.unwrap_or("vmlinux"))?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
+    frame_sources::{self, FrameLines, FrameSources, SourceEntry},
     ignore::IgnoreList,
     kmsg::{self, Kmsg},
     module_versions::{ModuleVersions, Versions},
@@ -33,6 +34,8 @@ pub struct Reporter<W: Write> {
     modules: ModuleVersions,
     /// `--waits`: sites carry wait figures.
     waits: bool,
+    /// Source lines where debug info has them (None in unit tests: nothing of this system).
+    sources: Option<FrameSources>,
 }
 
 /// `--waits`: a work function that ran on the flushed queue while a flush from the site waited.
@@ -138,6 +141,12 @@ struct SiteRecord<'a> {
     module_srcversion: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stack: Option<Vec<String>>,
+    /// `file:line` of the flush call in the caller (of the innermost inlined level), or null.
+    source: Option<String>,
+    /// (`flush` only) the stack with its source lines, one entry per inline level; null when
+    /// no frame has debug info.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack_source: Option<Option<Vec<SourceEntry>>>,
     // The task of the first sighting; null when that event was lost (ring buffer full).
     pid: Option<u32>,
     tgid: Option<u32>,
@@ -218,6 +227,20 @@ impl<W: Write> Reporter<W> {
             kernel: "".into(),
             modules: ModuleVersions::default(),
             waits: false,
+            sources: None,
+        }
+    }
+
+    /// Frames gain source lines from the debug info `sources` finds.
+    pub fn with_sources(mut self, sources: FrameSources) -> Self {
+        self.sources = Some(sources);
+        self
+    }
+
+    fn stack_lines(&mut self, frames: &[Frame]) -> Vec<FrameLines> {
+        match &mut self.sources {
+            Some(s) => s.stack(frames),
+            None => vec![None; frames.len()],
         }
     }
 
@@ -367,8 +390,16 @@ impl<W: Write> Reporter<W> {
         if self.is_ignored(site) {
             return Ok(());
         }
+        let lines = self.stack_lines(frames);
+        let caller = frames.iter().position(|f| !f.is_flush_function());
+        let source = frame_sources::location(caller.and_then(|i| lines[i].as_deref()));
         if let Some(kmsg) = &mut self.kmsg {
-            kmsg.warn(&kernel_warning(&self.queues, site, frames))?;
+            kmsg.warn(&kernel_warning(
+                &self.queues,
+                site,
+                frames,
+                source.as_deref(),
+            ))?;
         }
         let versions = self
             .modules
@@ -383,9 +414,11 @@ impl<W: Write> Reporter<W> {
                 versions,
             );
             rec.kernel = Some(self.kernel.clone());
+            rec.source = source;
+            rec.stack_source = Some(frame_sources::entries(frames, &lines));
             line(&mut self.out, &rec)?;
         } else {
-            let text = warning(&self.queues, site, frames);
+            let text = warning(&self.queues, site, frames, &lines);
             write!(self.out, "{text}").context("writing the report")?;
         }
         self.out.flush().context("writing the report")
@@ -412,7 +445,10 @@ impl<W: Write> Reporter<W> {
             let versions = self
                 .modules
                 .get(s.caller().and_then(|c| c.module.as_deref()));
-            let rec = record(&self.queues, s, None, None, self.is_ignored(s), versions);
+            let mut rec = record(&self.queues, s, None, None, self.is_ignored(s), versions);
+            if let Some(sources) = &mut self.sources {
+                rec.source = frame_sources::location(sources.caller(s.caller()).as_deref());
+            }
             records.push(if self.waits { rec.with_waits(s) } else { rec });
         }
         let summary = SummaryRecord {
@@ -566,6 +602,8 @@ fn record<'a>(
         module_version: versions.version,
         module_srcversion: versions.srcversion,
         stack: stack.map(|frames| frames.iter().map(ToString::to_string).collect()),
+        source: None,
+        stack_source: None,
         pid: f.map(|f| f.pid),
         tgid: f.map(|f| f.tgid),
         comm: f.map(|f| &*f.comm),
@@ -597,10 +635,13 @@ fn caller_text(site: &Site) -> String {
         .map_or("an unknown function".to_owned(), |c| c.with_size())
 }
 
-fn call_trace(site: &Site, frames: &[Frame]) -> String {
+fn call_trace(site: &Site, frames: &[Frame], lines: &[FrameLines]) -> String {
     let mut text = String::from("Call Trace:\n");
-    for frame in frames {
-        text.push_str(&format!(" {}\n", frame.with_size()));
+    for (frame, lines) in frames.iter().zip(lines) {
+        for l in frame_sources::trace_lines(frame, lines.as_deref()) {
+            text.push_str(&l);
+            text.push('\n');
+        }
     }
     if let Some(err) = site.first.as_ref().and_then(|f| f.stack_error) {
         text.push_str(&format!(
@@ -611,7 +652,7 @@ fn call_trace(site: &Site, frames: &[Frame]) -> String {
 }
 
 /// wqflush's own warning, for stdout.
-fn warning(queues: &[SystemQueue], site: &Site, frames: &[Frame]) -> String {
+fn warning(queues: &[SystemQueue], site: &Site, frames: &[Frame], lines: &[FrameLines]) -> String {
     let (comm, pid, tgid, cpu) = match &site.first {
         Some(f) => (&*f.comm, f.pid, f.tgid, f.cpu),
         None => ("?", 0, 0, 0),
@@ -623,7 +664,7 @@ fn warning(queues: &[SystemQueue], site: &Site, frames: &[Frame]) -> String {
         queue_label(queues, site),
         caller_text(site),
         worker_text(queues, site),
-        call_trace(site, frames),
+        call_trace(site, frames, lines),
     )
 }
 
@@ -662,14 +703,23 @@ fn worker_text(queues: &[SystemQueue], site: &Site) -> String {
 /// The same warning laid out like the kernel's own `WARN()` (`__warn()`), so tools that scrape
 /// dmesg for "WARNING: CPU: N PID: N at ..." between "cut here" and "end trace" catch it. Short
 /// enough for the kernel's /dev/kmsg burst: the stack stops at the caller's callers.
-fn kernel_warning(queues: &[SystemQueue], site: &Site, frames: &[Frame]) -> Vec<String> {
+fn kernel_warning(
+    queues: &[SystemQueue],
+    site: &Site,
+    frames: &[Frame],
+    source: Option<&str>,
+) -> Vec<String> {
     let (cpu, pid, comm) = match &site.first {
         Some(f) => (f.cpu, f.pid, &*f.comm),
         None => (0, 0, "?"),
     };
     let mut lines = vec![
         "------------[ cut here ]------------".to_owned(),
-        format!("WARNING: CPU: {cpu} PID: {pid} at {}", caller_text(site)),
+        format!(
+            "WARNING: CPU: {cpu} PID: {pid} at {}{}",
+            caller_text(site),
+            source.map(|s| format!(" ({s})")).unwrap_or_default()
+        ),
         format!(
             "wqflush: {comm} flushed system workqueue {}; fix: flush_work()/cancel_work_sync() \
              your own work items, or flush your own alloc_workqueue() queue",

@@ -75,7 +75,7 @@ impl Frame {
         self.func.is_some() && self.size > 0 && self.offset < self.size && !pseudo
     }
 
-    fn is_flush_function(&self) -> bool {
+    pub fn is_flush_function(&self) -> bool {
         self.module.is_none()
             && self
                 .base_func()

@@ -17,6 +17,7 @@ use tokio::{
 use crate::{
     btf,
     events::decode,
+    frame_sources::FrameSources,
     ignore::IgnoreList,
     kmsg::Kmsg,
     metrics,
@@ -43,6 +44,8 @@ pub struct Options {
     pub waits: bool,
     /// With `waits`: report flushes in flight longer than this as stuck.
     pub stuck_after: Duration,
+    /// `--debuginfo`: searched first for the debug info of source lines.
+    pub debuginfo: Vec<PathBuf>,
 }
 
 pub struct Outcome {
@@ -285,6 +288,7 @@ struct Sinks {
     ignore: IgnoreList,
     kmsg: Option<Kmsg>,
     metrics: Option<tokio::net::TcpListener>,
+    sources: FrameSources,
 }
 
 async fn open_sinks(opts: &Options) -> Result<Sinks> {
@@ -309,6 +313,7 @@ async fn open_sinks(opts: &Options) -> Result<Sinks> {
         ignore,
         kmsg,
         metrics,
+        sources: FrameSources::new(opts.debuginfo.clone())?,
     })
 }
 
@@ -320,7 +325,8 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         int: signal(SignalKind::interrupt())?,
         term: signal(SignalKind::terminate())?,
     };
-    let sinks = open_sinks(opts).await?;
+    let mut sinks = open_sinks(opts).await?;
+    let listener = sinks.metrics.take();
     let kernel = target::read(opts.attach.methods() == [Method::Fentry]);
     let (ks, mut target) = kernel.target(opts.match_mode)?;
     let mut probe = probe::attach(&target, opts.attach, opts.waits)?;
@@ -343,7 +349,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         counts: Vec::new(),
         sym: Symbolizer::new(ks),
         sites: Sites::default(),
-        reporter: reporter(opts, &target, sinks.ignore, sinks.kmsg),
+        reporter: reporter(opts, &target, sinks),
         queues: target.queues.clone(),
         miss_counters: None,
         lost: Lost::default(),
@@ -353,7 +359,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         flights: Vec::new(),
     };
     let shared = metrics::Shared::default();
-    let server = sinks.metrics.map(|listener| {
+    let server = listener.map(|listener| {
         let info = metrics_info(&target, probe.method);
         tokio::spawn(metrics::serve(listener, info, shared.clone()))
     });
@@ -426,17 +432,13 @@ fn rings(ebpf: &mut Ebpf) -> Result<(Ring, Option<Ring>)> {
     Ok((ring, loads))
 }
 
-fn reporter(
-    opts: &Options,
-    target: &Target,
-    ignore: IgnoreList,
-    kmsg: Option<Kmsg>,
-) -> Reporter<std::io::Stdout> {
+fn reporter(opts: &Options, target: &Target, sinks: Sinks) -> Reporter<std::io::Stdout> {
     let reporter = Reporter::new(std::io::stdout(), opts.json, target.queues.clone())
         .with_waits(opts.waits)
-        .with_ignore(ignore)
-        .with_kernel(&target.release);
-    match kmsg {
+        .with_ignore(sinks.ignore)
+        .with_kernel(&target.release)
+        .with_sources(sinks.sources);
+    match sinks.kmsg {
         Some(kmsg) => reporter.with_kmsg(kmsg),
         None => reporter,
     }

@@ -96,3 +96,25 @@ fn a_closed_stdout_is_an_error_not_silence() {
         "{err}"
     );
 }
+
+#[test]
+fn a_missing_debuginfo_path_is_one_clear_error_before_attaching() {
+    let (code, out, err) = wqflush(&["--debuginfo", "/nonexistent/dbg", "--duration", "1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(
+        err.trim_end(),
+        "wqflush: error: --debuginfo /nonexistent/dbg: no such file or directory"
+    );
+}
+
+#[test]
+fn doctor_says_where_debug_info_comes_from() {
+    let (_, out, err) = wqflush(&["doctor", "--debuginfo", "/tmp"]);
+    assert!(!err.contains("panicked"), "{err}");
+    let at = out
+        .find("\ndebug info (source lines")
+        .unwrap_or_else(|| panic!("no debug info section:\n{out}"));
+    let vmlinux = out[at + 1..].lines().nth(1).unwrap_or_default();
+    assert!(vmlinux.starts_with("  vmlinux "), "{out}");
+}

@@ -98,6 +98,21 @@ static noinline void wqflush_test_flush_pointer(void)
 }
 
 /*
+ * 'inline': the flush sits in an always-inline helper, as it did in flush_scheduled_work()
+ * before 5.19, and a report's source line must show both the helper's line and its caller's.
+ */
+static __always_inline void wqflush_test_inline_helper(struct workqueue_struct *wq)
+{
+	flush_workqueue(wq);
+}
+
+static noinline void wqflush_test_flush_inline(void)
+{
+	wqflush_test_inline_helper(READ_ONCE(holder.wq));
+	barrier();
+}
+
+/*
  * 'deprecated': flush_workqueue(system_wq) written out. Since 6.18 the macro's compile-time
  * check (and the 6.6 run-time warning) test system_percpu_wq instead, so no kernel check
  * reports this any more; older kernels warn at build time.
@@ -547,6 +562,7 @@ static struct wqflush_test_trigger triggers[] = {
 	  .listed_when_fired = true },
 	{ .name = "slow", .run = wqflush_test_run_slow, .listed_when_fired = true },
 	{ .name = "abba", .run = wqflush_test_run_abba, .listed_when_fired = true },
+	{ .name = "inline", .fire = wqflush_test_flush_inline, .listed_when_fired = true },
 	{ .name = "workitems", .run = wqflush_test_run_workitems, .listed_when_fired = true },
 };
 

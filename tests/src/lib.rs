@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 pub use debian::{Kernel, Series, prepare_kernel};
 pub use initramfs::build_initramfs;
-pub use module::{MODULE_GUEST_PATH, build_module};
+pub use module::{MODULE_GUEST_PATH, build_module, build_module_variant};
 pub use oracle::{FlushEvent, Oracle, parse_trace};
 pub use qemu::{VmRun, boot, boot_with, run_scenario};
 pub use scenario::{Guest, PerKernel, boot_scenario, wqflush_bin};

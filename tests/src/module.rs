@@ -1,7 +1,7 @@
 //! Builds the `wqflush_test` kernel module (tests/module/) against a prepared kernel.
 
 use crate::debian::{Kernel, Toolchain};
-use crate::util::{copy_if_changed, lock, run};
+use crate::util::{lock, run, write_if_changed};
 use anyhow::{Context, Result, bail};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,12 +25,39 @@ pub fn module_source_dir() -> PathBuf {
 /// Sources are copied (only when changed, so make stays incremental) because kbuild writes its
 /// objects next to them and the source tree must stay clean.
 pub fn build_module(kernel: &Kernel, out: &Path) -> Result<PathBuf> {
-    let dir = out.join(&kernel.release);
-    let _guard = lock(&out.join(format!("{}.lock", kernel.release)))?;
+    build_in(kernel, out, &kernel.release, |text| text.to_owned())
+}
+
+/// Builds a variant of the module in `out/<release>-<variant>/`, its `wqflush_test.c` being
+/// `edit` of the original: e.g. a stale build, one line longer, with another build-id.
+pub fn build_module_variant(
+    kernel: &Kernel,
+    out: &Path,
+    variant: &str,
+    edit: impl Fn(&str) -> String,
+) -> Result<PathBuf> {
+    build_in(kernel, out, &format!("{}-{variant}", kernel.release), edit)
+}
+
+fn build_in(
+    kernel: &Kernel,
+    out: &Path,
+    name: &str,
+    edit: impl Fn(&str) -> String,
+) -> Result<PathBuf> {
+    let dir = out.join(name);
+    let _guard = lock(&out.join(format!("{name}.lock")))?;
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let src = module_source_dir();
-    for name in SOURCES {
-        copy_if_changed(&src.join(name), &dir.join(name))?;
+    for file in SOURCES {
+        let text = fs::read_to_string(src.join(file))
+            .with_context(|| format!("reading {}", src.join(file).display()))?;
+        let text = if *file == "wqflush_test.c" {
+            edit(&text)
+        } else {
+            text
+        };
+        write_if_changed(&dir.join(file), &text)?;
     }
     let make = make_args(kernel, &dir);
     let mut cmd = match kernel.series.toolchain() {

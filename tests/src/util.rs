@@ -80,11 +80,10 @@ pub fn unique_dir(parent: &Path, prefix: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Copies `from` to `to` only when the contents differ, so make's timestamps stay meaningful.
-pub(crate) fn copy_if_changed(from: &Path, to: &Path) -> Result<()> {
-    let new = fs::read(from).with_context(|| format!("reading {}", from.display()))?;
-    if fs::read(to).ok().as_deref() == Some(new.as_slice()) {
+/// Writes `text` to `to` unless it already holds it, so make's timestamps stay meaningful.
+pub(crate) fn write_if_changed(to: &Path, text: &str) -> Result<()> {
+    if fs::read(to).ok().as_deref() == Some(text.as_bytes()) {
         return Ok(());
     }
-    fs::write(to, &new).with_context(|| format!("writing {}", to.display()))
+    fs::write(to, text).with_context(|| format!("writing {}", to.display()))
 }

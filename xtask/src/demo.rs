@@ -6,7 +6,9 @@ use anyhow::Result;
 use wqflush_vmtest::{Guest, Series, boot_scenario};
 
 /// What the guest does; printed for the user before the results so they can follow along.
-const SCENARIO: &str = r#"load_test_module || exit 1
+const SCENARIO: &str = r#"# The module's own build (with the kernel's -g) where a distribution's would be: source lines
+mkdir -p /lib/modules/$(uname -r)/extra && cp /lib/wqflush_test.ko /lib/modules/$(uname -r)/extra/
+load_test_module || exit 1
 ifconfig lo 127.0.0.1 up
 emit doctor wqflush doctor
 wqflush --waits --stuck-after 3s --kmsg --metrics 19100 --ready-file /tmp/ready >/tmp/wqflush.out 2>&1 &
@@ -16,6 +18,7 @@ echo "scheduled 3" > /proc/wqflush_test   # flush_scheduled_work()
 echo "long 2" > /proc/wqflush_test        # flush_workqueue(system_long_wq)
 echo "pointer 4" > /proc/wqflush_test     # flush_workqueue(h->wq), h->wq == system_unbound_wq
 echo "own 5" > /proc/wqflush_test         # flush_workqueue(own_wq): fine, not reported
+echo "inline 1" > /proc/wqflush_test      # the pointer queue, from an inlined helper
 echo "slow 3" > /proc/wqflush_test        # 3 work items sleeping 200 ms on system_wq, then a flush of it
 echo "worker_self" > /proc/wqflush_test   # a work item of system_long_wq flushes system_long_wq
 sleep 6                                   # --stuck-after 3s: that flush never returns
