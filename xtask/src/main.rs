@@ -67,6 +67,10 @@ enum Cmd {
         /// booting; pass the same options as that run
         #[arg(long, value_name = "DIR")]
         replay: Option<std::path::PathBuf>,
+        /// Run only what `--waits` adds (no probe, the default, the default with --waits): a
+        /// quick loop; the other phases and bpftrace are skipped
+        #[arg(long)]
+        waits_only: bool,
     },
 }
 
@@ -103,6 +107,7 @@ fn run(cmd: Cmd) -> Result<()> {
             flushes,
             sites,
             replay,
+            waits_only,
         } => {
             let opts = bench::Options {
                 series: kernel,
@@ -110,6 +115,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 iterations,
                 flushes,
                 sites,
+                waits_only,
             };
             match replay {
                 Some(dir) => bench::replay(&opts, &dir),

@@ -4,11 +4,13 @@
 //! same boot do.
 //!
 //! The guest side is `scenario.sh` (with the timer `benchrun.c`); `results` reads what it
-//! recorded, `rows` makes the table and the goals of it, `table` lays them out.
+//! recorded, `rows` makes the table and the goals of it, `waits` those of what `--waits` adds,
+//! `table` lays them out.
 
 mod results;
 mod rows;
 mod table;
+mod waits;
 
 use std::{
     path::{Path, PathBuf},
@@ -30,6 +32,15 @@ const METHODS: [&str; 3] = ["kprobe-multi", "fentry", "kprobe"];
 const FLOORS: [&str; 2] = ["empty-fentry", "empty-kprobe"];
 /// Flushes in each storm: 4 kthreads bound to CPU 0 beside a busy one (the `storm` trigger).
 const STORM: u64 = 100_000;
+/// What `--waits` is measured against, in the order each round runs them: no probe, then
+/// wqflush's default (`--attach auto`) without and with `--waits`.
+const WAITS_CONFIGS: [&str; 3] = ["none", "default", "default-waits"];
+/// Work items per run of the `workitems` trigger (one writer; the throughput run has one such
+/// writer on each CPU).
+const WORK_ITEMS: u64 = 50_000;
+/// Runs of each `--waits` measurement a round, the configs interleaved; the fastest counts (its
+/// goals are a few percent, and other guests on the machine only ever add time).
+const WAITS_REPEATS: u32 = 5;
 /// Where bpftrace goes in the guest (its libraries keep their host paths).
 const BPFTRACE_GUEST: &str = "/usr/bin/bpftrace";
 /// bpftrace, its libraries and the monitors' run time need more than the default 1 GiB.
@@ -49,6 +60,8 @@ pub struct Options {
     pub flushes: u64,
     /// Distinct call sites for the memory figure (at most 10000).
     pub sites: u32,
+    /// Only the `--waits` phase (no bpftrace): a quick loop.
+    pub waits_only: bool,
 }
 
 pub fn run(opts: &Options, wqflush: &Path) -> Result<()> {
@@ -57,7 +70,11 @@ pub fn run(opts: &Options, wqflush: &Path) -> Result<()> {
         "--sites must be 1..=10000"
     );
     let started = Instant::now();
-    let mut files = host_program::with_libraries(&host_bpftrace()?, BPFTRACE_GUEST)?;
+    // The --waits phase runs no bpftrace: without the rest, the guest needs none.
+    let mut files = match opts.waits_only {
+        true => Vec::new(),
+        false => host_program::with_libraries(&host_bpftrace()?, BPFTRACE_GUEST)?,
+    };
     let benchrun = build_benchrun(&cache_dir().join("bench"))?;
     files.push((benchrun, "/bin/benchrun".to_owned()));
     let guest = Guest {
@@ -65,7 +82,8 @@ pub fn run(opts: &Options, wqflush: &Path) -> Result<()> {
         // Every run boots its monitor, and bpftrace compiles its program with LLVM under TCG. A
         // quiet machine needs about half of this; a busy one (other guests) can need all of it.
         timeout: Duration::from_secs(
-            1800 + u64::from(opts.rounds) * (1500 + opts.flushes / 5_000 + opts.iterations / 5_000),
+            1800 + u64::from(opts.rounds)
+                * (1500 + opts.flushes / 5_000 + opts.iterations / 2_500 + WORK_ITEMS / 100),
         ),
         expected_warning: None,
         append: preemption(opts.series),
@@ -81,7 +99,10 @@ pub fn run(opts: &Options, wqflush: &Path) -> Result<()> {
             guest.append
         },
         opts.rounds,
-        CONFIGS.join(" "),
+        match opts.waits_only {
+            true => WAITS_CONFIGS.join(" "),
+            false => format!("{} and {}", CONFIGS.join(" "), WAITS_CONFIGS.join(" ")),
+        },
         guest.timeout
     );
     let (run, _) = boot_scenario(opts.series, &scenario(opts), &guest)?;
@@ -120,14 +141,17 @@ fn scenario(opts: &Options) -> String {
     let half = opts.flushes / 2;
     format!(
         "ROUNDS={}\nITER={}\nHALF1={}\nHALF2={}\nSITES={}\nSTORM={STORM}\nCONFIGS=\"{}\"\n\
-         FLOORS=\"{}\"\nBPFTRACE={BPFTRACE_GUEST}\n{SCENARIO}",
+         FLOORS=\"{}\"\nBPFTRACE={BPFTRACE_GUEST}\nWAITS_CONFIGS=\"{}\"\nITEMS={WORK_ITEMS}\n\
+         REPEATS={WAITS_REPEATS}\nWAITS_ONLY={}\n{SCENARIO}",
         opts.rounds,
         opts.iterations,
         half,
         opts.flushes - half,
         opts.sites,
         CONFIGS.join(" "),
-        FLOORS.join(" ")
+        FLOORS.join(" "),
+        WAITS_CONFIGS.join(" "),
+        u8::from(opts.waits_only)
     )
 }
 

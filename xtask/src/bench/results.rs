@@ -61,6 +61,28 @@ impl Results {
             .collect()
     }
 
+    /// Values of `metric` for `config` that are two numbers (a time and a count), by round.
+    pub fn pairs(&self, metric: &str, config: &str) -> BTreeMap<u32, (f64, f64)> {
+        self.values(metric, config)
+            .filter_map(|(r, v)| {
+                let mut it = v.split_whitespace().filter_map(|x| x.parse().ok());
+                Some((*r, (it.next()?, it.next()?)))
+            })
+            .collect()
+    }
+
+    /// The distinct values of `metric` for `config` as recorded, in order (a word such as the
+    /// attach method `--attach auto` chose).
+    pub fn words(&self, metric: &str, config: &str) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for (_, v) in self.values(metric, config) {
+            if !out.contains(&v.as_str()) {
+                out.push(v);
+            }
+        }
+        out
+    }
+
     /// The value of `metric` in the round that measured it only once (`none`, round 0).
     pub fn once(&self, metric: &str) -> Option<f64> {
         self.nums(metric, "none").values().next().copied()

@@ -3,16 +3,44 @@
 use std::{fmt::Write as _, time::Duration};
 
 use super::{
-    CONFIGS, FLOORS, METHODS, Options, STORM,
+    CONFIGS, FLOORS, METHODS, Options, STORM, WAITS_CONFIGS,
     results::Results,
     table::{Stat, Table},
+    waits,
 };
 
 /// USER_HZ: the unit of utime/stime in /proc/PID/stat on x86.
 const USER_HZ: f64 = 100.0;
 
-/// The whole report: heading, table, context and goals.
+/// The whole report: heading, tables, context and goals (with `--waits-only`, those of the
+/// `--waits` phase alone).
 pub fn table(r: &Results, opts: &Options, release: &str, took: Option<Duration>) -> String {
+    let configs = match opts.waits_only {
+        true => WAITS_CONFIGS.join(" "),
+        false => format!("{}; {}", CONFIGS.join(" "), WAITS_CONFIGS.join(" ")),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nwqflush bench: Debian {release} under QEMU/TCG (-smp 2), {} interleaved rounds \
+         ({configs}); median [min-max]{}",
+        opts.rounds,
+        took.map_or(String::new(), |t| format!("; took {} s", t.as_secs()))
+    );
+    if !opts.waits_only {
+        out.push_str(&main_table(r, opts));
+    }
+    out.push_str(&waits::table(r, opts));
+    out.push_str("\ngoals:\n");
+    if !opts.waits_only {
+        out.push_str(&goals(r, opts));
+    }
+    out.push_str(&waits::goals(r, opts));
+    out
+}
+
+/// The methods against no probe and bpftrace, and what reading kallsyms costs here.
+fn main_table(r: &Results, opts: &Options) -> String {
     let mut t = Table::default();
     t.head(
         "",
@@ -28,15 +56,7 @@ pub fn table(r: &Results, opts: &Options, release: &str, took: Option<Duration>)
     offending(&mut t, r, opts);
     start_and_memory(&mut t, r, opts);
     storm(&mut t, r);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "\nwqflush bench: Debian {release} under QEMU/TCG (-smp 2), {} interleaved rounds \
-         ({}); median [min-max]{}\n",
-        opts.rounds,
-        CONFIGS.join(" "),
-        took.map_or(String::new(), |t| format!("; took {} s", t.as_secs()))
-    );
+    let mut out = String::from("\n");
     out.push_str(&t.render());
     if let (Some(k), Some(d)) = (r.once("kallsyms_ns"), r.once("doctor_ns")) {
         let _ = writeln!(
@@ -47,8 +67,6 @@ pub fn table(r: &Results, opts: &Options, release: &str, took: Option<Duration>)
             d / 1e6
         );
     }
-    out.push('\n');
-    out.push_str(&goals(r, opts));
     out
 }
 
@@ -287,7 +305,7 @@ fn storm(t: &mut Table, r: &Results) {
 
 /// Each goal met or missed, per wqflush method, from the medians.
 fn goals(r: &Results, opts: &Options) -> String {
-    let mut out = String::from("goals:\n");
+    let mut out = String::new();
     for c in METHODS {
         if r.nums("bench_ns", c).is_empty() {
             let _ = writeln!(out, "  [n/a] {c}: not available on this kernel");
