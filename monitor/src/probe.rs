@@ -156,24 +156,38 @@ pub fn attach_with(target: &Target, method: Method, waits: bool) -> Result<Probe
     })
 }
 
-/// `--waits`: the flush function's exit program for `method`, and the work-item tracepoint.
-/// Loaded only then: the verifier's work is start-up time.
+/// `--waits`: the flush function's exit program for `method`, the work-item tracepoint, and
+/// the task iterator (loaded now, run only for a stuck flush). Loaded only then: the verifier's
+/// work is start-up time.
 fn attach_waits(
     ebpf: &mut Ebpf,
     target: &Target,
     method: Method,
 ) -> Result<Option<kprobe_multi::MultiLink>> {
-    let mut multi = None;
+    let multi = attach_exit(ebpf, target, method)?;
+    let prog: &mut Iter = program(ebpf, "running_work")?;
+    prog.load("task", kernel_btf(target, "--waits' task iterator")?)
+        .map_err(|e| explain(e, "loading the task iterator (5.8+)"))?;
+    let prog: &mut RawTracePoint = program(ebpf, "work_end")?;
+    prog.load()
+        .map_err(|e| explain(e, "loading the workqueue_execute_end program"))?;
+    prog.attach("workqueue_execute_end")
+        .map_err(|e| explain(e, "attaching to workqueue_execute_end"))?;
+    crate::timing::mark("--waits: exit program, workqueue_execute_end and the task iterator ready");
+    Ok(multi)
+}
+
+/// The exit program of `method`: fexit, a kretprobe, or a kprobe-multi return link (which
+/// aya does not hold, so it is returned).
+fn attach_exit(
+    ebpf: &mut Ebpf,
+    target: &Target,
+    method: Method,
+) -> Result<Option<kprobe_multi::MultiLink>> {
     match method {
         Method::Fentry => {
-            let btf = target
-                .kernel_btf
-                .get_or_init(|| Btf::from_sys_fs().map_err(|e| e.to_string()));
-            let btf = btf
-                .as_ref()
-                .map_err(|e| anyhow!("fexit needs kernel BTF: {e}"))?;
             let prog: &mut FExit = program(ebpf, "flush_fexit")?;
-            prog.load(target.function, btf)
+            prog.load(target.function, kernel_btf(target, "fexit")?)
                 .map_err(|e| explain(e, "loading the exit program"))?;
             prog.attach()
                 .map_err(|e| explain(e, "attaching the exit program"))?;
@@ -186,31 +200,27 @@ fn attach_waits(
                 .map_err(|e| explain(e, "attaching the exit program"))?;
         }
         Method::KprobeMulti => {
-            multi = Some(kprobe_multi::attach(
+            return Ok(Some(kprobe_multi::attach(
                 ebpf,
                 EBPF_OBJECT,
                 "flush_kretprobe",
                 target.function,
                 true,
-            )?);
+            )?));
         }
     }
-    let btf = target
+    Ok(None)
+}
+
+/// The kernel's BTF, parsed once for all programs that need it; `need` names the one asking.
+fn kernel_btf<'a>(target: &'a Target, need: &str) -> Result<&'a Btf> {
+    target
         .kernel_btf
-        .get_or_init(|| Btf::from_sys_fs().map_err(|e| e.to_string()));
-    let btf = btf
+        .get_or_init(|| Btf::from_sys_fs().map_err(|e| e.to_string()))
         .as_ref()
-        .map_err(|e| anyhow!("--waits needs kernel BTF for its task iterator: {e}"))?;
-    let prog: &mut Iter = program(ebpf, "running_work")?;
-    prog.load("task", btf)
-        .map_err(|e| explain(e, "loading the task iterator (5.8+)"))?;
-    let prog: &mut RawTracePoint = program(ebpf, "work_end")?;
-    prog.load()
-        .map_err(|e| explain(e, "loading the workqueue_execute_end program"))?;
-    prog.attach("workqueue_execute_end")
-        .map_err(|e| explain(e, "attaching to workqueue_execute_end"))?;
-    crate::timing::mark("--waits: exit program, workqueue_execute_end and the task iterator ready");
-    Ok(multi)
+        .map_err(|e| {
+            anyhow!("{need} needs kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): {e}")
+        })
 }
 
 impl Probe {
@@ -281,12 +291,7 @@ fn load(target: &Target, waits: bool) -> Result<Ebpf> {
 }
 
 fn attach_fentry(ebpf: &mut Ebpf, target: &Target) -> Result<()> {
-    let btf = target
-        .kernel_btf
-        .get_or_init(|| Btf::from_sys_fs().map_err(|e| e.to_string()));
-    let btf = btf.as_ref().map_err(|e| {
-        anyhow!("fentry needs kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): {e}")
-    })?;
+    let btf = kernel_btf(target, "fentry")?;
     let prog: &mut FEntry = program(ebpf, "flush_fentry")?;
     prog.load(target.function, btf)
         .map_err(|e| explain(e, "loading"))?;

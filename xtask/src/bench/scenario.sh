@@ -198,18 +198,19 @@ waits_run() {
 	# Pinned: a writer moved to the other CPU between runs would queue there (a per-CPU queue).
 	taskset -c 0 sh -c "echo 'workitems $ITEMS' > /proc/wqflush_test" || fail "workitems trigger"
 	echo workitem_ns $c $(cat /proc/wqflush_test_bench)
-	workitems_both_cpus
+	both_cpus workitems $ITEMS $ITEMS
 	echo workitems_2cpu_ns $c $_ns
 }
-# workitems_both_cpus: _ns = the wall ns of 'workitems ITEMS' written on CPU 0 and CPU 1 at once.
-workitems_both_cpus() {
+# both_cpus TRIGGER N0 N1: writes "TRIGGER N0" on CPU 0 and "TRIGGER N1" on CPU 1 at once;
+# _ns = the wall ns until both returned.
+both_cpus() {
 	_t0=$(benchrun now)
-	taskset -c 0 sh -c "echo 'workitems $ITEMS' > /proc/wqflush_test" &
+	taskset -c 0 sh -c "echo '$1 $2' > /proc/wqflush_test" &
 	_w0=$!
-	taskset -c 1 sh -c "echo 'workitems $ITEMS' > /proc/wqflush_test" &
+	taskset -c 1 sh -c "echo '$1 $3' > /proc/wqflush_test" &
 	_w1=$!
-	wait $_w0 || fail "workitems writer 0"
-	wait $_w1 || fail "workitems writer 1"
+	wait $_w0 || fail "$1 writer 0"
+	wait $_w1 || fail "$1 writer 1"
 	_ns=$(( $(benchrun now) - _t0 ))
 }
 
@@ -241,15 +242,8 @@ while [ $ROUND -lt $ROUNDS ]; do
 		start $c
 		before=$(module_count pointer)
 		[ -n "$PID" ] && ticks0=$(cpu_ticks)
-		t0=$(benchrun now)
-		taskset -c 0 sh -c "echo 'pointer $HALF1' > /proc/wqflush_test" &
-		w0=$!
-		taskset -c 1 sh -c "echo 'pointer $HALF2' > /proc/wqflush_test" &
-		w1=$!
-		wait $w0 || fail "writer 0"
-		wait $w1 || fail "writer 1"
-		t1=$(benchrun now)
-		rec flood_ns $ROUND $c $((t1 - t0))
+		both_cpus pointer $HALF1 $HALF2
+		rec flood_ns $ROUND $c $_ns
 		rec flood_module $ROUND $c $(( $(module_count pointer) - before ))
 		if [ -n "$PID" ]; then
 			rec flood_cpu_ticks $ROUND $c $(( $(cpu_ticks) - ticks0 ))
