@@ -51,7 +51,8 @@ pub struct Sighting {
     /// The queue's name as the kernel has it (`wq->name`), when BTF gave its offset.
     pub wq_name: Option<Arc<str>>,
     /// For a workqueue worker: the work item it is running, and so the flush it can deadlock on.
-    pub running: Option<Running>,
+    /// Boxed: most flushers are no workers, and a daemon keeps a Sighting per call site.
+    pub running: Option<Box<Running>>,
 }
 
 /// The queue of the work item a flushing worker is running.
@@ -97,10 +98,12 @@ pub fn decode(bytes: &[u8], nr_queues: usize) -> Result<Flush> {
             stack_error: (ev.stack_bytes < 0).then_some(-ev.stack_bytes),
             comm: c_string(&ev.comm),
             wq_name: Some(c_string(&ev.name)).filter(|n| !n.is_empty()),
-            running: (ev.flags & FLAG_RUNNING_KNOWN != 0).then(|| Running {
-                wq: ev.running_wq,
-                queue: Some(ev.running_queue).filter(|&q| (q as usize) < nr_queues),
-                name: Some(c_string(&ev.running_name)).filter(|n| !n.is_empty()),
+            running: (ev.flags & FLAG_RUNNING_KNOWN != 0).then(|| {
+                Box::new(Running {
+                    wq: ev.running_wq,
+                    queue: Some(ev.running_queue).filter(|&q| (q as usize) < nr_queues),
+                    name: Some(c_string(&ev.running_name)).filter(|n| !n.is_empty()),
+                })
             }),
         },
     })
@@ -201,7 +204,7 @@ mod tests {
             queue: Some(1),
             name: Some("events_long".into()),
         };
-        assert_eq!(f.running, Some(want));
+        assert_eq!(f.running.as_deref(), Some(&want));
         ev.running_queue = monitor_ebpf::NO_QUEUE;
         assert_eq!(
             decode(&encode(&ev), 2).unwrap().seen.running.unwrap().queue,

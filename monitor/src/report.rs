@@ -187,7 +187,7 @@ impl<'a> SiteRecord<'a> {
         self.wait_ns_total = Some(stats.total_ns);
         self.wait_ns_max = Some(stats.max_ns);
         self.waited_for = Some(waited_for(w));
-        self.stuck = Some(site.stuck);
+        self.stuck = Some(u64::from(site.stuck));
         self
     }
 }
@@ -262,7 +262,7 @@ impl<W: Write> Reporter<W> {
             let rec = WaitedRecord {
                 kind: "waited",
                 kernel: self.kernel.clone(),
-                wq: self.queues[site.queue].var.as_deref(),
+                wq: self.queues[site.queue()].var.as_deref(),
                 caller: caller.and_then(|c| c.func.as_deref()),
                 call_site: caller.map(ToString::to_string).unwrap_or_default(),
                 module: caller.and_then(|c| c.module.as_deref()),
@@ -586,7 +586,7 @@ fn record<'a>(
     ignored: bool,
     versions: Versions,
 ) -> SiteRecord<'a> {
-    let q = &queues[site.queue];
+    let q = &queues[site.queue()];
     let caller = site.caller();
     let f = site.first.as_ref();
     let running = f.and_then(|f| f.running.as_ref());
@@ -627,7 +627,7 @@ fn record<'a>(
 
 fn queue_label(queues: &[SystemQueue], site: &Site) -> String {
     let kernel_name = site.first.as_ref().and_then(|f| f.wq_name.as_deref());
-    queues[site.queue].describe(kernel_name)
+    queues[site.queue()].describe(kernel_name)
 }
 
 fn caller_text(site: &Site) -> String {

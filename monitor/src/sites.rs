@@ -18,7 +18,11 @@ use crate::{
 /// kernel holds thousands.
 #[derive(Clone, Debug)]
 pub struct Site {
-    pub queue: usize,
+    /// Index in the system queue table (`queue()`); u32 beside `stuck`: a daemon keeps a site
+    /// per call site, thousands of them.
+    queue: u32,
+    /// `--waits`: its flushes reported as stuck (`--stuck-after`).
+    pub stuck: u32,
     /// The frame that asked for the flush, if the stack had one.
     caller: Option<Frame>,
     /// The task of the first flush seen here, if its event arrived (the ring buffer can be full).
@@ -26,8 +30,6 @@ pub struct Site {
     pub count: u64,
     /// `--waits`: how long its flushes waited and for which work items; None until one returned.
     pub waits: Option<Box<SiteWaits>>,
-    /// `--waits`: its flushes reported as stuck (`--stuck-after`).
-    pub stuck: u64,
 }
 
 /// `--waits`: the kernel's wait figures for a site (summed over its counter keys).
@@ -40,6 +42,10 @@ pub struct SiteWaits {
 }
 
 impl Site {
+    pub fn queue(&self) -> usize {
+        self.queue as usize
+    }
+
     pub fn caller(&self) -> Option<&Frame> {
         self.caller.as_ref()
     }
@@ -71,7 +77,7 @@ fn identity(queue: usize, caller: Option<&Frame>) -> Identity<'_> {
 }
 
 fn identity_of(site: &Site) -> Identity<'_> {
-    identity(site.queue, site.caller())
+    identity(site.queue(), site.caller())
 }
 
 #[derive(Default)]
@@ -125,7 +131,7 @@ impl Sites {
             }
             None => {
                 let i = self.add(Site {
-                    queue,
+                    queue: queue as u32,
                     caller,
                     first,
                     count: 1,
@@ -171,7 +177,7 @@ impl Sites {
         let i = match self.find(&identity(queue, Some(&caller))) {
             Some(i) => i,
             None => self.add(Site {
-                queue,
+                queue: key.queue,
                 caller: Some(caller),
                 first: None,
                 count: 0,

@@ -258,7 +258,7 @@ impl<W: Write> State<W> {
 
     fn snapshot(&self, lost: Lost) -> metrics::Snapshot {
         let sites = self.sites.by_count().into_iter().map(|s| {
-            let q = &self.queues[s.queue];
+            let q = &self.queues[s.queue()];
             let caller = s.caller();
             metrics::SiteMetric {
                 wq: q.label().to_owned(),
@@ -272,7 +272,7 @@ impl<W: Write> State<W> {
                     .to_owned(),
                 count: s.count,
                 waits: s.waits.as_ref().map(|w| w.stats),
-                stuck: self.stuck.as_ref().map(|_| s.stuck),
+                stuck: self.stuck.as_ref().map(|_| u64::from(s.stuck)),
             }
         });
         metrics::Snapshot {
