@@ -7,8 +7,10 @@
 //! |---|---|---|---|
 //! | 5.5 | fentry (BPF trampolines) | fec56f5890d9 | `monitor/src/probe.rs` |
 //! | 5.8 | BPF ring buffer; CAP_BPF and CAP_PERFMON (before: CAP_SYS_ADMIN) | — | `doctor.rs` (capabilities) |
+//! | 5.8 | BPF task iterators (`iter/task`) | — (Yonghong Song's bpf_iter series, "bpf: Add task and task/file iterator targets") | `--waits`' stuck report (`running_work`, `probe.rs`) |
 //! | 5.11 | BPF maps charged to memory cgroups, no longer to `RLIMIT_MEMLOCK` (64 KiB by default before 5.16) | — | aya raises the limit; `probe.rs` says so when it cannot; the unit sets `LimitMEMLOCK=infinity` |
 //! | 5.12 | a trampoline program skips a CPU where it already runs, counted in `bpf_prog_info.recursion_misses` | ca06f55b9002 | `preemption.rs`, `btf.rs` (`MissCounters`) |
+//! | 5.16 | the unwinder recovers return addresses a kretprobe replaced (before, a stack read through one shows `kretprobe_trampoline`) | — | README Limitations; `tests/stuck.rs` boots once per method |
 //! | 5.17 | `struct kthread` moved from `task_struct.set_child_tid` to `worker_private` | — | `btf.rs` (worker chain) |
 //! | 5.18 | kprobe-multi links (`BPF_TRACE_KPROBE_MULTI`, needs `CONFIG_FPROBE`) | 0dcac2725406 | `kprobe_multi.rs`; Debian's 6.1 does not enable fprobe |
 //! | 5.19 | `flush_workqueue()` became a macro around `__flush_workqueue()`, with a compile-time warning for literal system queues; `flush_scheduled_work()` a macro too (an inline wrapper before) | c4f135d64382 | the probed function (`target.rs`), the frames looked through (`symbolize.rs`) |
