@@ -82,6 +82,21 @@ impl Frame {
                 .is_some_and(|f| FLUSH_FUNCTIONS.contains(&f))
     }
 
+    /// A return trampoline of another tracer (a kretprobe, rethook, the function graph tracer):
+    /// it replaced the return address into the real caller, which is then hidden.
+    pub fn is_return_trampoline(&self) -> bool {
+        self.module.is_none()
+            && self.base_func().is_some_and(|f| {
+                matches!(
+                    f,
+                    "kretprobe_trampoline"
+                        | "__kretprobe_trampoline"
+                        | "arch_rethook_trampoline"
+                        | "return_to_handler"
+                )
+            })
+    }
+
     /// Kernel `dump_stack` style, with the function size: `func+0x12/0x40 [module]`.
     pub fn with_size(&self) -> String {
         match &self.func {
@@ -286,6 +301,26 @@ ffffffffc0a01100 t wqflush_test_flush_own\t[wqflush_test]
 
     fn ks() -> Kallsyms {
         Kallsyms::parse(KALLSYMS, |_| false).unwrap()
+    }
+
+    #[test]
+    fn return_trampolines_of_other_tracers_are_recognized() {
+        let at = |func: &str, module: Option<&str>| Frame {
+            addr: 1,
+            func: Some(intern(func)),
+            offset: 0,
+            size: 8,
+            module: module.map(intern),
+        };
+        for f in [
+            "kretprobe_trampoline",
+            "__kretprobe_trampoline",
+            "arch_rethook_trampoline",
+        ] {
+            assert!(at(f, None).is_return_trampoline(), "{f}");
+        }
+        assert!(!at("kretprobe_trampoline", Some("foo")).is_return_trampoline());
+        assert!(!at("wqflush_test_flush_long", None).is_return_trampoline());
     }
 
     #[test]

@@ -85,6 +85,8 @@ struct State<W: Write> {
     /// `--waits`: flushes in flight past `--stuck-after`, and the work items running meanwhile.
     stuck: Option<StuckTracker>,
     flights: Vec<(u32, monitor_ebpf::InFlight)>,
+    /// Whether the hidden-caller warning was printed (once is enough).
+    warned_trampoline: bool,
 }
 
 impl<W: Write> State<W> {
@@ -102,6 +104,7 @@ impl<W: Write> State<W> {
             symbolize::skip_to_caller(&mut frames, flush.caller);
         }
         if let Some((site, frames)) = self.sites.record(flush, frames) {
+            warn_hidden_caller(site.caller(), &mut self.warned_trampoline);
             self.reporter.first_sighting(site, frames)?;
         }
         self.sites.forget_stacks();
@@ -283,6 +286,21 @@ impl<W: Write> State<W> {
     }
 }
 
+/// Once per run: a caller that reads as another tracer's return trampoline means the real one
+/// is hidden from the probe while that tracer is attached.
+fn warn_hidden_caller(caller: Option<&symbolize::Frame>, warned: &mut bool) {
+    let Some(c) = caller.filter(|c| c.is_return_trampoline()) else {
+        return;
+    };
+    if !std::mem::replace(warned, true) {
+        eprintln!(
+            "wqflush: warning: a call site reads as {c}: another tracer's return probe on the \
+             flush function (a kretprobe: bpftrace, perf, a second wqflush with --waits) hides \
+             the caller while it is attached (seen on 5.10); stop that tracer"
+        );
+    }
+}
+
 /// What watching writes to besides stdout, all checked before the probe is attached.
 struct Sinks {
     ignore: IgnoreList,
@@ -357,6 +375,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         waited: Vec::new(),
         stuck: opts.waits.then(|| StuckTracker::new(opts.stuck_after)),
         flights: Vec::new(),
+        warned_trampoline: false,
     };
     let shared = metrics::Shared::default();
     let server = listener.map(|listener| {

@@ -55,6 +55,14 @@ fire long 2
 wqflush_stop twin_a
 wqflush_stop twin_b
 
+# Beside another tracer's return probe on the flush function (here a second wqflush's kretprobe,
+# attached first): the fentry instance names the caller, or says why it cannot.
+wqflush_start kret_a wqflush --attach kprobe --waits || exit 1
+wqflush_start kret_b wqflush --attach fentry || exit 1
+fire long 1
+wqflush_stop kret_b
+wqflush_stop kret_a
+
 # SIGINT prints the summary too (wqflush handles it even where a shell ignored it).
 wqflush_start sigint wqflush || exit 1
 fire pointer 3
@@ -225,6 +233,30 @@ fn faults(series: Series) -> Result<()> {
     Ok(())
 }
 
+/// Another tracer's kretprobe on the flush function: either the caller is right, or it reads as
+/// the trampoline and wqflush says the caller is hidden (5.10) — never a silent wrong site.
+fn beside_a_kretprobe(series: Series) -> Result<()> {
+    let run = run(series)?;
+    let recs = records::records(run, "kret_b.json")?;
+    let first = recs
+        .iter()
+        .find(|r| r["type"] == "flush")
+        .context("no flush record beside the kretprobe")?;
+    let err = run.section("kret_b.err")?;
+    let named = first["caller"] == "wqflush_test_flush_long";
+    let hidden = first["caller"]
+        .as_str()
+        .is_some_and(|c| c.contains("trampoline"))
+        && err.contains("hides the caller while it is attached");
+    eprintln!("{series}: beside a kretprobe: {} ({err})", first["caller"]);
+    ensure!(named || hidden, "{first}\nstderr: {err}");
+    ensure!(
+        summary_count(series, "kret_a", "wqflush_test_flush_long")? == 1,
+        "the kprobe instance"
+    );
+    Ok(())
+}
+
 fn unloaded_module_is_named(series: Series) -> Result<()> {
     let recs = records::records(run(series)?, "unload.json")?;
     for caller in ["wqflush_test_flush_long", "wqflush_test_exit"] {
@@ -280,6 +312,7 @@ wqflush_vmtest::per_kernel_tests! {
     without_btf_kprobe_still_reports => without_btf_kprobe_still_works,
     sigkill_leaves_no_probe_attached => sigkill_leaves_no_probe,
     twins_signals_and_a_full_disk => faults,
+    beside_a_kretprobe_the_caller_is_right_or_said_hidden => beside_a_kretprobe,
     a_module_unloaded_right_after_it_flushed_is_named => unloaded_module_is_named,
     reports_under_ulimit_l_64 => reports_under_a_small_memlock_limit,
 }
