@@ -24,6 +24,7 @@ use crate::{
     probe::{self, Attach, Lost, Method, Probe},
     queues,
     report::Reporter,
+    report_queue::{self, ReportQueue},
     sites::Sites,
     stuck::{self, StuckTracker},
     symbolize::{self, Symbolizer},
@@ -65,7 +66,7 @@ pub enum End {
     NotStarted(String),
 }
 
-struct State<W: Write> {
+struct State<W: Write + Send + 'static> {
     /// Ring buffer records handled so far.
     records: u64,
     /// The kernel's counters, read once a second into the same buffer (a fresh one each time
@@ -73,7 +74,8 @@ struct State<W: Write> {
     counts: Vec<(monitor_ebpf::CountKey, u64)>,
     sym: Symbolizer,
     sites: Sites,
-    reporter: Reporter<W>,
+    /// Writes reports on a thread of its own (report_queue.rs).
+    reporter: ReportQueue<W>,
     queues: Vec<queues::SystemQueue>,
     /// Which miss counters the kernel keeps, once known.
     miss_counters: Option<btf::MissCounters>,
@@ -89,7 +91,7 @@ struct State<W: Write> {
     warned_trampoline: bool,
 }
 
-impl<W: Write> State<W> {
+impl<W: Write + Send + 'static> State<W> {
     fn on_flush(&mut self, bytes: &[u8]) -> Result<()> {
         self.records += 1;
         let flush = decode(bytes, self.queues.len())?;
@@ -191,16 +193,16 @@ impl<W: Write> State<W> {
         }
         let wq_name = site
             .and_then(|s| s.first.as_ref())
-            .and_then(|f| f.wq_name.as_deref());
-        let caller = site.and_then(|s| s.caller()).or(Some(&caller));
-        self.reporter.stuck(&crate::report::StuckFlush {
+            .and_then(|f| f.wq_name.clone());
+        let caller = site.and_then(|s| s.caller()).cloned().or(Some(caller));
+        self.reporter.stuck(crate::report::StuckFlush {
             queue: flight.key.queue as usize,
             wq_name,
             caller,
             pid: tid,
-            comm: &comm,
+            comm: comm.to_string(),
             waiting_ns: now.saturating_sub(flight.start_ns),
-            running: &running,
+            running,
         })
     }
 
@@ -367,7 +369,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         counts: Vec::new(),
         sym: Symbolizer::new(ks),
         sites: Sites::default(),
-        reporter: reporter(opts, &target, sinks),
+        reporter: ReportQueue::spawn(reporter(opts, &target, sinks))?,
         queues: target.queues.clone(),
         miss_counters: None,
         lost: Lost::default(),
@@ -464,11 +466,12 @@ fn reporter(opts: &Options, target: &Target, sinks: Sinks) -> Reporter<std::io::
 }
 
 /// The exact counts, the summary, and what the kernel log did not get.
-fn finish<W: Write>(state: &mut State<W>, probe: &Probe) -> Result<()> {
+fn finish<W: Write + Send + 'static>(state: &mut State<W>, probe: &Probe) -> Result<()> {
     let lost = state.refresh_counts(probe)?;
     state.lost = lost;
-    state.reporter.summary(&state.sites, lost)?;
-    let suppressed = state.reporter.kmsg_suppressed();
+    let mut reporter = state.reporter.finish()?;
+    reporter.summary(&state.sites, lost)?;
+    let suppressed = reporter.kmsg_suppressed();
     if suppressed > 0 {
         eprintln!(
             "wqflush: --kmsg: {suppressed} warning(s) not written to the kernel log (rate limit)"
@@ -536,7 +539,7 @@ struct Loop<'a> {
 impl Loop<'_> {
     /// Streams events until a signal, the deadline or the command's exit; keeps the metrics
     /// snapshot current once a second.
-    async fn run<W: Write>(
+    async fn run<W: Write + Send + 'static>(
         &mut self,
         ring: &mut Ring,
         loads: &mut Option<Ring>,
@@ -549,6 +552,7 @@ impl Loop<'_> {
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut at_trim = (0, 0);
+        let mut report_ended = state.reporter.take_ended();
         loop {
             tokio::select! {
                 // Module loads first: their symbols must be read before they can go away.
@@ -585,6 +589,8 @@ impl Loop<'_> {
                         release_free_memory();
                     }
                 }
+                // Only a failed write ends the report thread while the loop runs.
+                _ = report_queue::ended(&mut report_ended) => return Err(state.reporter.failure()),
                 _ = signals.int.recv() => return Ok(End::Stopped),
                 _ = signals.term.recv() => return Ok(End::Stopped),
                 _ = &mut deadline, if self.duration.is_some() => return Ok(End::Stopped),
