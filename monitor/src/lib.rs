@@ -22,7 +22,6 @@ pub mod preemption;
 pub mod probe;
 pub mod queues;
 pub mod report;
-pub mod report_queue;
 pub mod sites;
 pub mod source;
 pub mod stuck;

@@ -18,13 +18,6 @@ use crate::{
     symbolize::Frame,
 };
 
-/// Whether the ignore list covers the site's caller.
-pub fn ignores(ignore: &IgnoreList, site: &Site) -> bool {
-    site.caller()
-        .and_then(|c| Some((c.module.as_deref(), c.func.as_deref()?)))
-        .is_some_and(|(module, func)| ignore.matches(module, func))
-}
-
 /// The remedy, from Tetsuo Handa's 2022 announcement to module maintainers.
 pub const FIX_HINT: &str = "flush or cancel only the work items this code queued (flush_work(), \
     cancel_work_sync(), flush_delayed_work()), or queue them on a workqueue of its own \
@@ -108,19 +101,18 @@ struct StuckRecord<'a> {
     running: Vec<RunningItem<'a>>,
 }
 
-/// What a stuck report is about (see [`Reporter::stuck`]); owned, since the report is written
-/// on the report thread (report_queue.rs).
-pub struct StuckFlush {
+/// What a stuck report is about (see [`Reporter::stuck`]).
+pub struct StuckFlush<'a> {
     /// Index of the flushed queue in the system queue table.
     pub queue: usize,
     /// The kernel's name of the queue, when known.
-    pub wq_name: Option<Arc<str>>,
-    pub caller: Option<Frame>,
+    pub wq_name: Option<&'a str>,
+    pub caller: Option<&'a Frame>,
     pub pid: u32,
-    pub comm: String,
+    pub comm: &'a str,
     pub waiting_ns: u64,
     /// Work items of that queue that started and have not finished.
-    pub running: Vec<WorkerItem>,
+    pub running: &'a [WorkerItem],
 }
 
 /// A work item a worker is running.
@@ -304,16 +296,12 @@ impl<W: Write> Reporter<W> {
                 kind: "stuck",
                 kernel: self.kernel.clone(),
                 wq: q.var.as_deref(),
-                wq_name: s.wq_name.as_deref().or(q.name.as_deref()),
-                caller: s.caller.as_ref().and_then(|c| c.func.as_deref()),
-                call_site: s
-                    .caller
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-                module: s.caller.as_ref().and_then(|c| c.module.as_deref()),
+                wq_name: s.wq_name.or(q.name.as_deref()),
+                caller: s.caller.and_then(|c| c.func.as_deref()),
+                call_site: s.caller.map(ToString::to_string).unwrap_or_default(),
+                module: s.caller.and_then(|c| c.module.as_deref()),
                 pid: s.pid,
-                comm: &s.comm,
+                comm: s.comm,
                 waiting_ns: s.waiting_ns,
                 running: s
                     .running
@@ -335,7 +323,7 @@ impl<W: Write> Reporter<W> {
     /// The STUCK line; a work item the flushing task runs itself is marked, since that flush
     /// can never return.
     fn stuck_text(&self, s: &StuckFlush) -> String {
-        let label = self.queues[s.queue].describe(s.wq_name.as_deref());
+        let label = self.queues[s.queue].describe(s.wq_name);
         let running = s
             .running
             .iter()
@@ -361,7 +349,6 @@ impl<W: Write> Reporter<W> {
         };
         let from = s
             .caller
-            .as_ref()
             .map_or("an unknown function".to_owned(), |c| c.with_size());
         format!(
             "STUCK: wqflush: flush of {label} from {from} by {} (pid {}) has waited {:.1} s; \
@@ -393,11 +380,9 @@ impl<W: Write> Reporter<W> {
     }
 
     pub fn is_ignored(&self, site: &Site) -> bool {
-        ignores(&self.ignore, site)
-    }
-
-    pub fn ignore_list(&self) -> &IgnoreList {
-        &self.ignore
+        site.caller()
+            .and_then(|c| Some((c.module.as_deref(), c.func.as_deref()?)))
+            .is_some_and(|(module, func)| self.ignore.matches(module, func))
     }
 
     /// Warns about a call site the first time it flushes, unless the ignore list covers it.
@@ -861,7 +846,7 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
     #[test]
     fn stuck_record_follows_the_contract() {
         let caller = frame("wqflush_test_work_flush_self", Some("wqflush_test"));
-        let running = vec![
+        let running = [
             WorkerItem {
                 pid: 42,
                 frame: frame("wqflush_test_work_flush_self", Some("wqflush_test")),
@@ -874,11 +859,11 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
         let stuck = StuckFlush {
             queue: 1,
             wq_name: None,
-            caller: Some(caller),
+            caller: Some(&caller),
             pid: 42,
-            comm: "kworker/0:2".into(),
+            comm: "kworker/0:2",
             waiting_ns: 10_200_000_000,
-            running,
+            running: &running,
         };
         let mut r = Reporter::new(Vec::new(), true, queues()).with_kernel("5.10.0-35-amd64");
         r.stuck(&stuck).unwrap();

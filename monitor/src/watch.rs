@@ -24,7 +24,6 @@ use crate::{
     probe::{self, Attach, Lost, Method, Probe},
     queues,
     report::Reporter,
-    report_queue::{self, ReportQueue},
     sites::Sites,
     stuck::{self, StuckTracker},
     symbolize::{self, Symbolizer},
@@ -66,7 +65,7 @@ pub enum End {
     NotStarted(String),
 }
 
-struct State<W: Write + Send + 'static> {
+struct State<W: Write> {
     /// Ring buffer records handled so far.
     records: u64,
     /// The kernel's counters, read once a second into the same buffer (a fresh one each time
@@ -74,8 +73,7 @@ struct State<W: Write + Send + 'static> {
     counts: Vec<(monitor_ebpf::CountKey, u64)>,
     sym: Symbolizer,
     sites: Sites,
-    /// Writes reports on a thread of its own (report_queue.rs).
-    reporter: ReportQueue<W>,
+    reporter: Reporter<W>,
     queues: Vec<queues::SystemQueue>,
     /// Which miss counters the kernel keeps, once known.
     miss_counters: Option<btf::MissCounters>,
@@ -91,7 +89,7 @@ struct State<W: Write + Send + 'static> {
     warned_trampoline: bool,
 }
 
-impl<W: Write + Send + 'static> State<W> {
+impl<W: Write> State<W> {
     fn on_flush(&mut self, bytes: &[u8]) -> Result<()> {
         self.records += 1;
         let flush = decode(bytes, self.queues.len())?;
@@ -193,16 +191,16 @@ impl<W: Write + Send + 'static> State<W> {
         }
         let wq_name = site
             .and_then(|s| s.first.as_ref())
-            .and_then(|f| f.wq_name.clone());
-        let caller = site.and_then(|s| s.caller()).cloned().or(Some(caller));
-        self.reporter.stuck(crate::report::StuckFlush {
+            .and_then(|f| f.wq_name.as_deref());
+        let caller = site.and_then(|s| s.caller()).or(Some(&caller));
+        self.reporter.stuck(&crate::report::StuckFlush {
             queue: flight.key.queue as usize,
             wq_name,
             caller,
             pid: tid,
-            comm: comm.to_string(),
+            comm: &comm,
             waiting_ns: now.saturating_sub(flight.start_ns),
-            running,
+            running: &running,
         })
     }
 
@@ -369,7 +367,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
         counts: Vec::new(),
         sym: Symbolizer::new(ks),
         sites: Sites::default(),
-        reporter: ReportQueue::spawn(reporter(opts, &target, sinks))?,
+        reporter: reporter(opts, &target, sinks),
         queues: target.queues.clone(),
         miss_counters: None,
         lost: Lost::default(),
@@ -466,12 +464,11 @@ fn reporter(opts: &Options, target: &Target, sinks: Sinks) -> Reporter<std::io::
 }
 
 /// The exact counts, the summary, and what the kernel log did not get.
-fn finish<W: Write + Send + 'static>(state: &mut State<W>, probe: &Probe) -> Result<()> {
+fn finish<W: Write>(state: &mut State<W>, probe: &Probe) -> Result<()> {
     let lost = state.refresh_counts(probe)?;
     state.lost = lost;
-    let mut reporter = state.reporter.finish()?;
-    reporter.summary(&state.sites, lost)?;
-    let suppressed = reporter.kmsg_suppressed();
+    state.reporter.summary(&state.sites, lost)?;
+    let suppressed = state.reporter.kmsg_suppressed();
     if suppressed > 0 {
         eprintln!(
             "wqflush: --kmsg: {suppressed} warning(s) not written to the kernel log (rate limit)"
@@ -539,7 +536,7 @@ struct Loop<'a> {
 impl Loop<'_> {
     /// Streams events until a signal, the deadline or the command's exit; keeps the metrics
     /// snapshot current once a second.
-    async fn run<W: Write + Send + 'static>(
+    async fn run<W: Write>(
         &mut self,
         ring: &mut Ring,
         loads: &mut Option<Ring>,
@@ -552,7 +549,6 @@ impl Loop<'_> {
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut at_trim = (0, 0);
-        let mut report_ended = state.reporter.take_ended();
         loop {
             tokio::select! {
                 // Module loads first: their symbols must be read before they can go away.
@@ -589,8 +585,6 @@ impl Loop<'_> {
                         release_free_memory();
                     }
                 }
-                // Only a failed write ends the report thread while the loop runs.
-                _ = report_queue::ended(&mut report_ended) => return Err(state.reporter.failure()),
                 _ = signals.int.recv() => return Ok(End::Stopped),
                 _ = signals.term.recv() => return Ok(End::Stopped),
                 _ = &mut deadline, if self.duration.is_some() => return Ok(End::Stopped),
