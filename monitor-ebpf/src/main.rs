@@ -99,6 +99,12 @@ mod probe {
     #[unsafe(no_mangle)]
     static FLUSH_RANGES: [[u64; 2]; MAX_FLUSH_RANGES] = [[0; 2]; MAX_FLUSH_RANGES];
 
+    /// The addresses the call patched into the flush function's entry returns to (start + 5,
+    /// start + 9 behind an endbr64): a trampoline's frame holds one of them right below the
+    /// return address into the flush function's caller.
+    #[unsafe(no_mangle)]
+    static ENTRY_RETURNS: [u64; 2] = [0; 2];
+
     /// First sightings of a call site, with their stacks.
     #[map]
     static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
@@ -172,10 +178,7 @@ mod probe {
     /// 10.3 for a kprobe, against 1.0-1.3 us for these reads).
     #[derive(Clone, Copy)]
     enum Entry {
-        /// A BPF trampoline, called from the flush function's first instruction: its frame is
-        /// the arguments (the context points at them), the return value's slot when an fexit
-        /// program shares it, the saved rbp, then the return address into the flush function and
-        /// the one into its caller. Newer kernels keep more below the context, none above it.
+        /// A BPF trampoline, called from the flush function's entry: see `trampoline_return`.
         Trampoline,
         /// A kprobe or fprobe at the flush function's entry: `sp` points at the return address.
         Registers { sp: u64 },
@@ -678,18 +681,26 @@ mod probe {
             return direct;
         }
         stack(ctx, ev, CALLER_DEPTH);
-        caller(ev)
+        caller(ev, matches!(entry, Entry::Trampoline))
     }
 
-    /// Words of a trampoline's frame searched from the context up: the arguments (1), a
-    /// return value (1), the saved rbp (1), the two return addresses, and headroom.
-    const TRAMPOLINE_WORDS: usize = 8;
+    /// The words of a trampoline's frame from the context up, for the flush function's one
+    /// argument. In call mode: the argument, the return value's slot if the trampoline calls
+    /// the function itself (an fexit or fmod_ret program is attached, any tool's), the saved
+    /// rbp, the return address into the flush function (an `ENTRY_RETURNS` value), then the
+    /// one into its caller. A trampoline in jmp mode (6.19+, with an fexit program) keeps no
+    /// return address into the flush function: the caller's is unwound.
+    const TRAMPOLINE_WORDS: usize = 5;
+    /// Where the return address into the flush function is, without and with the return
+    /// value's slot.
+    const ENTRY_RETURN_AT: [usize; 2] = [2, 3];
 
-    /// The return address into the flush function's caller in a trampoline's frame: the word
-    /// after the first one that returns into the flush function, and is text. The return value's
-    /// slot is uninitialized and may hold a stale address into the flush function, but the saved
-    /// rbp after it is a stack address, so that candidate is passed over. 0 (unwind) when the
-    /// caller is a wrapper of the flush function or nothing matched.
+    /// The return address into the flush function's caller, read where the trampoline put it:
+    /// above the word that is exactly the flush function's entry return. Only these two
+    /// places are looked at, and the return value's slot (stale stack contents until the
+    /// function returns) never is: the saved rbp between it and the entry return is a register
+    /// value, never an address just past the flush function's patched call. 0 (unwind) in jmp
+    /// mode, or when the caller is a wrapper of the flush function.
     #[inline(always)]
     fn trampoline_return(ctx: u64) -> u64 {
         // SAFETY: probe_read tolerates any address.
@@ -697,13 +708,19 @@ mod probe {
         else {
             return 0;
         };
-        for i in 0..TRAMPOLINE_WORDS - 1 {
-            let next = words[i + 1];
-            if in_flush_ranges(words[i]) && is_text(next) {
-                return if in_flush_ranges(next) { 0 } else { next };
+        for at in ENTRY_RETURN_AT {
+            if is_entry_return(words[at]) {
+                let ret = words[at + 1];
+                return if is_caller(ret) { ret } else { 0 };
             }
         }
         0
+    }
+
+    #[inline(always)]
+    fn is_entry_return(addr: u64) -> bool {
+        let [a, b] = global(&ENTRY_RETURNS);
+        addr != 0 && (addr == a || addr == b)
     }
 
     /// Kernel and module text, and everything else in x86-64's top 2 GiB; stacks, the heap and
@@ -758,7 +775,7 @@ mod probe {
     /// The first frame past the flush function and its wrappers; 0 when there is none within
     /// `CALLER_DEPTH` frames.
     #[inline(always)]
-    fn caller(ev: &FlushEvent) -> u64 {
+    fn caller(ev: &FlushEvent, trampoline: bool) -> u64 {
         let frames = (ev.stack_bytes.max(0) as usize / 8).min(CALLER_DEPTH);
         let mut inside = false;
         for i in 0..CALLER_DEPTH {
@@ -772,17 +789,17 @@ mod probe {
             }
             inside |= flush;
         }
-        // With an fexit program on the flush function (--waits), 7.3's trampoline leaves no
-        // return address into the flush function, nor the usual words above the context: the
-        // unwound stack is this program, its trampoline, then the caller.
-        if !inside && global(&WAITS) != 0 && frames > FEXIT_CALLER_FRAME {
-            return ev.stack[FEXIT_CALLER_FRAME];
+        // A trampoline in jmp mode (an fexit program on the flush function, 6.19+: 7.3 with
+        // --waits) leaves no return address into the flush function: the unwound stack is this
+        // program, its trampoline, then the caller.
+        if !inside && trampoline && frames > JMP_MODE_CALLER_FRAME {
+            return ev.stack[JMP_MODE_CALLER_FRAME];
         }
         0
     }
 
     /// Where the caller is in the unwound stack when the flush function left no frame (above).
-    const FEXIT_CALLER_FRAME: usize = 2;
+    const JMP_MODE_CALLER_FRAME: usize = 2;
 
     #[inline(always)]
     fn in_flush_ranges(addr: u64) -> bool {

@@ -52,6 +52,7 @@ fn report(out: &mut impl Write, debuginfo: Vec<PathBuf>) -> Result<bool> {
             Ok(_probe) => {
                 let note = method_note(method, &counters, fentry_risk.as_deref());
                 writeln!(out, "  {method}: available; {note}")?;
+                writeln!(out, "    call site: {}", call_site_note(method))?;
                 working.push(method.to_string());
             }
             Err(e) => writeln!(out, "  {method}: unavailable: {e:#}")?,
@@ -104,6 +105,18 @@ fn method_note(method: Method, counters: &btf::MissCounters, fentry_risk: Option
             }
             None => "cannot miss flushes (before 5.12 a trampoline never skips a run)".to_owned(),
         },
+    }
+}
+
+/// Where `method` finds the flush's call site (the key of every count).
+fn call_site_note(method: Method) -> &'static str {
+    match method {
+        Method::Fentry => {
+            "read in the trampoline's frame, right above the return into the flush function;              unwound where the trampoline keeps no such return (jmp mode: an fexit program on              the flush function, 6.19+) or the caller is a wrapper such as drain_workqueue()"
+        }
+        Method::Kprobe | Method::KprobeMulti => {
+            "read at the stack pointer on entry, where the call put it; unwound where the caller              is a wrapper such as drain_workqueue()"
+        }
     }
 }
 

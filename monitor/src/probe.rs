@@ -279,6 +279,7 @@ fn load(target: &Target, waits: bool) -> Result<Ebpf> {
         .override_global("TASK_FLAGS_OFFSET", &offsets.task_flags, true)
         .override_global("TASK_PID_OFFSET", &offsets.task_pid, true)
         .override_global("FLUSH_RANGES", &ranges, true)
+        .override_global("ENTRY_RETURNS", &target.entry_returns, true)
         .override_global("WAITS", &waits, true)
         .override_global("WORKER_FUNC_OFFSET", &offsets.worker_func, true)
         .override_global(

@@ -256,6 +256,13 @@ impl Symbolizer {
         frame
     }
 
+    /// Whether the table read last names `addr` plausibly by itself, without the departed
+    /// modules: a departed module's range can overlap a module loaded since, at another
+    /// address, which the table does not know yet.
+    pub fn names_now(&self, addr: u64) -> bool {
+        self.resolve(&self.ks, addr).is_plausible()
+    }
+
     /// Re-reads kallsyms if /proc/modules changed; true when it did.
     pub fn refresh(&mut self) -> anyhow::Result<bool> {
         let modules = std::fs::read_to_string(PROC_MODULES).unwrap_or_default();

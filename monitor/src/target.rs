@@ -38,9 +38,14 @@ impl Kernel {
         } = self;
         let ks = kallsyms?;
         let (queues, by_name) = queues_to_match(&ks, offsets.as_ref(), mode)?;
+        let function = flush_function(&ks)?;
         let target = Target {
             release,
-            function: flush_function(&ks)?,
+            function,
+            entry_returns: ks
+                .kernel_function(function)
+                .map(|(start, _)| ENTRY_CALL_ENDS.map(|end| start + end))
+                .unwrap_or_default(),
             queues,
             by_name,
             offsets: offsets.ok(),
@@ -164,6 +169,10 @@ pub struct Target {
     pub offsets: Option<Offsets>,
     /// [start, end) of the flush function and its wrappers, from kallsyms.
     pub flush_ranges: Vec<(u64, u64)>,
+    /// Where the call patched into the flush function's entry returns to ([`ENTRY_CALL_ENDS`]
+    /// past its start): the one return address a BPF trampoline's frame can hold that is the
+    /// flush function's own, so fentry finds the caller's right above it.
+    pub entry_returns: [u64; 2],
     /// The kernel's BTF as aya parsed it (fentry needs it), or why it could not be read.
     /// Parsed ahead of time when fentry is the only method asked for, else on its first use.
     pub kernel_btf: OnceCell<Result<Btf, String>>,
@@ -178,6 +187,11 @@ impl Target {
         self.loader.take();
     }
 }
+
+/// The ends of the 5-byte `call __fentry__` that ftrace patches into every traceable x86-64
+/// function: at the start, or behind a 4-byte `endbr64` (IBT kernels). No other call in the
+/// function can return to either (a call there would overlap this one).
+pub const ENTRY_CALL_ENDS: [u64; 2] = [5, 9];
 
 /// The function every workqueue flush passes through on this kernel.
 pub fn flush_function(ks: &Kallsyms) -> Result<&'static str> {

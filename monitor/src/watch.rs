@@ -95,11 +95,12 @@ impl<W: Write> State<W> {
         let flush = decode(bytes, self.queues.len())?;
         let mut frames = self.sym.frames(&flush.stack);
         symbolize::skip_to_caller(&mut frames, flush.caller);
-        // A new call site whose caller does not resolve to a plausible function may be in a
-        // module loaded since kallsyms was read: re-read and retry. (Re-reading for every new
-        // site would cost seconds under a burst; a module gone meanwhile keeps its names.)
-        let plausible = symbolize::caller(&frames).is_some_and(|c| c.is_plausible());
-        if !plausible && self.sites.is_new(flush.queue, &frames) && self.sym.refresh()? {
+        // A new call site whose caller the current table does not name may be in a module
+        // loaded since kallsyms was read (also where a departed module's names would fit it):
+        // re-read if /proc/modules changed, and retry. (Re-reading for every new site would
+        // cost seconds under a burst; a module gone meanwhile keeps its names.)
+        let named = symbolize::caller(&frames).is_some_and(|c| self.sym.names_now(c.addr));
+        if !named && self.sites.is_new(flush.queue, &frames) && self.sym.refresh()? {
             frames = self.sym.frames(&flush.stack);
             symbolize::skip_to_caller(&mut frames, flush.caller);
         }

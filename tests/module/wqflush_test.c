@@ -63,6 +63,11 @@ module_param(pointer_wq, charp, 0444);
 MODULE_PARM_DESC(pointer_wq,
 		 "queue flushed by the 'pointer' trigger: unbound, system, long, highpri, freezable, power_efficient, own");
 
+static char *slow_wq_name = "system";
+module_param_named(slow_wq, slow_wq_name, charp, 0444);
+MODULE_PARM_DESC(slow_wq,
+		 "queue the 'slow' trigger's items run on and its flush flushes (same names as pointer_wq)");
+
 static struct workqueue_struct *own_wq;
 
 /*
@@ -145,8 +150,9 @@ static noinline void wqflush_test_flush_storm(void)
 }
 
 /*
- * 'slow <n>' (n <= WQFLUSH_TEST_SLOW_MAX): n work items on system_wq that each sleep 200 ms,
- * then a flush of system_wq through a pointer, which waits for them (wqflush --waits).
+ * 'slow <n>' (n <= WQFLUSH_TEST_SLOW_MAX): n work items on system_wq (the slow_wq parameter
+ * picks another) that each sleep 200 ms, then a flush of that queue through a pointer, which
+ * waits for them (wqflush --waits).
  */
 #define WQFLUSH_TEST_SLOW_MAX 8
 #define WQFLUSH_TEST_SLOW_MS 200
@@ -700,13 +706,14 @@ static int __init wqflush_test_init(void)
 		return -ENOMEM;
 	WRITE_ONCE(holder.wq, queue_by_name(pointer_wq));
 	WRITE_ONCE(storm_wq, system_highpri_wq);
-	WRITE_ONCE(slow_wq, system_wq);
+	WRITE_ONCE(slow_wq, queue_by_name(slow_wq_name));
 	WRITE_ONCE(abba_wq, system_highpri_wq);
 #if WQFLUSH_TEST_HAVE_DFL_LONG
 	WRITE_ONCE(holder.dfl_long, system_dfl_long_wq);
 #endif
-	if (!holder.wq) {
-		pr_err(WQFLUSH_TEST_NAME ": unknown pointer_wq=%s\n", pointer_wq);
+	if (!holder.wq || !slow_wq) {
+		pr_err(WQFLUSH_TEST_NAME ": unknown pointer_wq=%s or slow_wq=%s\n", pointer_wq,
+		       slow_wq_name);
 		destroy_workqueue(own_wq);
 		return -EINVAL;
 	}

@@ -40,6 +40,21 @@ oracle_start() {
 	echo 1 > $WQF_TRACING/tracing_on
 }
 
+# oracle_mark TEXT: a line in the trace; every later event carries TEXT as its `mark` (phases of
+# one boot, told apart without stopping the oracle).
+oracle_mark() {
+	echo "wqf-mark $1" > $WQF_TRACING/trace_marker
+}
+
+# oracle_part NAME: emits the trace so far as section oracle-trace-NAME and empties it. tracefs
+# names a stack's frames when the trace is read: a module unloaded and loaded again elsewhere
+# would have its earlier frames named wrongly, so each load's part is read before the next load
+# (`Oracle::from_parts`).
+oracle_part() {
+	emit oracle-trace-$1 cat $WQF_TRACING/trace
+	echo > $WQF_TRACING/trace
+}
+
 oracle_stop() {
 	echo 0 > $WQF_TRACING/events/wqf/flush/enable
 }
@@ -66,6 +81,8 @@ pub struct FlushEvent {
     /// The same frames as tracefs printed them, e.g. `wqflush_test_flush_long+0x9/0x20
     /// [wqflush_test]`: `frames[i]` is `stack[i]` with its return address offset.
     pub frames: Vec<String>,
+    /// The last `oracle_mark` before this event ("" before the first).
+    pub mark: String,
 }
 
 impl FlushEvent {
@@ -130,6 +147,72 @@ impl Oracle {
             .count()
     }
 
+    /// The oracle dumped in parts: each `(part, snapshot)` is an `oracle_part` section and the
+    /// section of a kallsyms snapshot of the module unloaded just before that part was read
+    /// (see [`Oracle::name_unloaded`]); `oracle_dump`'s trace is the last part. Marks carry
+    /// over from one part to the next.
+    pub fn from_parts(run: &VmRun, parts: &[(&str, &str)]) -> Result<Oracle> {
+        let mut events: Vec<FlushEvent> = Vec::new();
+        let mut sections: Vec<(String, Option<&str>)> = parts
+            .iter()
+            .map(|(part, snapshot)| (format!("oracle-trace-{part}"), Some(*snapshot)))
+            .collect();
+        sections.push(("oracle-trace".to_owned(), None));
+        for (section, snapshot) in sections {
+            let mut part = Oracle {
+                symbols: BTreeMap::new(),
+                events: parse_trace(run.section(&section)?)
+                    .with_context(|| format!("parsing {section}"))?,
+            };
+            if let Some(snapshot) = snapshot {
+                part.name_unloaded(run.section(snapshot)?);
+            }
+            let mark = events.last().map(|e| e.mark.clone()).unwrap_or_default();
+            for e in part.events.iter_mut().filter(|e| e.mark.is_empty()) {
+                e.mark.clone_from(&mark);
+            }
+            events.extend(part.events);
+        }
+        let symbols = parse_symbols(run.section("oracle-symbols")?);
+        Ok(Oracle { symbols, events })
+    }
+
+    /// Names the frames tracefs printed as bare addresses because their module was unloaded
+    /// before the trace was read, from `snapshot`: that module's lines of /proc/kallsyms, taken
+    /// while it was loaded (`addr type name [module]`). A frame becomes `name+0xoff [module]`.
+    pub fn name_unloaded(&mut self, snapshot: &str) {
+        let mut symbols: Vec<(u64, &str, &str)> = snapshot
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+                let (_kind, name, module) = (f.next()?, f.next()?, f.next()?);
+                Some((addr, name, module))
+            })
+            .collect();
+        symbols.sort_unstable();
+        for e in &mut self.events {
+            for (function, frame) in e.stack.iter_mut().zip(&mut e.frames) {
+                let Some(addr) = frame
+                    .strip_prefix("0x")
+                    .and_then(|h| u64::from_str_radix(h, 16).ok())
+                else {
+                    continue;
+                };
+                // Past its last symbol by more than any function's size: not this module's.
+                let Some(&(start, name, module)) = symbols
+                    .iter()
+                    .rev()
+                    .find(|s| s.0 <= addr && addr - s.0 < 0x10000)
+                else {
+                    continue;
+                };
+                *function = name.to_string();
+                *frame = format!("{name}+{:#x} {module}", addr - start);
+            }
+        }
+    }
+
     pub fn from_function<'a>(&'a self, function: &'a str) -> impl Iterator<Item = &'a FlushEvent> {
         self.events.iter().filter(move |e| e.called_from(function))
     }
@@ -145,20 +228,43 @@ fn parse_symbols(text: &str) -> BTreeMap<String, char> {
         .collect()
 }
 
-/// Parses tracefs `trace` output of the `wqf/flush` event plus its stacktrace trigger.
+/// Parses tracefs `trace` output of the `wqf/flush` event plus its stacktrace trigger. The
+/// output merges the CPUs' buffers by time, so another CPU's event can come between an event
+/// and its stack: a stack belongs to the last event of its own CPU.
 pub fn parse_trace(text: &str) -> Result<Vec<FlushEvent>> {
     let mut events: Vec<FlushEvent> = Vec::new();
+    let mut last_on_cpu: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut stack_of = None;
+    let mut mark = String::new();
     for line in text.lines() {
         if let Some(frame) = line.trim_start().strip_prefix("=> ") {
-            if let Some(last) = events.last_mut() {
-                push_frame(last, frame);
+            if let Some(event) = stack_of.and_then(|i| events.get_mut(i)) {
+                push_frame(event, frame);
             }
+        } else if let Some((_, text)) = line.split_once(MARK) {
+            mark = text.trim().to_string();
         } else if line.contains(" flush: (") {
-            events.push(parse_event(line).with_context(|| format!("trace line {line:?}"))?);
+            let mut event = parse_event(line).with_context(|| format!("trace line {line:?}"))?;
+            event.mark.clone_from(&mark);
+            last_on_cpu.insert(cpu(line), events.len());
+            events.push(event);
+        } else if line.contains("<stack trace>") {
+            stack_of = last_on_cpu.get(cpu(line)).copied();
         }
     }
     Ok(events)
 }
+
+/// The `[001]` of a trace line.
+fn cpu(line: &str) -> &str {
+    line.split_whitespace()
+        .find(|w| w.starts_with('[') && w.ends_with(']'))
+        .unwrap_or_default()
+}
+
+/// What `oracle_mark` writes before its text (`tracing_mark_write+0x76/0x140: wqf-mark TEXT`
+/// with sym-offset, `tracing_mark_write: wqf-mark TEXT` without).
+const MARK: &str = ": wqf-mark ";
 
 /// `  sh-93  [001] .....  5.1: flush: (__flush_workqueue+0x0/0x4a0) wq=0x... sys=0x... ...`
 fn parse_event(line: &str) -> Result<FlushEvent> {
@@ -192,6 +298,7 @@ fn parse_event(line: &str) -> Result<FlushEvent> {
         system,
         stack: Vec::new(),
         frames: Vec::new(),
+        mark: String::new(),
     })
 }
 
@@ -247,12 +354,42 @@ mod tests {
         \x20=> 0xffffffffc032b0de\n\
         \x20=> __flush_workqueue\n\
         \x20=> wqflush_test_flush_scheduled+0x9/0x20 [wqflush_test]\n\
-        \x20=> wqflush_test_write+0x80/0x120 [wqflush_test]\n";
+        \x20=> wqflush_test_write+0x80/0x120 [wqflush_test]\n\
+        \x20             sh-93      [001] .....    5.2: tracing_mark_write+0x76/0x140: wqf-mark waits\n\
+        \x20             sh-93      [001] .....    5.3: flush: (__flush_workqueue+0x0/0x4a0) wq=0xffff2 sys=0xffff1 sys_long=0xffff2\n\
+        \x20             sh-93      [001] .....    5.4: <stack trace>\n\
+        \x20=> __flush_workqueue\n\
+        \x20=> wqflush_test_flush_long+0x9/0x20 [wqflush_test]\n";
+
+    #[test]
+    fn a_stack_belongs_to_its_own_cpu() {
+        let text = "\
+            \x20 sh-1 [000] ..... 5.1: flush: (__flush_workqueue+0x0/0x4a0) wq=0x1 sys=0x1\n\
+            \x20 sh-2 [001] ..... 5.2: flush: (__flush_workqueue+0x0/0x4a0) wq=0x2 sys=0x1\n\
+            \x20 sh-1 [000] ..... 5.3: <stack trace>\n\
+            \x20=> __flush_workqueue\n\
+            \x20=> a+0x9/0x20\n\
+            \x20 sh-2 [001] ..... 5.4: <stack trace>\n\
+            \x20=> __flush_workqueue\n\
+            \x20=> b+0x9/0x20\n";
+        let ev = parse_trace(text).expect("parses");
+        assert_eq!(
+            (ev[0].task.as_str(), ev[0].stack.as_slice()),
+            ("sh-1", &["a".to_owned()][..])
+        );
+        assert_eq!(
+            (ev[1].task.as_str(), ev[1].stack.as_slice()),
+            ("sh-2", &["b".to_owned()][..])
+        );
+    }
 
     #[test]
     fn parses_event_and_stack() {
         let ev = parse_trace(SAMPLE).expect("sample parses");
-        assert_eq!(ev.len(), 1);
+        assert_eq!(ev.len(), 2);
+        assert_eq!((ev[0].mark.as_str(), ev[1].mark.as_str()), ("", "waits"));
+        assert_eq!(ev[1].system, vec!["system_long_wq".to_string()]);
+        assert_eq!(ev[1].stack, ["wqflush_test_flush_long"]);
         assert_eq!(ev[0].task, "sh-93");
         assert_eq!(ev[0].system, vec!["system_wq".to_string()]);
         assert_eq!(
