@@ -21,6 +21,7 @@
 //! | 6.16 | sysfs BTF can be mmapped | — | `btf.rs` (a memfd copy before) |
 //! | 6.17 | `system_percpu_wq` ("events") and `system_dfl_wq` ("events_unbound"), queues of their own; `WQ_PERCPU` | — | by pattern; names are not unique, so matching is by pointer |
 //! | 6.18 | `flush_scheduled_work()` flushes `system_percpu_wq`; the macro's checks test `system_percpu_wq`/`system_dfl_wq` instead of `system_wq`/`system_unbound_wq`, so `flush_workqueue(system_wq)` draws no warning at all | — | nothing to do: every `system_*wq` is matched |
+//! | 6.19 | a BPF trampoline that calls the traced function (an fexit program attached) is entered by `jmp` ("jmp mode"): its frame holds no return address into that function | — (Menglong Dong's "bpf trampoline support jmp mode" series) | fentry's call site (`trampoline_return`, `main.rs`) is unwound there |
 //! | 7.0 | a workqueue allocated with neither `WQ_PERCPU` nor `WQ_UNBOUND` draws a WARN; WARN lines read `WARNING: file:line at func, CPU#N: comm/pid` | — | the test module passes `WQ_PERCPU`; the harness knows both WARN layouts |
 //! | 7.1 | `system_dfl_long_wq` ("events_dfl_long") | — | by pattern |
 //! | 7.2 | `system_wq`, `system_unbound_wq` carry `__WQ_DEPRECATED` (a warning when work is queued there, nothing on flush) | — | — |
