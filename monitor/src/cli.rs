@@ -4,7 +4,10 @@ use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{doctor, metrics, probe::Attach, report, target::MatchMode, watch, watch::End};
+use crate::{
+    daemon::watch, daemon::watch::End, doctor, kernel::target::MatchMode, output::metrics,
+    output::report, probe::Attach,
+};
 
 /// Exit codes; documented in README.md ("Exit codes").
 pub mod exit {

@@ -8,14 +8,14 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    btf,
-    debuginfo::DebugInfoSearch,
-    kallsyms::{self, Kallsyms},
-    preemption,
+    kernel::btf,
+    kernel::kallsyms::{self, Kallsyms},
+    kernel::preemption,
+    kernel::queues,
+    kernel::target::{self, MatchMode, Target},
     probe::{self, Method},
-    queues,
-    source::SourceResolver,
-    target::{self, MatchMode, Target},
+    sources::SourceResolver,
+    sources::debuginfo::DebugInfoSearch,
 };
 
 /// Prints the report; Ok(true) when at least one attach method works. `debuginfo`: the

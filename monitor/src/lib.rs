@@ -1,32 +1,22 @@
 //! wqflush: a probe on the workqueue flush function that reports flushes of the kernel-global
-//! (`system_*`) workqueues. Every module is here; `src/main.rs` only sets up the process. The
-//! parsers of outside input (kallsyms, ring buffer records, ignore files) are what the fuzz
-//! targets (monitor/fuzz) exercise.
+//! (`system_*`) workqueues. Every module is here; `src/main.rs` only sets up the process.
+//!
+//! Folders by what they hold, each importing only those below it (docs/architecture.md):
+//! `cli` and `doctor` (commands) -> `daemon` (the event loop) -> `output` (records, metrics) and
+//! `probe` (the eBPF object) -> `sources` (frames to source lines) and `sites` (call sites and
+//! their counts) -> `symbols` (addresses to frames) -> `kernel` (read-only facts of the running
+//! kernel); `interned` and `timing` are leaves any of them may use. The parsers of outside
+//! input (kallsyms, ring buffer records, ignore files) are what the fuzz targets (monitor/fuzz)
+//! exercise.
 
-pub mod bpf_syscall;
-pub mod btf;
 pub mod cli;
-pub mod debug_object;
-pub mod debuginfo;
+pub mod daemon;
 pub mod doctor;
-pub mod events;
-pub mod frame_sources;
-pub mod ignore;
 pub mod interned;
-pub mod kallsyms;
-pub mod kmsg;
-pub mod kprobe_multi;
-pub mod metrics;
-pub mod module_versions;
-pub mod preemption;
+pub mod kernel;
+pub mod output;
 pub mod probe;
-pub mod queues;
-pub mod report;
 pub mod sites;
-pub mod source;
-pub mod stuck;
-pub mod symbolize;
-pub mod target;
+pub mod sources;
+pub mod symbols;
 pub mod timing;
-pub mod unpreempted;
-pub mod watch;

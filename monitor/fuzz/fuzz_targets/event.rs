@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wqflush::events::{MAX_FRAMES, decode};
+use wqflush::sites::events::{MAX_FRAMES, decode};
 
 fuzz_target!(|data: (u8, &[u8])| {
     let (nr_queues, bytes) = data;

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wqflush::ignore::IgnoreList;
+use wqflush::output::ignore::IgnoreList;
 
 fuzz_target!(|text: &str| {
     match IgnoreList::parse(text, "fuzz.ignore") {

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wqflush::kallsyms::Kallsyms;
+use wqflush::kernel::kallsyms::Kallsyms;
 
 fuzz_target!(|text: &str| {
     if let Ok(ks) = Kallsyms::parse(text, |name| name.starts_with("system_")) {

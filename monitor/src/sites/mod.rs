@@ -1,5 +1,7 @@
 //! Call sites: flushes grouped by (system queue, calling frame), with the kernel's exact counts.
 
+pub mod events;
+
 use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
@@ -10,8 +12,8 @@ use hashbrown::HashTable;
 use monitor_ebpf::{CountKey, WaitStats, WaitedKey};
 
 use crate::{
-    events::{Flush, Sighting},
-    symbolize::{self, Frame},
+    sites::events::{Flush, Sighting},
+    symbols::{self, Frame},
 };
 
 /// One place in the kernel that flushes one system queue. Kept small: a daemon on a busy
@@ -96,7 +98,7 @@ pub struct Sites {
 
 impl Sites {
     pub fn is_new(&self, queue: usize, frames: &[Frame]) -> bool {
-        self.find(&identity(queue, symbolize::caller(frames)))
+        self.find(&identity(queue, symbols::caller(frames)))
             .is_none()
     }
 
@@ -112,7 +114,7 @@ impl Sites {
     /// the report.
     pub fn record(&mut self, flush: Flush, frames: Vec<Frame>) -> Option<(&Site, &[Frame])> {
         let key = count_key(flush.queue, flush.caller);
-        let caller = symbolize::caller(&frames).cloned();
+        let caller = symbols::caller(&frames).cloned();
         let queue = flush.queue;
         let first = Some(Box::new(flush.seen));
         let i = match self.find(&identity(queue, caller.as_ref())) {
@@ -288,12 +290,29 @@ pub fn count_key(queue: usize, caller: u64) -> CountKey {
     }
 }
 
+/// What the kernel side could not deliver or count, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lost {
+    /// First sightings the ring buffer had no room for; their flushes are still counted.
+    pub events: u64,
+    /// Flushes not counted because the per-call-site counter map was full.
+    pub uncounted: u64,
+    /// Flushes the kernel did not run the probe for (`Probe::missed`).
+    pub missed: Option<u64>,
+    /// `--waits`: offending flushes whose wait was not tracked, and work items not counted.
+    pub waits: u64,
+    /// `--waits`: flushes in flight past `--stuck-after` whose task had left the flush (gone,
+    /// not in D, or it slept again): the kernel did not run the exit probe for them. Counted in
+    /// user space, never reported as stuck.
+    pub exits_missed: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
-        events::{decode, encode, sample_event},
-        kallsyms::Kallsyms,
+        kernel::kallsyms::Kallsyms,
+        sites::events::{decode, encode, sample_event},
     };
 
     const KALLSYMS: &str = "\
@@ -311,7 +330,7 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
         let mut ev = sample_event(queue, stack);
         ev.caller = stack.get(1).copied().unwrap_or(0);
         let f = decode(&encode(&ev), 4).unwrap();
-        let frames = symbolize::symbolize(&ks(), &f.stack);
+        let frames = symbols::symbolize(&ks(), &f.stack);
         (f, frames)
     }
 
@@ -349,7 +368,7 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
     fn counters_without_a_sighting_become_sites_named_by_their_caller() {
         let mut sites = Sites::default();
         let ks = ks();
-        let frame = |a| symbolize::symbolize(&ks, &[a]).remove(0);
+        let frame = |a| symbols::symbolize(&ks, &[a]).remove(0);
         let counts = [
             (count_key(0, 0xffffffffc0a0101e), 200_000),
             (count_key(0, 0xffffffffc0a01024), 3),
@@ -373,7 +392,7 @@ ffffffffc0a01040 t wqflush_test_write\t[wqflush_test]
     fn a_sighting_after_its_counter_is_still_reported() {
         let mut sites = Sites::default();
         let ks = ks();
-        let frame = |a| symbolize::symbolize(&ks, &[a]).remove(0);
+        let frame = |a| symbols::symbolize(&ks, &[a]).remove(0);
         sites.apply_counts(&[(count_key(1, 0xffffffffc0a0101e), 4)], frame);
         let (mut f, fr) = flush(
             1,

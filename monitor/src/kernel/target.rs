@@ -8,11 +8,10 @@ use std::cell::{Cell, OnceCell};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{Btf, EbpfLoader};
 
-use crate::{
+use crate::kernel::{
     btf::{self, Offsets},
     kallsyms::Kallsyms,
     queues::{self, SystemQueue},
-    symbolize,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -49,7 +48,7 @@ impl Kernel {
             queues,
             by_name,
             offsets: offsets.ok(),
-            flush_ranges: symbolize::FLUSH_FUNCTIONS
+            flush_ranges: FLUSH_FUNCTIONS
                 .iter()
                 .filter_map(|f| ks.kernel_function(f))
                 .collect(),
@@ -69,7 +68,7 @@ fn queues_to_match(
     if ks.addresses_hidden() {
         bail!(
             "every address in {} is 0: {}",
-            crate::kallsyms::PATH,
+            crate::kernel::kallsyms::PATH,
             hidden_addresses_remedy()
         );
     }
@@ -187,6 +186,21 @@ impl Target {
         self.loader.take();
     }
 }
+
+/// The workqueue flush core and its wrappers: frames a report should look through to find who
+/// asked for the flush (per-kernel notes: `monitor_ebpf::kernels`):
+/// - `__flush_workqueue`: the flush itself since 5.19 (c4f135d64382); `flush_workqueue` is then a
+///   macro and leaves no frame.
+/// - `flush_workqueue`: the flush itself before 5.19.
+/// - `flush_scheduled_work`: an inline function before 5.19 (a frame only when not inlined), a
+///   macro since.
+/// - `drain_workqueue`: calls the flush in a loop; its caller is the one to blame.
+pub const FLUSH_FUNCTIONS: &[&str] = &[
+    "__flush_workqueue",
+    "flush_workqueue",
+    "flush_scheduled_work",
+    "drain_workqueue",
+];
 
 /// The ends of the 5-byte `call __fentry__` that ftrace patches into every traceable x86-64
 /// function: at the start, or behind a 4-byte `endbr64` (IBT kernels). No other call in the

@@ -1,6 +1,6 @@
 //! A report's frames with their source lines: which frames are return addresses, the record's
 //! `source` and `stack_source`, and the text lines an inline chain expands to. The lines
-//! themselves come from source.rs; this module only decides what to ask for and how it reads.
+//! themselves come from mod.rs; this module only decides what to ask for and how it reads.
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -8,16 +8,16 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    debuginfo::DebugInfoSearch,
-    source::{SourceLine, SourceResolver},
-    symbolize::Frame,
+    sources::debuginfo::DebugInfoSearch,
+    sources::{SourceLine, SourceResolver},
+    symbols::Frame,
 };
 
 /// Each frame's source lines (innermost first), or None where no debug info has them.
 pub type FrameLines = Option<Arc<[SourceLine]>>;
 
 /// Resolves frames against whatever debug info `--debuginfo` and the system offer. Each
-/// distinct frame is resolved once (source.rs keeps the answers), at a call site's first
+/// distinct frame is resolved once (mod.rs keeps the answers), at a call site's first
 /// sighting, never per flush.
 pub struct FrameSources {
     resolver: SourceResolver,

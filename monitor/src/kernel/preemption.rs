@@ -7,7 +7,7 @@
 //! debugfs `sched/preempt`. Debian builds 5.10 voluntary, 6.x dynamic (voluntary by default)
 //! and 7.x dynamic with lazy by default, which is not visible without debugfs.
 
-use crate::btf::MissCounters;
+use crate::kernel::btf::MissCounters;
 
 const SCHED_PREEMPT: &str = "/sys/kernel/debug/sched/preempt";
 

@@ -15,20 +15,20 @@ use tokio::{
 };
 
 use crate::{
-    btf,
-    events::decode,
-    frame_sources::FrameSources,
-    ignore::IgnoreList,
-    kmsg::Kmsg,
-    metrics,
-    probe::{self, Attach, Lost, Method, Probe},
-    queues,
-    report::Reporter,
-    sites::Sites,
-    stuck::{self, StuckTracker},
-    symbolize::{self, Symbolizer},
-    target::{self, MatchMode, Target},
-    unpreempted::Unpreempted,
+    daemon::stuck::{self, StuckTracker},
+    kernel::btf,
+    kernel::queues,
+    kernel::target::{self, MatchMode, Target},
+    output::ignore::IgnoreList,
+    output::kmsg::Kmsg,
+    output::metrics,
+    output::report::Reporter,
+    probe::unpreempted::Unpreempted,
+    probe::{self, Attach, Method, Probe},
+    sites::events::decode,
+    sites::{Lost, Sites, events::c_string},
+    sources::frames::FrameSources,
+    symbols::{self, Symbolizer},
 };
 
 pub struct Options {
@@ -94,15 +94,15 @@ impl<W: Write> State<W> {
         self.records += 1;
         let flush = decode(bytes, self.queues.len())?;
         let mut frames = self.sym.frames(&flush.stack);
-        symbolize::skip_to_caller(&mut frames, flush.caller);
+        symbols::skip_to_caller(&mut frames, flush.caller);
         // A new call site whose caller the current table does not name may be in a module
         // loaded since kallsyms was read (also where a departed module's names would fit it):
         // re-read if /proc/modules changed, and retry. (Re-reading for every new site would
         // cost seconds under a burst; a module gone meanwhile keeps its names.)
-        let named = symbolize::caller(&frames).is_some_and(|c| self.sym.names_now(c.addr));
+        let named = symbols::caller(&frames).is_some_and(|c| self.sym.names_now(c.addr));
         if !named && self.sites.is_new(flush.queue, &frames) && self.sym.refresh()? {
             frames = self.sym.frames(&flush.stack);
-            symbolize::skip_to_caller(&mut frames, flush.caller);
+            symbols::skip_to_caller(&mut frames, flush.caller);
         }
         if let Some((site, frames)) = self.sites.record(flush, frames) {
             warn_hidden_caller(site.caller(), &mut self.warned_trampoline);
@@ -179,12 +179,12 @@ impl<W: Write> State<W> {
         let running: Vec<_> = running
             .iter()
             .filter(|r| r.wq == flight.wq)
-            .map(|r| crate::report::WorkerItem {
+            .map(|r| crate::output::report::WorkerItem {
                 pid: r.tid,
                 frame: self.sym.frame(r.function),
             })
             .collect();
-        let comm = crate::events::c_string(&flight.comm);
+        let comm = c_string(&flight.comm);
         self.sites.add_stuck(&flight.key);
         let site = self.sites.by_key(&flight.key);
         if site.is_some_and(|s| self.reporter.is_ignored(s)) {
@@ -194,7 +194,7 @@ impl<W: Write> State<W> {
             .and_then(|s| s.first.as_ref())
             .and_then(|f| f.wq_name.as_deref());
         let caller = site.and_then(|s| s.caller()).or(Some(&caller));
-        self.reporter.stuck(&crate::report::StuckFlush {
+        self.reporter.stuck(&crate::output::report::StuckFlush {
             queue: flight.key.queue as usize,
             wq_name,
             caller,
@@ -289,7 +289,7 @@ impl<W: Write> State<W> {
 
 /// Once per run: a caller that reads as another tracer's return trampoline means the real one
 /// is hidden from the probe while that tracer is attached.
-fn warn_hidden_caller(caller: Option<&symbolize::Frame>, warned: &mut bool) {
+fn warn_hidden_caller(caller: Option<&symbols::Frame>, warned: &mut bool) {
     let Some(c) = caller.filter(|c| c.is_return_trampoline()) else {
         return;
     };

@@ -8,14 +8,13 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    frame_sources::{self, FrameLines, FrameSources, SourceEntry},
-    ignore::IgnoreList,
-    kmsg::{self, Kmsg},
-    module_versions::{ModuleVersions, Versions},
-    probe::Lost,
-    queues::SystemQueue,
-    sites::{Site, SiteWaits, Sites},
-    symbolize::Frame,
+    kernel::module_versions::{ModuleVersions, Versions},
+    kernel::queues::SystemQueue,
+    output::ignore::IgnoreList,
+    output::kmsg::{self, Kmsg},
+    sites::{Lost, Site, SiteWaits, Sites},
+    sources::frames::{self, FrameLines, FrameSources, SourceEntry},
+    symbols::Frame,
 };
 
 /// The remedy, from Tetsuo Handa's 2022 announcement to module maintainers.
@@ -392,7 +391,7 @@ impl<W: Write> Reporter<W> {
         }
         let lines = self.stack_lines(frames);
         let caller = frames.iter().position(|f| !f.is_flush_function());
-        let source = frame_sources::location(caller.and_then(|i| lines[i].as_deref()));
+        let source = frames::location(caller.and_then(|i| lines[i].as_deref()));
         if let Some(kmsg) = &mut self.kmsg {
             kmsg.warn(&kernel_warning(
                 &self.queues,
@@ -415,7 +414,7 @@ impl<W: Write> Reporter<W> {
             );
             rec.kernel = Some(self.kernel.clone());
             rec.source = source;
-            rec.stack_source = Some(frame_sources::entries(frames, &lines));
+            rec.stack_source = Some(frames::entries(frames, &lines));
             line(&mut self.out, &rec)?;
         } else {
             let text = warning(&self.queues, site, frames, &lines);
@@ -447,7 +446,7 @@ impl<W: Write> Reporter<W> {
                 .get(s.caller().and_then(|c| c.module.as_deref()));
             let mut rec = record(&self.queues, s, None, None, self.is_ignored(s), versions);
             if let Some(sources) = &mut self.sources {
-                rec.source = frame_sources::location(sources.caller(s.caller()).as_deref());
+                rec.source = frames::location(sources.caller(s.caller()).as_deref());
             }
             records.push(if self.waits { rec.with_waits(s) } else { rec });
         }
@@ -638,7 +637,7 @@ fn caller_text(site: &Site) -> String {
 fn call_trace(site: &Site, frames: &[Frame], lines: &[FrameLines]) -> String {
     let mut text = String::from("Call Trace:\n");
     for (frame, lines) in frames.iter().zip(lines) {
-        for l in frame_sources::trace_lines(frame, lines.as_deref()) {
+        for l in frames::trace_lines(frame, lines.as_deref()) {
             text.push_str(&l);
             text.push('\n');
         }
@@ -747,9 +746,9 @@ fn line(out: &mut impl Write, value: &impl Serialize) -> Result<()> {
 mod tests {
     use super::*;
     use crate::{
-        events::{decode, encode, sample_event},
-        kallsyms::Kallsyms,
-        symbolize::symbolize,
+        kernel::kallsyms::Kallsyms,
+        sites::events::{decode, encode, sample_event},
+        symbols::symbolize,
     };
 
     const KALLSYMS: &str = "\

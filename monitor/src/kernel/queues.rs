@@ -9,7 +9,7 @@
 use anyhow::{Result, bail};
 use monitor_ebpf::{MAX_QUEUES, NAME_LEN};
 
-use crate::kallsyms::Kallsyms;
+use crate::kernel::kallsyms::Kallsyms;
 
 /// Variable -> workqueue name, for reports and for name mode (per-kernel notes:
 /// `monitor_ebpf::kernels`):

@@ -18,6 +18,10 @@
 //! Nothing here outlives the process: every link and program is a file descriptor, so the
 //! kernel detaches them when wqflush exits, however it exits.
 
+pub mod bpf_syscall;
+pub mod kprobe_multi;
+pub mod unpreempted;
+
 use std::{fmt, io};
 
 use anyhow::{Context as _, Result, anyhow};
@@ -34,10 +38,12 @@ use monitor_ebpf::{
 use std::os::fd::AsFd as _;
 
 use crate::{
-    bpf_syscall,
-    btf::{self, MissCounters},
-    kprobe_multi, preemption,
-    target::Target,
+    kernel::{
+        btf::{self, MissCounters},
+        preemption,
+        target::Target,
+    },
+    sites::Lost,
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wqflush-ebpf"));
@@ -463,23 +469,6 @@ pub fn events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>> {
         .take_map("EVENTS")
         .context("eBPF object has no EVENTS map")?;
     Ok(RingBuf::try_from(map)?)
-}
-
-/// What the kernel side could not deliver or count, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Lost {
-    /// First sightings the ring buffer had no room for; their flushes are still counted.
-    pub events: u64,
-    /// Flushes not counted because the per-call-site counter map was full.
-    pub uncounted: u64,
-    /// Flushes the kernel did not run the probe for ([`Probe::missed`]).
-    pub missed: Option<u64>,
-    /// `--waits`: offending flushes whose wait was not tracked, and work items not counted.
-    pub waits: u64,
-    /// `--waits`: flushes in flight past `--stuck-after` whose task had left the flush (gone,
-    /// not in D, or it slept again): the kernel did not run the exit probe for them. Counted in
-    /// user space, never reported as stuck.
-    pub exits_missed: u64,
 }
 
 impl Probe {

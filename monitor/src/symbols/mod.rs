@@ -4,23 +4,11 @@ use std::{collections::HashSet, fmt, sync::Arc};
 
 use crate::{
     interned::intern,
-    kallsyms::{Kallsyms, Location},
+    kernel::{
+        kallsyms::{Kallsyms, Location},
+        target::FLUSH_FUNCTIONS,
+    },
 };
-
-/// The workqueue flush core and its wrappers: frames a report should look through to find who
-/// asked for the flush (per-kernel notes: `monitor_ebpf::kernels`):
-/// - `__flush_workqueue`: the flush itself since 5.19 (c4f135d64382); `flush_workqueue` is then a
-///   macro and leaves no frame.
-/// - `flush_workqueue`: the flush itself before 5.19.
-/// - `flush_scheduled_work`: an inline function before 5.19 (a frame only when not inlined), a
-///   macro since.
-/// - `drain_workqueue`: calls the flush in a loop; its caller is the one to blame.
-pub const FLUSH_FUNCTIONS: &[&str] = &[
-    "__flush_workqueue",
-    "flush_workqueue",
-    "flush_scheduled_work",
-    "drain_workqueue",
-];
 
 /// One symbolized stack frame.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -269,7 +257,7 @@ impl Symbolizer {
         if modules == self.modules {
             return Ok(false);
         }
-        let new = Kallsyms::load(crate::queues::is_queue_var)?;
+        let new = Kallsyms::load(crate::kernel::queues::is_queue_var)?;
         let live: HashSet<&str> = new.modules().collect();
         self.departed = self.ks.only_modules(|m| !live.contains(m));
         let kept: HashSet<&str> = self.departed.modules().collect();

@@ -6,14 +6,19 @@
 //! matters. Nothing is read until the first frame of an object is resolved; an object's DWARF
 //! is then parsed once and kept, and each frame's answer (with or without lines) is kept too.
 
+pub mod debug_file;
+pub mod debug_object;
+pub mod debuginfo;
+pub mod frames;
+
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use anyhow::Result;
 use gimli::Reader as _;
 
 use crate::{
-    debug_object::{DebugObject, Reader},
-    debuginfo::{DebugInfoSearch, DebugStatus, module_name},
+    sources::debug_object::{DebugObject, Reader},
+    sources::debuginfo::{DebugInfoSearch, DebugStatus, module_name},
 };
 
 /// One level of a frame's source: innermost first, each inlined function before the function

@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{Ebpf, maps::Map};
 use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 
-use crate::bpf_syscall;
+use crate::probe::bpf_syscall;
 
 /// A live kprobe-multi attachment; dropping it detaches.
 pub struct MultiLink {

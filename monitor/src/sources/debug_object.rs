@@ -18,7 +18,7 @@ use object::{
     SymbolSection, elf,
 };
 
-use crate::debuginfo::{Contents, DebugFile};
+use crate::sources::debug_file::{Contents, DebugFile};
 
 /// The reader the DWARF is parsed with: each section in one shared buffer of its own.
 pub(crate) type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;

@@ -1,0 +1,8 @@
+//! What users and machines read: the text and JSON records (the contract is docs/json.md), the
+//! kernel-log warning, the ignore list that silences known call sites, and the Prometheus
+//! metrics with their HTTP endpoint.
+
+pub mod ignore;
+pub mod kmsg;
+pub mod metrics;
+pub mod report;
