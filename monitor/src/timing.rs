@@ -1,5 +1,5 @@
 //! Start-up phase times on stderr when `WQFLUSH_TIMINGS` is set, for anyone asking why attaching
-//! takes as long as it does on their kernel (the README's benchmark section cites them).
+//! takes as long as it does on their kernel (docs/benchmark.md cites them).
 
 use std::{sync::OnceLock, time::Instant};
 

@@ -1,4 +1,4 @@
-//! What the tests read back from a guest: wqflush's JSON records (contract in README.md) and the
+//! What the tests read back from a guest: wqflush's JSON records (contract in docs/json.md) and the
 //! test module's own counts.
 
 use std::collections::BTreeMap;

@@ -387,7 +387,7 @@ fn a_killed_instance_restarts_clean(series: Series) -> Result<()> {
     Ok(())
 }
 
-/// `systemd-analyze security`: the unit's exposure stays where the README says.
+/// `systemd-analyze security`: the unit's exposure stays where docs/fleets.md says.
 fn the_unit_is_rated_ok(series: Series) -> Result<()> {
     let text = run(series)?.section("security")?;
     let line = text

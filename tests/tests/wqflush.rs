@@ -1,5 +1,5 @@
 //! wqflush itself in real Debian kernels: one boot per kernel runs every scenario below, then
-//! each test checks one thing a user would check in the JSON output (contract in README.md).
+//! each test checks one thing a user would check in the JSON output (contract in docs/json.md).
 //!
 //! Triggers (tests/module): scheduled = flush_scheduled_work(), long =
 //! flush_workqueue(system_long_wq), pointer = flush_workqueue(h->wq) with h->wq ==

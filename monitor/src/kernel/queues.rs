@@ -5,6 +5,7 @@
 //! 6.17's `system_percpu_wq`/`system_dfl_wq`) need no code change. Names are not unique
 //! (`system_percpu_wq` and `system_wq` are both "events" since 6.17; Debian's 6.12 has that too),
 //! so matching is by pointer whenever kallsyms lists data symbols.
+//! Which queue came in which kernel, and Debian's backports: docs/kernels.md.
 
 use anyhow::{Result, bail};
 use monitor_ebpf::{MAX_QUEUES, NAME_LEN};

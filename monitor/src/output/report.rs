@@ -1,5 +1,5 @@
 //! What the user reads: a kernel-style warning per new call site and a summary at the end, as
-//! text or as JSON lines (one object per line; the contract is in README.md), and optionally the
+//! text or as JSON lines (one object per line; the contract is in docs/json.md), and optionally the
 //! same warning in the kernel log.
 
 use std::{io::Write, sync::Arc};

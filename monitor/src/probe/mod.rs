@@ -2,7 +2,7 @@
 //! fentry or by a kprobe.
 //!
 //! Why `--attach auto` tries them in this order (measured under QEMU, 4 kthreads flushing on
-//! one CPU beside a busy one; README "Exact on every preemption model"):
+//! one CPU beside a busy one; docs/preemption.md):
 //! - kprobe-multi (5.18+, CONFIG_FPROBE): its handler runs with preemption disabled, so it never
 //!   skips a flush, and it needs no perf event, so it works without CAP_SYS_ADMIN under
 //!   Debian's `perf_event_paranoid=3` (the shipped unit).

@@ -11,7 +11,7 @@ pub struct Results {
     values: BTreeMap<(String, String), Vec<(u32, String)>>,
 }
 
-/// The fields of wqflush's summary record the bench reads (README "JSON contract").
+/// The fields of wqflush's summary record the bench reads (docs/json.md).
 #[derive(Deserialize)]
 pub struct Summary {
     pub sites: Vec<SummarySite>,

@@ -1,4 +1,4 @@
-//! What `--waits` adds (README "How long a flush waited"), in a table of its own: its exit
+//! What `--waits` adds (docs/internals.md, "How long a flush waited"), in a table of its own: its exit
 //! program runs on every flush's return and its tracepoint on every work item, offending or not,
 //! so it is measured where nothing is reported: flushes of the module's own queue and trivial
 //! work items, with wqflush's default method without and with `--waits`, beside no probe.
