@@ -1,12 +1,16 @@
 //! The command line: `wqflush [watch]`, `check -- CMD`, `doctor`, and what each exits with.
 
-use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
+use std::{ffi::OsString, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::{
-    daemon::watch, daemon::watch::End, doctor, kernel::target::MatchMode, output::metrics,
-    output::report, probe::Attach,
+    daemon::{
+        options::{DebugInfoArgs, Options},
+        watch::{self, End},
+    },
+    doctor,
+    output::report,
 };
 
 /// Exit codes; documented in README.md ("Exit codes").
@@ -27,18 +31,18 @@ pub struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
     #[command(flatten)]
-    watch: WatchArgs,
+    watch: Options,
 }
 
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Report flushes until interrupted or --duration ends (the default command)
-    Watch(WatchArgs),
+    Watch(Options),
     /// Run CMD while watching: exit 0 if nothing flushed a system workqueue, 3 if something did,
     /// 4 if CMD failed
     Check {
         #[command(flatten)]
-        watch: WatchArgs,
+        watch: Options,
         #[arg(
             required = true,
             trailing_var_arg = true,
@@ -60,98 +64,6 @@ pub enum Cmd {
     /// Print the man page (roff); `cargo xtask dist` packages it
     #[command(hide = true)]
     Manpage,
-}
-
-#[derive(Args, Clone)]
-pub struct WatchArgs {
-    /// Print one JSON object per line instead of text
-    #[arg(long)]
-    json: bool,
-    /// Stop after this long (30s, 500ms, 5m, 1h; a bare number is seconds)
-    #[arg(long, value_parser = parse_duration)]
-    duration: Option<Duration>,
-    /// How to probe the flush function
-    #[arg(long, value_enum, default_value_t = Attach::Auto)]
-    attach: Attach,
-    /// How to recognize a system workqueue
-    #[arg(long = "match", value_enum, default_value_t = MatchMode::Auto)]
-    match_mode: MatchMode,
-    /// Create this file once the probe is live
-    #[arg(long, value_name = "PATH")]
-    ready_file: Option<PathBuf>,
-    /// Count but do not warn about call sites listed in FILE (`caller`, `module:caller`, globs)
-    #[arg(long, value_name = "FILE")]
-    ignore: Option<PathBuf>,
-    /// Also write each warning to the kernel log (/dev/kmsg), as the kernel's WARN() would
-    #[arg(long)]
-    kmsg: bool,
-    /// Serve Prometheus metrics on [ADDR:]PORT (a bare port binds 127.0.0.1)
-    #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_metrics_addr)]
-    metrics: Option<std::net::SocketAddr>,
-    /// Also time each offending flush until it returns and name the work items it waited for
-    /// and report a flush that never returns (adds a probe on every flush's return and on every
-    /// work item's end)
-    #[arg(long)]
-    waits: bool,
-    /// With --waits: report a flush still waiting after this long as STUCK (10s, 500ms, 2m)
-    #[arg(
-        long,
-        requires = "waits",
-        value_parser = parse_duration,
-        default_value = "10s",
-        value_name = "DURATION"
-    )]
-    stuck_after: Duration,
-    #[command(flatten)]
-    debuginfo: DebugInfoArgs,
-}
-
-#[derive(Args, Clone, Default)]
-pub struct DebugInfoArgs {
-    /// Also look for debug info (vmlinux, MODULE.ko with .debug_info) in DIR, before the system's
-    /// places; a file is used only when its build-id is the running one's (repeatable)
-    #[arg(long = "debuginfo", value_name = "DIR")]
-    pub dirs: Vec<PathBuf>,
-}
-
-fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
-    metrics::parse_addr(s).map_err(|e| format!("{e:#}"))
-}
-
-impl WatchArgs {
-    fn options(self) -> watch::Options {
-        watch::Options {
-            json: self.json,
-            duration: self.duration,
-            attach: self.attach,
-            match_mode: self.match_mode,
-            ready_file: self.ready_file,
-            ignore: self.ignore,
-            kmsg: self.kmsg,
-            metrics: self.metrics,
-            waits: self.waits,
-            stuck_after: self.stuck_after,
-            debuginfo: self.debuginfo.dirs,
-        }
-    }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 30s"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit `{unit}` (use ms, s, m or h)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
 /// Runs the parsed command line; `stdout_closed`: wqflush was started with stdout closed.
@@ -223,13 +135,13 @@ fn fail(err: anyhow::Error) -> ExitCode {
     ExitCode::from(exit::ERROR)
 }
 
-async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    watch::run(&args.options(), None).await?;
+async fn watch(args: Options) -> anyhow::Result<ExitCode> {
+    watch::run(&args, None).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn check(args: WatchArgs, command: Vec<OsString>) -> anyhow::Result<ExitCode> {
-    let outcome = watch::run(&args.options(), Some(&command)).await?;
+async fn check(args: Options, command: Vec<OsString>) -> anyhow::Result<ExitCode> {
+    let outcome = watch::run(&args, Some(&command)).await?;
     let name = command[0].to_string_lossy();
     if let Some(line) = report::missed_line(outcome.missed) {
         eprint!("{line}");
@@ -258,16 +170,7 @@ async fn check(args: WatchArgs, command: Vec<OsString>) -> anyhow::Result<ExitCo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
-    }
+    use crate::probe::Attach;
 
     #[test]
     fn cli_shapes() {

@@ -188,6 +188,20 @@ const SECURITY_SUITES: &[&str] = &["bullseye-security", "bookworm-security"];
 /// Lists older than this name kernels the archive may have dropped (ABIs move weekly).
 const LISTS_MAX_AGE: Duration = Duration::from_secs(6 * 3600);
 
+/// Whether the apt lists in `dir` (the machine's `/var/lib/apt/lists`, or a private state's)
+/// are missing or older than [`LISTS_MAX_AGE`]: the archive drops old ABIs weekly, so old lists
+/// name kernels the mirror no longer has.
+pub fn lists_stale(dir: &Path) -> bool {
+    let newest = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("_Packages"))
+        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .max();
+    newest.is_none_or(|t| t.elapsed().unwrap_or_default() >= LISTS_MAX_AGE)
+}
+
 impl Apt {
     /// Writes the sources list and refreshes the lists when they are missing, stale or were
     /// made for other sources.
@@ -221,14 +235,7 @@ impl Apt {
     }
 
     fn lists_stale(&self) -> bool {
-        let newest = fs::read_dir(self.dir.join("lists"))
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
-            .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
-            .max();
-        newest.is_none_or(|t| t.elapsed().unwrap_or_default() >= LISTS_MAX_AGE)
+        lists_stale(&self.dir.join("lists"))
     }
 
     /// `apt-get`/`apt-cache` reading only this state: nothing of the machine's sources,

@@ -117,7 +117,6 @@ fn innermost<'a>(oracle: &'a Oracle, function: &'a str) -> Result<Vec<&'a FlushE
 
 fn check(series: Series) -> Result<()> {
     let (run, ko) = boot(series)?;
-
     let flush_fn = series.flush_function();
     let sites = call_sites(&ko, "wqflush_test_flush_sites", flush_fn)?;
     ensure!(
@@ -125,8 +124,16 @@ fn check(series: Series) -> Result<()> {
         "objdump: {} calls of {flush_fn} in wqflush_test_flush_sites, want {SITES}",
         sites.len()
     );
+    guest_interface(series, &run)?;
+    bench(series, &run)?;
+    let oracle = Oracle::from_run(&run)?;
+    eprintln!("{series}: oracle {}", oracle.summary_json());
+    sites_are_distinct(series, &oracle, &sites)?;
+    worker_flushes(series, &oracle)
+}
 
-    // Guest-side interface: totals, errors, the stuck worker.
+/// The module's own view: totals, write errors, the worker stuck for good.
+fn guest_interface(series: Series, run: &VmRun) -> Result<()> {
     let want_before: BTreeMap<String, u64> = [
         ("scheduled", 0),
         ("long", 0),
@@ -167,10 +174,14 @@ fn check(series: Series) -> Result<()> {
         stuck.contains("State:\tD"),
         "no kworker blocked in the self flush: {stuck:?}"
     );
+    Ok(())
+}
 
+/// `bench`: plausible times for own-queue flushes, unprobed and under the oracle.
+fn bench(series: Series, run: &VmRun) -> Result<()> {
     let (plain, probed) = (
-        bench_ns(&run, "bench_plain")?,
-        bench_ns(&run, "bench_oracle")?,
+        bench_ns(run, "bench_plain")?,
+        bench_ns(run, "bench_oracle")?,
     );
     eprintln!(
         "{series}: bench: 1000 own-queue flushes unprobed {plain} ns ({} ns each), 100 under \
@@ -185,12 +196,13 @@ fn check(series: Series) -> Result<()> {
             "bench {n} took {ns} ns"
         );
     }
+    Ok(())
+}
 
-    let oracle = Oracle::from_run(&run)?;
-    eprintln!("{series}: oracle {}", oracle.summary_json());
-
-    // sites 300: 300 flushes of system_wq, each from another call site.
-    let ev = innermost(&oracle, "wqflush_test_flush_sites")?;
+/// `sites 300`: 300 flushes of system_wq, each from another call site, the first 300 objdump
+/// found, in order.
+fn sites_are_distinct(series: Series, oracle: &Oracle, sites: &BTreeSet<u64>) -> Result<()> {
+    let ev = innermost(oracle, "wqflush_test_flush_sites")?;
     ensure!(ev.len() == 300, "oracle saw {} sites flushes", ev.len());
     ensure!(
         ev.iter().all(|e| e.flushes("system_wq")),
@@ -207,7 +219,6 @@ fn check(series: Series) -> Result<()> {
         "{} distinct return addresses",
         offsets.len()
     );
-    // They are the first 300 call sites objdump found, in order.
     let first: BTreeSet<u64> = sites.iter().copied().take(300).collect();
     ensure!(
         offsets == first,
@@ -220,9 +231,14 @@ fn check(series: Series) -> Result<()> {
             "{series}: system_percpu_wq exists: {percpu}; same queue as system_wq: {aliased}"
         );
     }
+    Ok(())
+}
 
+/// `worker_other`, `worker_self` and `bench` as the oracle saw them: by kworkers inside work
+/// functions, and the module's own queue no system queue.
+fn worker_flushes(series: Series, oracle: &Oracle) -> Result<()> {
     // worker_other 2: system_unbound_wq flushed by a kworker inside the work function.
-    let ev = innermost(&oracle, "wqflush_test_work_flush_other")?;
+    let ev = innermost(oracle, "wqflush_test_work_flush_other")?;
     ensure!(
         ev.len() == 2
             && ev.iter().all(|e| e.flushes("system_unbound_wq")
@@ -230,17 +246,15 @@ fn check(series: Series) -> Result<()> {
                 && e.called_from("process_one_work")),
         "worker_other flushes: {ev:#?}"
     );
-
-    // bench under the oracle: 1000 flushes of the module's own (non-system) queue.
-    let ev = innermost(&oracle, "wqflush_test_flush_bench")?;
+    // bench under the oracle: 100 flushes of the module's own (non-system) queue.
+    let ev = innermost(oracle, "wqflush_test_flush_bench")?;
     ensure!(
         ev.len() == 100 && ev.iter().all(|e| e.system.is_empty()),
         "oracle saw {} bench flushes",
         ev.len()
     );
-
     // worker_self: one flush of system_long_wq by the kworker running on system_long_wq.
-    let ev = innermost(&oracle, "wqflush_test_work_flush_self")?;
+    let ev = innermost(oracle, "wqflush_test_work_flush_self")?;
     ensure!(
         ev.len() == 1
             && ev[0].flushes("system_long_wq")

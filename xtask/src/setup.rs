@@ -67,15 +67,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 /// The VM tests pick the newest Debian kernel from apt's lists; lists older than the archive
 /// name kernels the mirror no longer has, so stale lists are refreshed first.
 fn apt_lists() -> Result<()> {
-    const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
-    let newest = std::fs::read_dir("/var/lib/apt/lists")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains("_Packages"))
-        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
-        .max();
-    if newest.is_some_and(|t| t.elapsed().unwrap_or_default() < MAX_AGE) {
+    if !wqflush_vmtest::debian::lists_stale(Path::new("/var/lib/apt/lists")) {
         return Ok(());
     }
     eprintln!("xtask: refreshing apt's package lists");

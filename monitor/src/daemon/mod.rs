@@ -1,5 +1,6 @@
 //! `watch` and `check`: the event loop that attaches the probe, drains its ring buffers into
 //! call sites and reports, tracks flushes that never return, and ends with the summary.
 
+pub mod options;
 pub mod stuck;
 pub mod watch;

@@ -130,26 +130,10 @@ impl StuckTracker {
             if seen.done {
                 continue;
             }
-            let now = task(tid);
             let age = now_ns.saturating_sub(flight.start_ns);
-            let mut verdict = judge(age, self.after_ns, seen.baseline, now);
-            if seen.baseline.is_none()
-                && let Some(now) = now.filter(|n| n.state == 'D')
-            {
-                seen.baseline = Some(now.voluntary);
-            }
-            if verdict == Verdict::Unsure {
-                seen.unsure += 1;
-                if seen.unsure < UNSURE_LIMIT {
-                    continue;
-                }
-                verdict = Verdict::ExitMissed;
-            } else if verdict != Verdict::Waiting {
-                seen.unsure = 0;
-            }
-            if verdict == Verdict::Waiting {
+            let Some(verdict) = seen.judge(age, self.after_ns, task(tid)) else {
                 continue;
-            }
+            };
             // The same flush still in flight after /proc was read?
             if still(tid).is_none_or(|f| f.start_ns != flight.start_ns) {
                 seen.done = true;
@@ -167,6 +151,30 @@ impl StuckTracker {
             }
         }
         stuck
+    }
+}
+
+impl Seen {
+    /// This poll's verdict on a flush `age_ns` old whose task is in state `now`; None while it
+    /// still waits, or while /proc cannot tell for fewer than `UNSURE_LIMIT` polls in a row.
+    fn judge(&mut self, age_ns: u64, after_ns: u64, now: Option<TaskState>) -> Option<Verdict> {
+        let verdict = judge(age_ns, after_ns, self.baseline, now);
+        if self.baseline.is_none()
+            && let Some(now) = now.filter(|n| n.state == 'D')
+        {
+            self.baseline = Some(now.voluntary);
+        }
+        match verdict {
+            Verdict::Waiting => None,
+            Verdict::Unsure => {
+                self.unsure += 1;
+                (self.unsure >= UNSURE_LIMIT).then_some(Verdict::ExitMissed)
+            }
+            other => {
+                self.unsure = 0;
+                Some(other)
+            }
+        }
     }
 }
 

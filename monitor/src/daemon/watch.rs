@@ -14,39 +14,23 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+use super::options::Options;
 use crate::{
     daemon::stuck::{self, StuckTracker},
     kernel::btf,
     kernel::queues,
-    kernel::target::{self, MatchMode, Target},
+    kernel::target::{self, Target},
     output::ignore::IgnoreList,
     output::kmsg::Kmsg,
     output::metrics,
     output::report::Reporter,
     probe::unpreempted::Unpreempted,
-    probe::{self, Attach, Method, Probe},
+    probe::{self, Method, Probe},
     sites::events::decode,
     sites::{Lost, Sites, events::c_string},
     sources::frames::FrameSources,
     symbols::{self, Symbolizer},
 };
-
-pub struct Options {
-    pub json: bool,
-    pub ignore: Option<PathBuf>,
-    pub kmsg: bool,
-    pub metrics: Option<std::net::SocketAddr>,
-    pub duration: Option<Duration>,
-    pub attach: Attach,
-    pub match_mode: MatchMode,
-    pub ready_file: Option<PathBuf>,
-    /// Time each offending flush until it returns, and count the work items it waited for.
-    pub waits: bool,
-    /// With `waits`: report flushes in flight longer than this as stuck.
-    pub stuck_after: Duration,
-    /// `--debuginfo`: searched first for the debug info of source lines.
-    pub debuginfo: Vec<PathBuf>,
-}
 
 pub struct Outcome {
     pub flushes: u64,
@@ -87,6 +71,27 @@ struct State<W: Write> {
     flights: Vec<(u32, monitor_ebpf::InFlight)>,
     /// Whether the hidden-caller warning was printed (once is enough).
     warned_trampoline: bool,
+}
+
+impl State<std::io::Stdout> {
+    /// Nothing seen yet; reports go to stdout and the sinks.
+    fn new(opts: &Options, target: &Target, sym: Symbolizer, sinks: Sinks) -> Self {
+        State {
+            records: 0,
+            counts: Vec::new(),
+            sym,
+            sites: Sites::default(),
+            reporter: reporter(opts, target, sinks),
+            queues: target.queues.clone(),
+            miss_counters: None,
+            lost: Lost::default(),
+            wait_stats: Vec::new(),
+            waited: Vec::new(),
+            stuck: opts.waits.then(|| StuckTracker::new(opts.stuck_after)),
+            flights: Vec::new(),
+            warned_trampoline: false,
+        }
+    }
 }
 
 impl<W: Write> State<W> {
@@ -332,7 +337,7 @@ async fn open_sinks(opts: &Options) -> Result<Sinks> {
         ignore,
         kmsg,
         metrics,
-        sources: FrameSources::new(opts.debuginfo.clone())?,
+        sources: FrameSources::new(opts.debuginfo.dirs.clone())?,
     })
 }
 
@@ -352,32 +357,9 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     target.forget_btf();
     crate::timing::mark("probe attached");
     let (mut ring, mut loads) = rings(&mut probe.ebpf)?;
-    let mut returns = if opts.waits {
-        let returns = probe::returns(&mut probe.ebpf)?;
-        // SAFETY: as in rings().
-        Some(
-            unsafe { AsyncFd::register(returns) }
-                .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?,
-        )
-    } else {
-        None
-    };
+    let mut returns = returns_ring(&mut probe, opts.waits)?;
     crate::timing::mark("ring buffers and module_load tracepoint ready");
-    let mut state = State {
-        records: 0,
-        counts: Vec::new(),
-        sym: Symbolizer::new(ks),
-        sites: Sites::default(),
-        reporter: reporter(opts, &target, sinks),
-        queues: target.queues.clone(),
-        miss_counters: None,
-        lost: Lost::default(),
-        wait_stats: Vec::new(),
-        waited: Vec::new(),
-        stuck: opts.waits.then(|| StuckTracker::new(opts.stuck_after)),
-        flights: Vec::new(),
-        warned_trampoline: false,
-    };
+    let mut state = State::new(opts, &target, Symbolizer::new(ks), sinks);
     let shared = metrics::Shared::default();
     let server = listener.map(|listener| {
         let info = metrics_info(&target, probe.method);
@@ -423,6 +405,18 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
 }
 
 type Ring = AsyncFd<RingBuf<MapData>>;
+
+/// `--waits`: the ring buffer of reported flushes that returned.
+fn returns_ring(probe: &mut Probe, waits: bool) -> Result<Option<Ring>> {
+    if !waits {
+        return Ok(None);
+    }
+    let returns = probe::returns(&mut probe.ebpf)?;
+    // SAFETY: as in rings().
+    let ring = unsafe { AsyncFd::register(returns) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
+    Ok(Some(ring))
+}
 
 /// Start-up parses the kernel's BTF three times (for struct offsets, and twice in aya) and reads
 /// all of kallsyms, then drops most of it; a burst of new call sites leaves freed stacks and

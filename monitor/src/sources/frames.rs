@@ -156,7 +156,7 @@ pub fn at(l: &SourceLine) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::interned::intern;
+    use crate::{interned::intern, sources::line};
 
     fn frame(func: &str, offset: u64, module: Option<&str>) -> Frame {
         Frame {
@@ -165,15 +165,6 @@ mod tests {
             offset,
             size: 0x40,
             module: module.map(intern),
-        }
-    }
-
-    fn line(function: &str, file: &str, line: u32, inlined: bool) -> SourceLine {
-        SourceLine {
-            function: function.into(),
-            file: Some(file.into()),
-            line: Some(line),
-            inlined,
         }
     }
 

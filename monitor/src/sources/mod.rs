@@ -357,5 +357,16 @@ fn normalize(path: &str) -> String {
     }
 }
 
+/// A resolved line as the tests write it.
+#[cfg(test)]
+pub(crate) fn line(function: &str, file: &str, line: u32, inlined: bool) -> SourceLine {
+    SourceLine {
+        function: function.into(),
+        file: Some(file.into()),
+        line: Some(line),
+        inlined,
+    }
+}
+
 #[cfg(test)]
 mod tests;

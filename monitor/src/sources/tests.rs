@@ -12,6 +12,7 @@ use std::{
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
 use super::*;
+use crate::sources::line;
 
 const RELEASE: &str = "6.1.0-test";
 
@@ -231,15 +232,6 @@ fn call(file: &Path, function: &str, nth: usize) -> u64 {
         .nth(nth)
         .unwrap_or_else(|| panic!("no call {nth} in {function}"))
         .1
-}
-
-fn line(function: &str, file: &str, line: u32, inlined: bool) -> SourceLine {
-    SourceLine {
-        function: function.into(),
-        file: Some(file.into()),
-        line: Some(line),
-        inlined,
-    }
 }
 
 /// What the first call in `outer` (inside the inlined helper) resolves to.

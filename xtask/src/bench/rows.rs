@@ -5,7 +5,7 @@ use std::{fmt::Write as _, time::Duration};
 use super::{
     CONFIGS, FLOORS, METHODS, Options, STORM, WAITS_CONFIGS,
     results::Results,
-    table::{Stat, Table},
+    table::{Stat, Table, ratio_cells, stat_cells},
     waits,
 };
 
@@ -72,24 +72,12 @@ fn main_table(r: &Results, opts: &Options) -> String {
 
 /// Per config: the median [min-max] of `metric / scale`.
 fn stat(r: &Results, metric: &str, scale: f64, digits: usize) -> Vec<String> {
-    CONFIGS
-        .iter()
-        .map(|c| {
-            let v: Vec<f64> = r.nums(metric, c).values().map(|x| x / scale).collect();
-            Stat::of(&v).show(digits)
-        })
-        .collect()
+    stat_cells(r, &CONFIGS, metric, |x| x / scale, digits)
 }
 
 /// Per config: its ratio to config `b`, round by round.
 fn ratio(r: &Results, metric: &str, b: &str) -> Vec<String> {
-    CONFIGS
-        .iter()
-        .map(|c| match *c == b {
-            true => "1".to_owned(),
-            false => Stat::of(&r.ratios(metric, c, b)).show(3),
-        })
-        .collect()
+    ratio_cells(r, &CONFIGS, metric, b)
 }
 
 /// A row where the no-probe column has nothing to say.
@@ -311,68 +299,98 @@ fn goals(r: &Results, opts: &Options) -> String {
             let _ = writeln!(out, "  [n/a] {c}: not available on this kernel");
             continue;
         }
-        let med = |v: Vec<f64>| Stat::of(&v).median;
+        let mut g = Goals { out, method: c };
+        g.cost(r);
+        g.counts(r, opts);
+        g.start(r);
+        out = g.out;
+    }
+    out
+}
+
+fn median(v: Vec<f64>) -> Option<f64> {
+    Stat::of(&v).median
+}
+
+/// The goal lines of one method.
+struct Goals<'a> {
+    out: String,
+    method: &'a str,
+}
+
+impl Goals<'_> {
+    fn line(&mut self, ok: bool, what: String) {
+        let verdict = if ok { "met" } else { "MISSED" };
+        let _ = writeln!(self.out, "  [{verdict}] {}: {what}", self.method);
+    }
+
+    /// What a flush costs: the empty program's floor, own-queue flushes, the offending flood.
+    fn cost(&mut self, r: &Results) {
+        let c = self.method;
         let floor = format!("empty-{c}");
-        let empty = med(r.ratios("bench_ns", &floor, "none"));
-        if let (Some(e), Some(w)) = (empty, med(r.ratios("bench_ns", c, &floor))) {
+        let empty = median(r.ratios("bench_ns", &floor, "none"));
+        if let (Some(e), Some(w)) = (empty, median(r.ratios("bench_ns", c, &floor))) {
             let _ = writeln!(
-                out,
+                self.out,
                 "  [info] {c}: an empty program on the same hook costs {e:.3}x no probe; \
                  wqflush costs {w:.3}x that"
             );
         }
-        let mut line = |ok: bool, what: String| {
-            let _ = writeln!(out, "  [{}] {c}: {what}", if ok { "met" } else { "MISSED" });
-        };
-        if let Some(x) = med(r.ratios("bench_ns", c, "none")) {
-            line(
+        if let Some(x) = median(r.ratios("bench_ns", c, "none")) {
+            self.line(
                 x <= 1.02,
                 format!("own-queue flush {x:.3}x no probe (goal <= 1.02x)"),
             );
         }
-        if let Some(x) = med(r.ratios("bench_ns", c, "bpftrace")) {
-            line(
+        if let Some(x) = median(r.ratios("bench_ns", c, "bpftrace")) {
+            self.line(
                 x <= 1.0,
                 format!("own-queue flush {x:.3}x bpftrace (goal <= 1x)"),
             );
         }
-        if let Some(x) = med(r.ratios("flood_ns", c, "bpftrace")) {
-            line(
+        if let Some(x) = median(r.ratios("flood_ns", c, "bpftrace")) {
+            self.line(
                 x <= 1.0,
                 format!("offending flood {x:.3}x bpftrace's time (goal <= 1x, aim 0.8x)"),
             );
         }
+    }
+
+    /// Exact counts: the flood, what went uncounted or skipped, the storm.
+    fn counts(&mut self, r: &Results, opts: &Options) {
+        let c = self.method;
         let exact = r.exact(c, "flood", "wqflush_test_flush_pointer");
-        line(
+        let flushes = opts.flushes;
+        self.line(
             exact,
-            format!(
-                "counted every one of the {} offending flushes",
-                opts.flushes
-            ),
+            format!("counted every one of the {flushes} offending flushes"),
         );
         let uncounted: u64 = r
             .summaries("flood", c)
             .map_or(1, |s| s.values().map(|s| s.uncounted).sum());
-        line(uncounted == 0, format!("uncounted {uncounted} (goal 0)"));
+        self.line(uncounted == 0, format!("uncounted {uncounted} (goal 0)"));
         let missed: Option<u64> = r
             .summaries("flood", c)
             .ok()
             .and_then(|s| s.values().map(|s| s.missed).sum());
         if let Some(m) = missed {
-            line(
+            self.line(
                 m == 0,
                 format!("flood: the kernel skipped the probe {m} times (goal 0)"),
             );
         }
-        line(
-            r.exact(c, "storm", "wqflush_test_flush_storm"),
-            "counted every flush of the storm".into(),
-        );
-        if let Some(ms) = med(r.nums("attach_ns", c).values().map(|x| x / 1e6).collect()) {
-            line(ms <= 100.0, format!("attach {ms:.0} ms (goal <= 100 ms)"));
+        let storm = r.exact(c, "storm", "wqflush_test_flush_storm");
+        self.line(storm, "counted every flush of the storm".into());
+    }
+
+    /// Start-up and memory: attach time, alone and against bpftrace's, and RSS.
+    fn start(&mut self, r: &Results) {
+        let c = self.method;
+        if let Some(ms) = median(r.nums("attach_ns", c).values().map(|x| x / 1e6).collect()) {
+            self.line(ms <= 100.0, format!("attach {ms:.0} ms (goal <= 100 ms)"));
         }
-        if let Some(x) = med(r.ratios("attach_ns", c, "bpftrace")) {
-            line(
+        if let Some(x) = median(r.ratios("attach_ns", c, "bpftrace")) {
+            self.line(
                 x <= 0.1,
                 format!("attach {x:.3}x bpftrace's (goal <= 0.1x)"),
             );
@@ -382,10 +400,9 @@ fn goals(r: &Results, opts: &Options) -> String {
             ("rss_sites_kb", "after the sites"),
             ("rss_paced_kb", "after the paced sites (all streamed live)"),
         ] {
-            if let Some(mb) = med(r.nums(m, c).values().map(|x| x / 1024.0).collect()) {
-                line(mb <= 10.0, format!("RSS {what} {mb:.1} MB (goal <= 10 MB)"));
+            if let Some(mb) = median(r.nums(m, c).values().map(|x| x / 1024.0).collect()) {
+                self.line(mb <= 10.0, format!("RSS {what} {mb:.1} MB (goal <= 10 MB)"));
             }
         }
     }
-    out
 }

@@ -2,6 +2,36 @@
 
 use std::fmt::Write as _;
 
+use super::results::Results;
+
+/// Per config: the median [min-max] of `f(value)` over the rounds.
+pub fn stat_cells(
+    r: &Results,
+    configs: &[&str],
+    metric: &str,
+    f: impl Fn(f64) -> f64,
+    digits: usize,
+) -> Vec<String> {
+    configs
+        .iter()
+        .map(|c| {
+            let v: Vec<f64> = r.nums(metric, c).values().map(|x| f(*x)).collect();
+            Stat::of(&v).show(digits)
+        })
+        .collect()
+}
+
+/// Per config: its ratio to config `b`, round by round ("1" for `b` itself).
+pub fn ratio_cells(r: &Results, configs: &[&str], metric: &str, b: &str) -> Vec<String> {
+    configs
+        .iter()
+        .map(|c| match *c == b {
+            true => "1".to_owned(),
+            false => Stat::of(&r.ratios(metric, c, b)).show(3),
+        })
+        .collect()
+}
+
 /// Median [min-max] of one row's values for one column.
 pub struct Stat {
     pub median: Option<f64>,

@@ -1,14 +1,13 @@
-//! What `--waits` adds (docs/internals.md, "How long a flush waited"), in a table of its own: its exit
-//! program runs on every flush's return and its tracepoint on every work item, offending or not,
-//! so it is measured where nothing is reported: flushes of the module's own queue and trivial
-//! work items, with wqflush's default method without and with `--waits`, beside no probe.
+//! What `--waits` adds (docs/internals.md), in a table of its own: its exit program runs on
+//! every flush's return and its tracepoint on every work item, offending or not, so it is
+//! measured where nothing is reported: flushes of the module's own queue and trivial work items, with wqflush's default method without and with `--waits`, beside no probe.
 
 use std::fmt::Write as _;
 
 use super::{
     Options, WAITS_CONFIGS, WAITS_REPEATS, WORK_ITEMS,
     results::Results,
-    table::{Stat, Table},
+    table::{Stat, Table, ratio_cells, stat_cells},
 };
 
 /// `--waits` stays opt-in when it raises a non-offending flush's cost by more than this.
@@ -105,24 +104,12 @@ fn method(r: &Results) -> String {
 
 /// Per config: the median [min-max] of `f(value)`.
 fn stat(r: &Results, metric: &str, f: impl Fn(f64) -> f64, digits: usize) -> Vec<String> {
-    WAITS_CONFIGS
-        .iter()
-        .map(|c| {
-            let v: Vec<f64> = r.nums(metric, c).values().map(|x| f(*x)).collect();
-            Stat::of(&v).show(digits)
-        })
-        .collect()
+    stat_cells(r, &WAITS_CONFIGS, metric, f, digits)
 }
 
 /// Per config: its ratio to config `b`, round by round.
 fn ratio(r: &Results, metric: &str, b: &str) -> Vec<String> {
-    WAITS_CONFIGS
-        .iter()
-        .map(|c| match *c == b {
-            true => "1".to_owned(),
-            false => Stat::of(&r.ratios(metric, c, b)).show(3),
-        })
-        .collect()
+    ratio_cells(r, &WAITS_CONFIGS, metric, b)
 }
 
 /// Per config: the median of what its programs took per operation (time, then runs) by the
