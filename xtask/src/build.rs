@@ -13,6 +13,7 @@ pub fn wqflush() -> Result<PathBuf> {
     crate::cargo(
         &[
             "build",
+            "--locked",
             "--profile",
             "dist",
             "-p",

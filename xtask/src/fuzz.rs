@@ -10,6 +10,26 @@ use crate::Tally;
 
 pub const TARGETS: &[&str] = &["kallsyms", "event", "ignore"];
 
+/// cargo fuzz has no `--locked`: the fuzz workspace's lock is checked on its own first, so a
+/// stale one fails instead of being rewritten by the run.
+fn lock_is_current(toolchain: &str, monitor: &std::path::Path) -> Result<()> {
+    let manifest = monitor.join("fuzz/Cargo.toml");
+    let status = Command::new("cargo")
+        .args([toolchain, "metadata", "--locked", "--format-version", "1"])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running cargo metadata on monitor/fuzz")?;
+    if !status.success() {
+        bail!(
+            "monitor/fuzz/Cargo.lock is out of date: run `cargo {toolchain} metadata \
+             --format-version 1 >/dev/null` in monitor/fuzz and commit the lock"
+        );
+    }
+    Ok(())
+}
+
 /// Executions per target in the smoke run: seconds each, enough to catch a crash on the
 /// shapes of input the targets start from.
 const SMOKE_RUNS: &str = "-runs=50000";
@@ -17,6 +37,7 @@ const SMOKE_RUNS: &str = "-runs=50000";
 pub fn smoke(total: &mut Tally) -> Result<()> {
     let dir = wqflush_vmtest::workspace_root().join("monitor");
     let toolchain = format!("+{}", crate::setup::nightly()?);
+    lock_is_current(&toolchain, &dir)?;
     for target in TARGETS {
         let status = Command::new("cargo")
             .args([

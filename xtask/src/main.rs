@@ -165,6 +165,7 @@ impl Artifacts<'_> {
 fn test_all(artifacts: &Artifacts, kernel: Option<Series>, total: &mut Tally) -> Result<()> {
     let unit = [
         "test",
+        "--locked",
         "--workspace",
         "--exclude",
         "wqflush-vmtest",
@@ -177,6 +178,7 @@ fn test_all(artifacts: &Artifacts, kernel: Option<Series>, total: &mut Tally) ->
     let filter = kernel.map(|s| format!("debian_{}::", s.to_string().replace('.', "_")));
     let mut vm = vec![
         "test",
+        "--locked",
         "-p",
         "wqflush-vmtest",
         "--tests",
