@@ -10,7 +10,7 @@ use crate::{
         watch::{self, End},
     },
     doctor,
-    output::report,
+    output::text,
 };
 
 /// Exit codes; documented in README.md ("Exit codes").
@@ -143,7 +143,7 @@ async fn watch(args: Options) -> anyhow::Result<ExitCode> {
 async fn check(args: Options, command: Vec<OsString>) -> anyhow::Result<ExitCode> {
     let outcome = watch::run(&args, Some(&command)).await?;
     let name = command[0].to_string_lossy();
-    if let Some(line) = report::missed_line(outcome.missed) {
+    if let Some(line) = text::missed_line(outcome.missed) {
         eprint!("{line}");
     }
     let (status, failed) = match &outcome.end {

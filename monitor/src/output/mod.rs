@@ -5,4 +5,6 @@
 pub mod ignore;
 pub mod kmsg;
 pub mod metrics;
+pub mod records;
 pub mod report;
+pub mod text;

@@ -5,22 +5,21 @@
 use std::{io::Write, sync::Arc};
 
 use anyhow::{Context as _, Result};
-use serde::Serialize;
 
 use crate::{
-    kernel::module_versions::{ModuleVersions, Versions},
-    kernel::queues::SystemQueue,
-    output::ignore::IgnoreList,
-    output::kmsg::{self, Kmsg},
-    sites::{Lost, Site, SiteWaits, Sites},
-    sources::frames::{self, FrameLines, FrameSources, SourceEntry},
+    kernel::{module_versions::ModuleVersions, queues::SystemQueue},
+    output::{
+        ignore::IgnoreList,
+        kmsg::Kmsg,
+        records::{
+            RunningItem, StuckRecord, SummaryRecord, WaitedRecord, line, record, waited_for,
+        },
+        text::{duration_text, kernel_warning, missed_line, queue_label, waited_text, warning},
+    },
+    sites::{Lost, Site, Sites},
+    sources::frames::{self, FrameLines, FrameSources},
     symbols::Frame,
 };
-
-/// The remedy, from Tetsuo Handa's 2022 announcement to module maintainers.
-pub const FIX_HINT: &str = "flush or cancel only the work items this code queued (flush_work(), \
-    cancel_work_sync(), flush_delayed_work()), or queue them on a workqueue of its own \
-    (alloc_workqueue() at init, destroy_workqueue() at exit) and flush that one";
 
 pub struct Reporter<W: Write> {
     out: W,
@@ -35,69 +34,6 @@ pub struct Reporter<W: Write> {
     waits: bool,
     /// Source lines where debug info has them (None in unit tests: nothing of this system).
     sources: Option<FrameSources>,
-}
-
-/// `--waits`: a work function that ran on the flushed queue while a flush from the site waited.
-#[derive(Serialize)]
-struct WaitedFor<'a> {
-    function: Option<&'a str>,
-    module: Option<&'a str>,
-    count: u64,
-}
-
-fn waited_for(w: Option<&SiteWaits>) -> Vec<WaitedFor<'_>> {
-    w.map(|w| {
-        w.waited_for
-            .iter()
-            .map(|(f, n)| WaitedFor {
-                function: f.func.as_deref(),
-                module: f.module.as_deref(),
-                count: *n,
-            })
-            .collect()
-    })
-    .unwrap_or_default()
-}
-
-/// `--waits`: a reported flush returned.
-#[derive(Serialize)]
-struct WaitedRecord<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    kernel: Arc<str>,
-    wq: Option<&'a str>,
-    caller: Option<&'a str>,
-    call_site: String,
-    module: Option<&'a str>,
-    pid: u32,
-    wait_ns: u64,
-    waited_for: Vec<WaitedFor<'a>>,
-}
-
-/// `--waits --stuck-after`: a work item running on the stuck flush's queue.
-#[derive(Serialize)]
-struct RunningItem<'a> {
-    function: Option<&'a str>,
-    module: Option<&'a str>,
-    /// The worker running it.
-    pid: u32,
-}
-
-/// `--waits --stuck-after`: a flush still waiting.
-#[derive(Serialize)]
-struct StuckRecord<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    kernel: Arc<str>,
-    wq: Option<&'a str>,
-    wq_name: Option<&'a str>,
-    caller: Option<&'a str>,
-    call_site: String,
-    module: Option<&'a str>,
-    pid: u32,
-    comm: &'a str,
-    waiting_ns: u64,
-    running: Vec<RunningItem<'a>>,
 }
 
 /// What a stuck report is about (see [`Reporter::stuck`]).
@@ -120,99 +56,6 @@ pub struct WorkerItem {
     pub pid: u32,
     /// The work function.
     pub frame: Frame,
-}
-
-#[derive(Serialize)]
-struct SiteRecord<'a> {
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    kind: Option<&'static str>,
-    /// The release, on a flush record (the summary has it once for all its sites).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kernel: Option<Arc<str>>,
-    /// The pointer variable, e.g. "system_long_wq"; null when matched by name only.
-    wq: Option<&'a str>,
-    wq_name: Option<&'a str>,
-    matched_by: &'static str,
-    caller: Option<&'a str>,
-    call_site: String,
-    module: Option<&'a str>,
-    module_version: Option<Arc<str>>,
-    module_srcversion: Option<Arc<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stack: Option<Vec<String>>,
-    /// `file:line` of the flush call in the caller (of the innermost inlined level), or null.
-    source: Option<String>,
-    /// (`flush` only) the stack with its source lines, one entry per inline level; null when
-    /// no frame has debug info.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stack_source: Option<Option<Vec<SourceEntry>>>,
-    // The task of the first sighting; null when that event was lost (ring buffer full).
-    pid: Option<u32>,
-    tgid: Option<u32>,
-    comm: Option<&'a str>,
-    cpu: Option<u32>,
-    worker: Option<bool>,
-    /// For a worker: the queue of the work item it runs, and whether that is the queue it
-    /// flushes (the flush then waits for itself).
-    worker_wq: Option<&'a str>,
-    worker_wq_name: Option<&'a str>,
-    deadlock: Option<bool>,
-    wq_addr: Option<String>,
-    /// CLOCK_MONOTONIC nanoseconds of the first sighting.
-    time_ns: Option<u64>,
-    count: u64,
-    ignored: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    hint: Option<&'static str>,
-    /// `--waits` only (absent without): flushes that returned, their summed and longest wait.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    waits: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wait_ns_total: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wait_ns_max: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    waited_for: Option<Vec<WaitedFor<'a>>>,
-    /// `--waits` only: its flushes reported stuck.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stuck: Option<u64>,
-}
-
-impl<'a> SiteRecord<'a> {
-    fn with_waits(mut self, site: &'a Site) -> Self {
-        let w = site.waits.as_deref();
-        let stats = w.map(|w| w.stats).unwrap_or_default();
-        self.waits = Some(stats.waits);
-        self.wait_ns_total = Some(stats.total_ns);
-        self.wait_ns_max = Some(stats.max_ns);
-        self.waited_for = Some(waited_for(w));
-        self.stuck = Some(u64::from(site.stuck));
-        self
-    }
-}
-
-#[derive(Serialize)]
-struct SummaryRecord<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    kernel: Arc<str>,
-    sites: Vec<SiteRecord<'a>>,
-    flushes: u64,
-    /// First sightings the ring buffer had no room for (their flushes are counted).
-    lost: u64,
-    /// Flushes not counted because the kernel's counter map was full.
-    uncounted: u64,
-    /// Flushes the kernel did not run the probe for, by its own counters; null where this
-    /// kernel keeps no such count for the method in use.
-    missed: Option<u64>,
-    /// `--waits` only: offending flushes whose wait was not tracked (a queue's 4 slots or the
-    /// in-flight table full) plus work items not counted (that table full).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    waits_lost: Option<u64>,
-    /// `--waits` only: flushes past --stuck-after whose task had left the flush (the kernel did
-    /// not run the exit probe for them); never reported as stuck.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    exits_missed: Option<u64>,
 }
 
 impl<W: Write> Reporter<W> {
@@ -528,218 +371,6 @@ impl<W: Write> Reporter<W> {
         }
         text
     }
-}
-
-/// `212 ms`, `1.5 s`, `37 us`.
-pub fn duration_text(ns: u64) -> String {
-    match ns {
-        0..1_000 => format!("{ns} ns"),
-        1_000..1_000_000 => format!("{} us", ns / 1_000),
-        1_000_000..10_000_000_000 => format!("{} ms", ns / 1_000_000),
-        _ => format!("{:.1} s", ns as f64 / 1e9),
-    }
-}
-
-/// `3 work items: slow_work_fn [foo] ×3, other ×1`.
-fn waited_text(w: Option<&SiteWaits>) -> String {
-    let items = w.map_or(&[][..], |w| &w.waited_for[..]);
-    let n: u64 = items.iter().map(|(_, n)| n).sum();
-    if n == 0 {
-        return "no work items".into();
-    }
-    let list: Vec<String> = items
-        .iter()
-        .map(|(f, n)| {
-            let name = f
-                .func
-                .as_deref()
-                .map_or_else(|| format!("{:#x}", f.addr), str::to_owned);
-            match f.module.as_deref() {
-                Some(m) => format!("{name} [{m}] ×{n}"),
-                None => format!("{name} ×{n}"),
-            }
-        })
-        .collect();
-    format!(
-        "{n} work item{}: {}",
-        if n == 1 { "" } else { "s" },
-        list.join(", ")
-    )
-}
-
-/// The warning for flushes the kernel did not run the probe for, when there were any.
-pub fn missed_line(missed: Option<u64>) -> Option<String> {
-    missed.filter(|&n| n > 0).map(|n| {
-        format!(
-            "wqflush: warning: the kernel skipped the probe {n} time(s): those flushes are not in \
-             the counts (fentry under full or lazy preemption; --attach auto does not lose them)\n"
-        )
-    })
-}
-
-fn record<'a>(
-    queues: &'a [SystemQueue],
-    site: &'a Site,
-    kind: Option<&'static str>,
-    stack: Option<&[Frame]>,
-    ignored: bool,
-    versions: Versions,
-) -> SiteRecord<'a> {
-    let q = &queues[site.queue()];
-    let caller = site.caller();
-    let f = site.first.as_ref();
-    let running = f.and_then(|f| f.running.as_ref());
-    SiteRecord {
-        kind,
-        kernel: None,
-        wq: q.var.as_deref(),
-        wq_name: f.and_then(|f| f.wq_name.as_deref()).or(q.name.as_deref()),
-        matched_by: if q.var.is_none() { "name" } else { "address" },
-        caller: caller.and_then(|c| c.func.as_deref()),
-        call_site: caller.map(ToString::to_string).unwrap_or_default(),
-        module: caller.and_then(|c| c.module.as_deref()),
-        module_version: versions.version,
-        module_srcversion: versions.srcversion,
-        stack: stack.map(|frames| frames.iter().map(ToString::to_string).collect()),
-        source: None,
-        stack_source: None,
-        pid: f.map(|f| f.pid),
-        tgid: f.map(|f| f.tgid),
-        comm: f.map(|f| &*f.comm),
-        cpu: f.map(|f| f.cpu),
-        worker: f.and_then(|f| f.worker),
-        worker_wq: running.and_then(|r| queues.get(r.queue? as usize)?.var.as_deref()),
-        worker_wq_name: running.and_then(|r| r.name.as_deref()),
-        deadlock: f.and_then(|f| Some(f.running.as_ref()?.wq == f.wq)),
-        wq_addr: f.map(|f| format!("{:#x}", f.wq)),
-        time_ns: f.map(|f| f.time_ns),
-        count: site.count,
-        ignored,
-        hint: stack.is_some().then_some(FIX_HINT),
-        waits: None,
-        wait_ns_total: None,
-        wait_ns_max: None,
-        waited_for: None,
-        stuck: None,
-    }
-}
-
-fn queue_label(queues: &[SystemQueue], site: &Site) -> String {
-    let kernel_name = site.first.as_ref().and_then(|f| f.wq_name.as_deref());
-    queues[site.queue()].describe(kernel_name)
-}
-
-fn caller_text(site: &Site) -> String {
-    site.caller()
-        .map_or("an unknown function".to_owned(), |c| c.with_size())
-}
-
-fn call_trace(site: &Site, frames: &[Frame], lines: &[FrameLines]) -> String {
-    let mut text = String::from("Call Trace:\n");
-    for (frame, lines) in frames.iter().zip(lines) {
-        for l in frames::trace_lines(frame, lines.as_deref()) {
-            text.push_str(&l);
-            text.push('\n');
-        }
-    }
-    if let Some(err) = site.first.as_ref().and_then(|f| f.stack_error) {
-        text.push_str(&format!(
-            " (no stack: bpf_get_stack failed with errno {err})\n"
-        ));
-    }
-    text
-}
-
-/// wqflush's own warning, for stdout.
-fn warning(queues: &[SystemQueue], site: &Site, frames: &[Frame], lines: &[FrameLines]) -> String {
-    let (comm, pid, tgid, cpu) = match &site.first {
-        Some(f) => (&*f.comm, f.pid, f.tgid, f.cpu),
-        None => ("?", 0, 0, 0),
-    };
-    format!(
-        "WARNING: wqflush: flush of system workqueue {} from {}\n\
-         comm: {comm} pid: {pid} tgid: {tgid} cpu: {cpu} workqueue worker: {}\n{}\
-         Fix: {FIX_HINT}\n",
-        queue_label(queues, site),
-        caller_text(site),
-        worker_text(queues, site),
-        call_trace(site, frames, lines),
-    )
-}
-
-/// "no", or which queue's work item the worker runs, with the deadlock spelled out.
-fn worker_text(queues: &[SystemQueue], site: &Site) -> String {
-    let Some(f) = &site.first else {
-        return "unknown".to_owned();
-    };
-    let Some(running) = &f.running else {
-        return match f.worker {
-            Some(true) => "yes",
-            Some(false) => "no",
-            None => "unknown",
-        }
-        .to_owned();
-    };
-    let queue = match (
-        running.queue.and_then(|q| queues.get(q as usize)),
-        &running.name,
-    ) {
-        (Some(q), name) => q.describe(name.as_deref()),
-        // Not a system queue: its name is all there is.
-        (None, Some(n)) => format!("\"{n}\""),
-        (None, None) => "?".to_owned(),
-    };
-    let mut text = format!("yes, running a work item of {queue}");
-    if running.wq == f.wq {
-        text.push_str(
-            "\nDEADLOCK: the work item flushes the queue it runs on; the flush waits for the work \
-             item itself and never returns",
-        );
-    }
-    text
-}
-
-/// The same warning laid out like the kernel's own `WARN()` (`__warn()`), so tools that scrape
-/// dmesg for "WARNING: CPU: N PID: N at ..." between "cut here" and "end trace" catch it. Short
-/// enough for the kernel's /dev/kmsg burst: the stack stops at the caller's callers.
-fn kernel_warning(
-    queues: &[SystemQueue],
-    site: &Site,
-    frames: &[Frame],
-    source: Option<&str>,
-) -> Vec<String> {
-    let (cpu, pid, comm) = match &site.first {
-        Some(f) => (f.cpu, f.pid, &*f.comm),
-        None => (0, 0, "?"),
-    };
-    let mut lines = vec![
-        "------------[ cut here ]------------".to_owned(),
-        format!(
-            "WARNING: CPU: {cpu} PID: {pid} at {}{}",
-            caller_text(site),
-            source.map(|s| format!(" ({s})")).unwrap_or_default()
-        ),
-        format!(
-            "wqflush: {comm} flushed system workqueue {}; fix: flush_work()/cancel_work_sync() \
-             your own work items, or flush your own alloc_workqueue() queue",
-            queue_label(queues, site)
-        ),
-        "Call Trace:".to_owned(),
-    ];
-    let room = kmsg::MAX_LINES - lines.len() - 1;
-    lines.extend(
-        frames
-            .iter()
-            .take(room)
-            .map(|f| format!(" {}", f.with_size())),
-    );
-    lines.push("---[ end trace 0000000000000000 ]---".to_owned());
-    lines
-}
-
-fn line(out: &mut impl Write, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string(value)?;
-    writeln!(out, "{text}").context("writing the report")
 }
 
 #[cfg(test)]
