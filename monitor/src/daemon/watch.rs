@@ -22,8 +22,8 @@ use crate::{
     kernel::target::{self, Target},
     output::ignore::IgnoreList,
     output::kmsg::Kmsg,
-    output::metrics,
     output::report::Reporter,
+    output::{http, metrics},
     probe::unpreempted::Unpreempted,
     probe::{self, Method, Probe},
     sites::events::decode,
@@ -330,7 +330,7 @@ async fn open_sinks(opts: &Options) -> Result<Sinks> {
     };
     let kmsg = if opts.kmsg { Some(Kmsg::open()?) } else { None };
     let metrics = match opts.metrics {
-        Some(addr) => Some(metrics::bind(addr).await?),
+        Some(addr) => Some(http::bind(addr).await?),
         None => None,
     };
     Ok(Sinks {
@@ -363,7 +363,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     let shared = metrics::Shared::default();
     let server = listener.map(|listener| {
         let info = metrics_info(&target, probe.method);
-        tokio::spawn(metrics::serve(listener, info, shared.clone()))
+        tokio::spawn(http::serve(listener, info, shared.clone()))
     });
     release_free_memory();
     announce(&target, probe.method, opts.ready_file.as_ref())?;

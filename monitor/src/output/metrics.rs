@@ -1,39 +1,24 @@
-//! The `--metrics ADDR:PORT` endpoint: Prometheus scrapes `GET /metrics` for the per-call-site
-//! flush counts, the number of call sites, the events lost and how wqflush is attached.
+//! The `--metrics ADDR:PORT` metrics: the per-call-site flush counts, the number of call sites,
+//! the events lost and how wqflush is attached, in Prometheus's text format (http.rs serves
+//! them).
 //!
 //! The daemon owns the counts; it publishes them as a [`Snapshot`] behind a mutex, and every
 //! scrape renders that snapshot into a fresh registry. Counters are therefore the absolute totals
 //! since wqflush started, which is what Prometheus expects of a counter.
 
-use std::convert::Infallible;
-use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result, anyhow};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::{EncodeLabelSet, prometheus_text};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::info::Info as InfoMetric;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 /// The only path served.
 pub const PATH: &str = "/metrics";
-
-/// A client gets this long to send its request headers, so idle or stalled connections do not pile
-/// up in a long-running daemon.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One call site's flushes of one system workqueue.
 #[derive(Clone, Debug, Default)]
@@ -173,25 +158,17 @@ pub fn render(info: &Info, snap: &Snapshot) -> Result<String> {
 /// library builds histograms from observations only, so the text is written here).
 fn wait_histogram(text: &mut String, snap: &Snapshot) {
     use std::fmt::Write as _;
-    let mut series: Vec<(SiteLabels, monitor_ebpf::WaitStats)> = Vec::new();
-    for site in &snap.sites {
-        let Some(w) = site.waits else { continue };
-        let labels = SiteLabels {
-            wq: site.wq.clone(),
-            caller: site.caller.clone(),
-            module: site.module.clone(),
-        };
-        match series.iter_mut().find(|(l, _)| *l == labels) {
-            Some((_, s)) => {
-                s.waits += w.waits;
-                s.total_ns += w.total_ns;
-                for (b, n) in s.buckets.iter_mut().zip(w.buckets) {
-                    *b += n;
-                }
+    let series = by_labels(
+        snap,
+        |site| site.waits,
+        |s, w| {
+            s.waits += w.waits;
+            s.total_ns += w.total_ns;
+            for (b, n) in s.buckets.iter_mut().zip(w.buckets) {
+                *b += n;
             }
-            None => series.push((labels, w)),
-        }
-    }
+        },
+    );
     if series.is_empty() {
         return;
     }
@@ -235,19 +212,7 @@ fn wait_histogram(text: &mut String, snap: &Snapshot) {
 /// after the registry's text, like the histogram.
 fn stuck_counter(text: &mut String, snap: &Snapshot) {
     use std::fmt::Write as _;
-    let mut series: Vec<(SiteLabels, u64)> = Vec::new();
-    for site in &snap.sites {
-        let Some(n) = site.stuck else { continue };
-        let labels = SiteLabels {
-            wq: site.wq.clone(),
-            caller: site.caller.clone(),
-            module: site.module.clone(),
-        };
-        match series.iter_mut().find(|(l, _)| *l == labels) {
-            Some((_, m)) => *m += n,
-            None => series.push((labels, n)),
-        }
-    }
+    let series = by_labels(snap, |site| site.stuck, |m, n| *m += n);
     if series.is_empty() {
         return;
     }
@@ -266,6 +231,35 @@ fn stuck_counter(text: &mut String, snap: &Snapshot) {
     }
 }
 
+impl SiteMetric {
+    fn labels(&self) -> SiteLabels {
+        SiteLabels {
+            wq: self.wq.clone(),
+            caller: self.caller.clone(),
+            module: self.module.clone(),
+        }
+    }
+}
+
+/// One series per label set, in first-seen order: `value` of each site that has one, sites that
+/// differ only in what the labels leave out (the offset within the caller) combined by `add`.
+fn by_labels<T>(
+    snap: &Snapshot,
+    value: impl Fn(&SiteMetric) -> Option<T>,
+    add: impl Fn(&mut T, T),
+) -> Vec<(SiteLabels, T)> {
+    let mut series: Vec<(SiteLabels, T)> = Vec::new();
+    for site in &snap.sites {
+        let Some(v) = value(site) else { continue };
+        let labels = site.labels();
+        match series.iter_mut().find(|(l, _)| *l == labels) {
+            Some((_, sum)) => add(sum, v),
+            None => series.push((labels, v)),
+        }
+    }
+    series
+}
+
 /// A label value in the text format: backslash, double quote and newline escaped.
 fn escape(value: &str) -> String {
     value
@@ -279,128 +273,16 @@ fn escape(value: &str) -> String {
 fn flushes(snap: &Snapshot) -> Family<SiteLabels, Counter> {
     let family = Family::<SiteLabels, Counter>::default();
     for site in &snap.sites {
-        let labels = SiteLabels {
-            wq: site.wq.clone(),
-            caller: site.caller.clone(),
-            module: site.module.clone(),
-        };
-        family.get_or_create(&labels).inc_by(site.count);
+        family.get_or_create(&site.labels()).inc_by(site.count);
     }
     family
 }
 
-/// Binds the metrics socket, so the caller can report a bad address before attaching probes.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        let hint = match e.kind() {
-            ErrorKind::AddrInUse => {
-                "; another program (another wqflush?) listens there, pick another port"
-            }
-            ErrorKind::AddrNotAvailable => "; no interface of this machine has that address",
-            ErrorKind::PermissionDenied => "; ports below 1024 need CAP_NET_BIND_SERVICE",
-            _ => "",
-        };
-        anyhow!("cannot serve metrics on {addr}: {e}{hint}")
-    })
-}
-
-/// Serves GET /metrics (200, Prometheus text format) and 404 for other paths, until the task is
-/// dropped. Returns only if the listening socket itself fails.
-pub async fn serve(listener: TcpListener, info: Info, shared: Shared) -> Result<()> {
-    let info = Arc::new(info);
-    // Connections live in this set rather than in detached tasks, so dropping `serve` closes them.
-    let mut conns = JoinSet::new();
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _peer)) => stream,
-            Err(err) => {
-                survive_accept_error(err).await?;
-                continue;
-            }
-        };
-        while conns.try_join_next().is_some() {}
-        let (info, shared) = (Arc::clone(&info), Arc::clone(&shared));
-        conns.spawn(async move {
-            let service = service_fn(move |req| {
-                let response = respond(&req, &info, &shared);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            // A client that hangs up or speaks garbage only loses its own connection; there is
-            // nobody to tell.
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-/// Errors of one connection, or a passing shortage of file descriptors or memory, must not end
-/// the endpoint; anything else means the listening socket is broken.
-async fn survive_accept_error(err: std::io::Error) -> Result<()> {
-    match err.kind() {
-        ErrorKind::ConnectionAborted
-        | ErrorKind::ConnectionReset
-        | ErrorKind::Interrupted
-        | ErrorKind::WouldBlock => Ok(()),
-        _ if matches!(
-            err.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-        ) =>
-        {
-            // Back off instead of spinning: the condition holds until some descriptor is closed.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Ok(())
-        }
-        _ => Err(err).context("metrics endpoint stopped: cannot accept connections"),
-    }
-}
-
-fn respond(req: &Request<Incoming>, info: &Info, shared: &Shared) -> Response<Full<Bytes>> {
-    if req.uri().path() != PATH {
-        return plain(
-            StatusCode::NOT_FOUND,
-            format!("not found; the metrics are at {PATH}\n"),
-        );
-    }
-    if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        let mut response = plain(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET is served\n".to_owned(),
-        );
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
-    }
-    // A panic elsewhere while holding the lock leaves plain counts behind, still worth serving.
-    let snap = shared.lock().unwrap_or_else(PoisonError::into_inner);
-    match render(info, &snap) {
-        Ok(text) => body(StatusCode::OK, prometheus_text::CONTENT_TYPE, text),
-        Err(err) => plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}\n")),
-    }
-}
-
-fn plain(status: StatusCode, text: String) -> Response<Full<Bytes>> {
-    body(status, "text/plain; charset=utf-8", text)
-}
-
-fn body(status: StatusCode, content_type: &'static str, text: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(text)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    fn info() -> Info {
+    pub(crate) fn info() -> Info {
         Info {
             attach: "fentry".into(),
             kernel: "6.1.0-56-amd64".into(),
@@ -419,7 +301,7 @@ mod tests {
         }
     }
 
-    fn sample() -> Snapshot {
+    pub(crate) fn sample() -> Snapshot {
         Snapshot {
             sites: vec![
                 site(
@@ -601,83 +483,6 @@ mod tests {
         assert!(
             !text.contains("wqflush_probe_missed"),
             "no count kept, no metric: {text}"
-        );
-    }
-
-    async fn get(addr: SocketAddr, request: &str) -> String {
-        let exchange = async {
-            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            stream.write_all(request.as_bytes()).await.expect("write");
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.expect("read");
-            response
-        };
-        tokio::time::timeout(Duration::from_secs(10), exchange)
-            .await
-            .expect("server answered in time")
-    }
-
-    #[tokio::test]
-    async fn serves_metrics_over_http() {
-        let listener = bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let shared = Shared::default();
-        let server = tokio::spawn(serve(listener, info(), Arc::clone(&shared)));
-        // Published after the server started: a scrape must see the current snapshot.
-        *shared.lock().expect("lock") = sample();
-
-        let ok = get(
-            addr,
-            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(
-            ok.to_ascii_lowercase()
-                .contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
-            "{ok}"
-        );
-        let (_, body) = ok.split_once("\r\n\r\n").expect("headers end");
-        assert!(
-            body.lines().any(|l| l == "wqflush_events_lost_total 7"),
-            "{body}"
-        );
-        assert!(
-            body.contains(r#"caller="wqflush_test_flush_scheduled",module="wqflush_test"} 5"#),
-            "{body}"
-        );
-
-        let missing = get(
-            addr,
-            "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        assert!(
-            missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
-            "{missing}"
-        );
-        let post = get(addr, "POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
-        assert!(
-            post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
-            "{post}"
-        );
-
-        server.abort();
-        assert!(server.await.expect_err("aborted").is_cancelled());
-    }
-
-    #[tokio::test]
-    async fn bind_error_names_address_and_reason() {
-        let first = bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
-        let addr = first.local_addr().expect("local addr");
-        let err = format!("{:#}", bind(addr).await.expect_err("port taken"));
-        assert!(
-            err.contains(&addr.to_string()) && err.contains("in use"),
-            "{err}"
         );
     }
 }

@@ -2,6 +2,7 @@
 //! kernel-log warning, the ignore list that silences known call sites, and the Prometheus
 //! metrics with their HTTP endpoint.
 
+pub mod http;
 pub mod ignore;
 pub mod kmsg;
 pub mod metrics;
