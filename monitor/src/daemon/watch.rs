@@ -133,7 +133,7 @@ impl<W: Write> State<W> {
         let lost = {
             // The map reads only: a flusher must not preempt them (see unpreempted.rs).
             let _rt = Unpreempted::enter();
-            probe::counts(&probe.ebpf, &mut self.counts)?;
+            probe::maps::counts(&probe.ebpf, &mut self.counts)?;
             probe.lost(&counters)?
         };
         let sym = &self.sym;
@@ -154,17 +154,17 @@ impl<W: Write> State<W> {
         };
         {
             let _rt = Unpreempted::enter();
-            probe::in_flight(&probe.ebpf, &mut self.flights)?;
+            probe::maps::in_flight(&probe.ebpf, &mut self.flights)?;
         }
         let now = stuck::monotonic_ns();
         let ebpf = &probe.ebpf;
         let found = tracker.poll(&self.flights, now, stuck::read_task, |tid| {
-            probe::in_flight_of(ebpf, tid).ok().flatten()
+            probe::maps::in_flight_of(ebpf, tid).ok().flatten()
         });
         if found.is_empty() {
             return Ok(());
         }
-        let running = probe::running_work(&mut probe.ebpf)?;
+        let running = probe::maps::running_work(&mut probe.ebpf)?;
         for (tid, flight) in found {
             self.report_stuck(tid, &flight, &running, now)?;
         }
@@ -217,7 +217,7 @@ impl<W: Write> State<W> {
         }
         {
             let _rt = Unpreempted::enter();
-            probe::waits(&probe.ebpf, &mut self.wait_stats, &mut self.waited)?;
+            probe::maps::waits(&probe.ebpf, &mut self.wait_stats, &mut self.waited)?;
         }
         let sym = &self.sym;
         self.sites
@@ -411,7 +411,7 @@ fn returns_ring(probe: &mut Probe, waits: bool) -> Result<Option<Ring>> {
     if !waits {
         return Ok(None);
     }
-    let returns = probe::returns(&mut probe.ebpf)?;
+    let returns = probe::maps::returns(&mut probe.ebpf)?;
     // SAFETY: as in rings().
     let ring = unsafe { AsyncFd::register(returns) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
@@ -429,11 +429,11 @@ fn release_free_memory() {
 
 /// The first-sighting ring buffer, and module-load notifications when the kernel allows them.
 fn rings(ebpf: &mut Ebpf) -> Result<(Ring, Option<Ring>)> {
-    let events = probe::events(ebpf)?;
+    let events = probe::maps::events(ebpf)?;
     // SAFETY: a ring buffer owns its fd, which stays open until the AsyncFd drops it.
     let ring = unsafe { AsyncFd::register(events) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
-    let loads = probe::module_loads(ebpf).inspect_err(|e| {
+    let loads = probe::maps::module_loads(ebpf).inspect_err(|e| {
         eprintln!(
             "wqflush: note: no module_load tracepoint ({e:#}); modules loaded from now on are \
              read when they first flush"

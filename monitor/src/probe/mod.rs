@@ -19,31 +19,27 @@
 //! kernel detaches them when wqflush exits, however it exits.
 
 pub mod bpf_syscall;
+pub mod errors;
 pub mod kprobe_multi;
+pub mod maps;
 pub mod unpreempted;
 
-use std::{fmt, io};
+use std::fmt;
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{FEntry, FExit, Iter, KProbe, ProgramError, RawTracePoint},
 };
-use monitor_ebpf::{
-    CountKey, InFlight, LOST_RINGBUF, LOST_UNCOUNTED, LOST_WAITS, MAX_FLUSH_RANGES, MAX_QUEUES,
-    NAME_LEN, RunningWork, WaitStats, WaitedKey,
-};
+use monitor_ebpf::{MAX_FLUSH_RANGES, MAX_QUEUES, NAME_LEN};
 
 use std::os::fd::AsFd as _;
 
-use crate::{
-    kernel::{
-        btf::{self, MissCounters},
-        preemption,
-        target::Target,
-    },
-    sites::Lost,
+use self::errors::{errno, explain, explain_object};
+use crate::kernel::{
+    btf::{self, MissCounters},
+    preemption,
+    target::Target,
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wqflush-ebpf"));
@@ -358,7 +354,7 @@ fn kprobes_available() -> bool {
     .any(|p| std::path::Path::new(p).exists())
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
@@ -366,284 +362,4 @@ where
         .program_mut(name)
         .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?;
     Ok(prog.try_into()?)
-}
-
-/// Adds what an errno means for this tool to aya's error.
-fn explain(err: ProgramError, doing: &str) -> anyhow::Error {
-    let hint = errno(&err)
-        .and_then(|e| errno_hint(e, Step::Program))
-        .map(|h| format!(" ({h})"));
-    let verifier = match &err {
-        ProgramError::LoadError { verifier_log, .. } if hint.is_none() => {
-            format!("\nverifier log:\n{verifier_log}")
-        }
-        _ => String::new(),
-    };
-    anyhow!(
-        "{doing} failed: {err}{}{verifier}",
-        hint.unwrap_or_default()
-    )
-}
-
-/// Loading the object creates its maps (and reads its BTF): a failure there is about maps,
-/// never about tracing the flush function.
-fn explain_object(err: aya::EbpfError) -> anyhow::Error {
-    let hint = errno(&err)
-        .and_then(|e| errno_hint(e, Step::Maps))
-        .map(|h| format!(" ({h})"))
-        .unwrap_or_default();
-    anyhow!("creating the probe's maps failed: {err}{hint}")
-}
-
-/// The errno in an aya error, wherever in its chain of sources it sits.
-fn errno(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
-    let mut cause = Some(err);
-    while let Some(e) = cause {
-        if let Some(code) = e
-            .downcast_ref::<io::Error>()
-            .and_then(io::Error::raw_os_error)
-        {
-            return Some(code);
-        }
-        if let Some(ProgramError::LoadError { io_error, .. }) = e.downcast_ref::<ProgramError>() {
-            return io_error.raw_os_error();
-        }
-        cause = e.source();
-    }
-    None
-}
-
-/// The kernel-internal errno BPF returns for unsupported attach types.
-const ENOTSUPP: i32 = 524;
-
-/// Which step of attaching an errno came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Step {
-    /// Creating the maps (loading the object).
-    Maps,
-    /// Loading or attaching the program on the flush function.
-    Program,
-}
-
-fn errno_hint(errno: i32, step: Step) -> Option<&'static str> {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    Some(match (errno, step) {
-        (libc::EPERM | libc::EACCES, _) if !root => {
-            "permission denied: run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYSLOG"
-        }
-        (libc::EPERM, Step::Maps) => {
-            "EPERM as root: the kernel refused to create a BPF map; before 5.11 maps count \
-             against RLIMIT_MEMLOCK, so raise `ulimit -l` (LimitMEMLOCK=infinity in a unit)"
-        }
-        (libc::EPERM, Step::Program) => {
-            "EPERM as root: this kernel does not allow tracing this function (lockdown, or a BPF restriction)"
-        }
-        (libc::EACCES, _) => "EACCES as root: the kernel refused (lockdown, or an LSM policy)",
-        (libc::ENOENT, _) => "ENOENT: the kernel has no such function or probe type",
-        (libc::EOPNOTSUPP | ENOTSUPP, _) => "not supported by this kernel",
-        (libc::EINVAL, Step::Maps) => {
-            "EINVAL: the kernel rejected a map (the ring buffer needs 5.8)"
-        }
-        (libc::EINVAL, Step::Program) => "EINVAL: the kernel rejected the request",
-        _ => return None,
-    })
-}
-
-/// Notifications of module loads (see `watch::module_loaded`); an error when the kernel refuses the
-/// tracepoint, in which case modules are re-read only when a new call site shows up.
-pub fn module_loads(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>> {
-    let prog: &mut RawTracePoint = program(ebpf, "module_load")?;
-    prog.load().map_err(|e| explain(e, "loading"))?;
-    prog.attach("module_load")
-        .map_err(|e| explain(e, "attaching"))?;
-    let map = ebpf
-        .take_map("MODULE_LOADS")
-        .context("eBPF object has no MODULE_LOADS map")?;
-    Ok(RingBuf::try_from(map)?)
-}
-
-/// The ring buffer the probe sends events through.
-pub fn events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>> {
-    let map = ebpf
-        .take_map("EVENTS")
-        .context("eBPF object has no EVENTS map")?;
-    Ok(RingBuf::try_from(map)?)
-}
-
-impl Probe {
-    /// The loss slots the probe keeps, and the kernel's own count of skipped runs.
-    pub fn lost(&self, counters: &MissCounters) -> Result<Lost> {
-        let map = self
-            .ebpf
-            .map("LOST")
-            .context("eBPF object has no LOST map")?;
-        let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-        let sum = |slot| -> Result<u64> { Ok(lost.get(&slot, 0)?.iter().sum()) };
-        Ok(Lost {
-            events: sum(LOST_RINGBUF)?,
-            uncounted: sum(LOST_UNCOUNTED)?,
-            missed: self.missed(counters)?,
-            waits: sum(LOST_WAITS)? + self.work_end_missed(counters)?,
-            exits_missed: 0,
-        })
-    }
-
-    /// `--waits`: work items the kernel did not run the `workqueue_execute_end` program for.
-    /// Like a trampoline, it skips a CPU where that program is already active: on a kernel
-    /// whose tracepoint programs run preemptibly, a worker preempted inside it (seen once in a
-    /// 7.3 guest under lazy preemption: 2 of 3 items that ended on one CPU at once counted).
-    fn work_end_missed(&self, counters: &MissCounters) -> Result<u64> {
-        if !self.waits || !counters.recursion_misses {
-            return Ok(0);
-        }
-        let prog = self
-            .ebpf
-            .program("work_end")
-            .context("eBPF object has no program work_end")?;
-        let fd = prog.fd().context("the work_end program is not loaded")?;
-        Ok(bpf_syscall::prog_recursion_misses(fd.as_fd())?)
-    }
-}
-
-/// The kernel's per-call-site flush counters, into `out`.
-pub fn counts(ebpf: &Ebpf, out: &mut Vec<(CountKey, u64)>) -> Result<()> {
-    let map = ebpf
-        .map("COUNTS")
-        .context("eBPF object has no COUNTS map")?;
-    let counts: HashMap<_, CountKey, u64> = HashMap::try_from(map)?;
-    out.clear();
-    for entry in counts.iter() {
-        out.push(entry.context("reading the flush counters")?);
-    }
-    Ok(())
-}
-
-/// `--waits`: the kernel's wait figures per call site, and the work items each site waited for.
-pub fn waits(
-    ebpf: &Ebpf,
-    stats: &mut Vec<(CountKey, WaitStats)>,
-    waited: &mut Vec<(WaitedKey, u64)>,
-) -> Result<()> {
-    let map = ebpf
-        .map("WAITS_BY_SITE")
-        .context("eBPF object has no WAITS_BY_SITE map")?;
-    let map: HashMap<_, CountKey, WaitStats> = HashMap::try_from(map)?;
-    stats.clear();
-    for entry in map.iter() {
-        stats.push(entry.context("reading the wait figures")?);
-    }
-    let map = ebpf
-        .map("WAITED")
-        .context("eBPF object has no WAITED map")?;
-    let map: HashMap<_, WaitedKey, u64> = HashMap::try_from(map)?;
-    waited.clear();
-    for entry in map.iter() {
-        waited.push(entry.context("reading the work items waited for")?);
-    }
-    Ok(())
-}
-
-/// `--waits`: the offending flushes in flight, by thread id, into `flights`.
-pub fn in_flight(ebpf: &Ebpf, flights: &mut Vec<(u32, InFlight)>) -> Result<()> {
-    let map = ebpf
-        .map("INFLIGHT")
-        .context("eBPF object has no INFLIGHT map")?;
-    let map: HashMap<_, u32, InFlight> = HashMap::try_from(map)?;
-    flights.clear();
-    for entry in map.iter() {
-        match entry {
-            Ok(e) => flights.push(e),
-            // An entry removed between listing its key and reading it.
-            Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(e).context("reading the flushes in flight"),
-        }
-    }
-    Ok(())
-}
-
-/// `--waits`: the work item every worker is running now, by one run of the task iterator.
-/// Called only for a stuck flush: it walks every task in the system.
-pub fn running_work(ebpf: &mut Ebpf) -> Result<Vec<RunningWork>> {
-    use std::io::Read as _;
-    let prog: &mut Iter = program(ebpf, "running_work")?;
-    let link = prog
-        .attach()
-        .map_err(|e| explain(e, "running the task iterator"))?;
-    let link = prog
-        .take_link(link)
-        .map_err(|e| explain(e, "running the task iterator"))?;
-    let mut file = link
-        .into_file()
-        .context("running the task iterator: bpf_iter_create")?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .context("reading the task iterator")?;
-    Ok(bytes
-        .chunks_exact(size_of::<RunningWork>())
-        .map(bytemuck::pod_read_unaligned)
-        .collect())
-}
-
-/// `--waits`: `tid`'s in-flight flush, if it still has one.
-pub fn in_flight_of(ebpf: &Ebpf, tid: u32) -> Result<Option<InFlight>> {
-    let map = ebpf
-        .map("INFLIGHT")
-        .context("eBPF object has no INFLIGHT map")?;
-    let map: HashMap<_, u32, InFlight> = HashMap::try_from(map)?;
-    match map.get(&tid, 0) {
-        Ok(f) => Ok(Some(f)),
-        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-        Err(e) => Err(e).context("reading a flush in flight"),
-    }
-}
-
-/// `--waits`: the ring buffer of reported flushes that returned.
-pub fn returns(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>> {
-    let map = ebpf
-        .take_map("RETURNS")
-        .context("eBPF object has no RETURNS map")?;
-    Ok(RingBuf::try_from(map)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_map_failure_is_not_blamed_on_tracing() {
-        // Root or not decides the first line; as root (CI) both differ by step.
-        let maps = errno_hint(libc::EPERM, Step::Maps).unwrap();
-        let prog = errno_hint(libc::EPERM, Step::Program).unwrap();
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            assert!(
-                maps.contains("BPF map") && maps.contains("ulimit -l"),
-                "{maps}"
-            );
-            assert!(!maps.contains("tracing"), "{maps}");
-            assert!(prog.contains("tracing this function"), "{prog}");
-        } else {
-            assert!(maps.contains("run as root") && prog.contains("run as root"));
-        }
-    }
-
-    #[test]
-    fn errno_is_found_through_the_chain_of_sources() {
-        #[derive(Debug)]
-        struct Outer(io::Error);
-        impl fmt::Display for Outer {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("creating map EVENTS")
-            }
-        }
-        impl std::error::Error for Outer {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let err = Outer(io::Error::from_raw_os_error(libc::EPERM));
-        assert_eq!(errno(&err), Some(libc::EPERM));
-        assert_eq!(errno(&Outer(io::Error::other("no errno"))), None);
-    }
 }
