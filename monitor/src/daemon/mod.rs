@@ -2,5 +2,6 @@
 //! call sites and reports, tracks flushes that never return, and ends with the summary.
 
 pub mod options;
+pub mod state;
 pub mod stuck;
 pub mod watch;
