@@ -13,6 +13,7 @@
  * stack that wqflush and the oracle symbolize. Add a trigger by writing such a function and
  * adding one line to triggers[].
  */
+#include <asm/asm.h>
 #include <linux/atomic.h>
 #include <linux/completion.h>
 #include <linux/delay.h>
@@ -114,6 +115,36 @@ static __always_inline void wqflush_test_inline_helper(struct workqueue_struct *
 static noinline void wqflush_test_flush_inline(void)
 {
 	wqflush_test_inline_helper(READ_ONCE(holder.wq));
+	barrier();
+}
+
+/*
+ * 'stale': a flush whose caller leaves, in the word where a BPF trampoline that calls the flush
+ * function (fentry with an fexit beside it) keeps its return value's slot, an address inside
+ * the flush function, and holds another function's address in rbp, the register such a
+ * trampoline saves right above that slot: what a stack and a register can hold by chance. A
+ * probe that takes its call site from anything but the return address the call pushed names
+ * the wrong caller (fentry with --waits did on 6.1 and 6.12). With rsp S at the call, the call
+ * pushes its return address at S-8, the patched entry call the one into the flush function at
+ * S-16, the trampoline rbp at S-24; the slot is S-32.
+ */
+#define WQFLUSH_TEST_STR(x) #x
+#define WQFLUSH_TEST_XSTR(x) WQFLUSH_TEST_STR(x)
+
+static noinline void wqflush_test_flush_stale(void)
+{
+	struct workqueue_struct *wq = READ_ONCE(system_long_wq);
+	unsigned long inside = (unsigned long)WQFLUSH_TEST_FLUSH_FN + 0x20;
+	unsigned long other = (unsigned long)wqflush_test_flush_long + 1;
+
+	asm volatile("push %%rbp\n\t"
+		     "mov %%rdx, %%rbp\n\t"
+		     "mov %%rsi, -32(%%rsp)\n\t"
+		     "call " WQFLUSH_TEST_XSTR(WQFLUSH_TEST_FLUSH_FN) "\n\t"
+		     "pop %%rbp"
+		     : "+D" (wq), "+S" (inside), "+d" (other), ASM_CALL_CONSTRAINT
+		     :
+		     : "rax", "rcx", "r8", "r9", "r10", "r11", "memory", "cc");
 	barrier();
 }
 
@@ -569,6 +600,7 @@ static struct wqflush_test_trigger triggers[] = {
 	{ .name = "slow", .run = wqflush_test_run_slow, .listed_when_fired = true },
 	{ .name = "abba", .run = wqflush_test_run_abba, .listed_when_fired = true },
 	{ .name = "inline", .fire = wqflush_test_flush_inline, .listed_when_fired = true },
+	{ .name = "stale", .fire = wqflush_test_flush_stale, .listed_when_fired = true },
 	{ .name = "workitems", .run = wqflush_test_run_workitems, .listed_when_fired = true },
 };
 
