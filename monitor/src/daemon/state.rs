@@ -201,6 +201,20 @@ impl<W: Write> State<W> {
         Ok(())
     }
 
+    /// What is left in the ring buffers once watching stops: sightings first, then returns.
+    pub(super) fn drain_all(
+        &mut self,
+        probe: &Probe,
+        ring: &mut RingBuf<MapData>,
+        returns: Option<&mut RingBuf<MapData>>,
+    ) -> Result<()> {
+        self.drain(ring)?;
+        if let Some(returns) = returns {
+            self.drain_returns(probe, ring, returns)?;
+        }
+        Ok(())
+    }
+
     /// `--waits`: reported flushes that returned; sightings and wait maps are read first, so
     /// the site and what it waited for are known.
     pub(super) fn drain_returns(

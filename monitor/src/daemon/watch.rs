@@ -17,7 +17,10 @@ use tokio::{
 use super::options::Options;
 use super::state::{State, finish, open_sinks};
 use crate::{
-    kernel::target::{self, Target},
+    kernel::{
+        kallsyms::Kallsyms,
+        target::{self, Target},
+    },
     output::{http, metrics},
     probe::{self, Method, Probe},
     symbols::Symbolizer,
@@ -50,11 +53,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     };
     let mut sinks = open_sinks(opts).await?;
     let listener = sinks.metrics.take();
-    let kernel = target::read(opts.attach.methods() == [Method::Fentry]);
-    let (ks, mut target) = kernel.target(opts.match_mode)?;
-    let mut probe = probe::attach(&target, opts.attach, opts.waits)?;
-    target.forget_btf();
-    crate::timing::mark("probe attached");
+    let (ks, target, mut probe) = attach(opts)?;
     let (mut ring, mut loads) = rings(&mut probe.ebpf)?;
     let mut returns = returns_ring(&mut probe, opts.waits)?;
     crate::timing::mark("ring buffers and module_load tracepoint ready");
@@ -88,10 +87,11 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
                 .await?
         }
     };
-    state.drain(ring.get_mut())?;
-    if let Some(returns) = &mut returns {
-        state.drain_returns(&probe, ring.get_mut(), returns.get_mut())?;
-    }
+    state.drain_all(
+        &probe,
+        ring.get_mut(),
+        returns.as_mut().map(AsyncFd::get_mut),
+    )?;
     finish(&mut state, &probe)?;
     if let Some(server) = server {
         server.abort();
@@ -104,6 +104,17 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
 }
 
 type Ring = AsyncFd<RingBuf<MapData>>;
+
+/// Reads what the probe needs of the kernel and attaches it; the symbol table comes back for the
+/// reports, and aya's parsed BTF is dropped.
+fn attach(opts: &Options) -> Result<(Kallsyms, Target, Probe)> {
+    let kernel = target::read(opts.attach.methods() == [Method::Fentry]);
+    let (ks, mut target) = kernel.target(opts.match_mode)?;
+    let probe = probe::attach(&target, opts.attach, opts.waits)?;
+    target.forget_btf();
+    crate::timing::mark("probe attached");
+    Ok((ks, target, probe))
+}
 
 /// `--waits`: the ring buffer of reported flushes that returned.
 fn returns_ring(probe: &mut Probe, waits: bool) -> Result<Option<Ring>> {

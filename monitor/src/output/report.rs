@@ -318,6 +318,22 @@ impl<W: Write> Reporter<W> {
             sites.len(),
             sites.total()
         );
+        text.push_str(&self.loss_lines(lost));
+        if !sites.is_empty() {
+            text.push_str(&format!(
+                "{:>10}  {:<40}  {}\n",
+                "COUNT", "WORKQUEUE", "CALL SITE"
+            ));
+        }
+        for site in sites.by_count() {
+            text.push_str(&self.table_row(site));
+        }
+        text
+    }
+
+    /// What the kernel side could not deliver, count or run, one line each where there was any.
+    fn loss_lines(&self, lost: Lost) -> String {
+        let mut text = String::new();
         if lost.events > 0 || lost.uncounted > 0 {
             text.push_str(&format!(
                 "wqflush: {} first sighting(s) lost (ring buffer full; still counted), {} flush(es) \
@@ -335,39 +351,33 @@ impl<W: Write> Reporter<W> {
                 lost.exits_missed
             ));
         }
-        if !sites.is_empty() {
+        text
+    }
+
+    /// One call site's line of the summary table, and its waits with `--waits`.
+    fn table_row(&self, site: &Site) -> String {
+        let call_site = site
+            .caller()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "?".into());
+        let ignored = if self.is_ignored(site) {
+            "  (ignored)"
+        } else {
+            ""
+        };
+        let label = queue_label(&self.queues, site);
+        let mut text = format!("{:>10}  {label:<40}  {call_site}{ignored}\n", site.count);
+        if self.waits {
+            let stats = site.waits.as_ref().map(|w| w.stats).unwrap_or_default();
             text.push_str(&format!(
-                "{:>10}  {:<40}  {}\n",
-                "COUNT", "WORKQUEUE", "CALL SITE"
+                "{:>10}  waited: {} returned, {} in all, {} at most, for {}; {} stuck\n",
+                "",
+                stats.waits,
+                duration_text(stats.total_ns),
+                duration_text(stats.max_ns),
+                waited_text(site.waits.as_deref()),
+                site.stuck
             ));
-        }
-        for site in sites.by_count() {
-            let call_site = site
-                .caller()
-                .map(ToString::to_string)
-                .unwrap_or_else(|| "?".into());
-            let ignored = if self.is_ignored(site) {
-                "  (ignored)"
-            } else {
-                ""
-            };
-            let label = queue_label(&self.queues, site);
-            text.push_str(&format!(
-                "{:>10}  {label:<40}  {call_site}{ignored}\n",
-                site.count
-            ));
-            if self.waits {
-                let stats = site.waits.as_ref().map(|w| w.stats).unwrap_or_default();
-                text.push_str(&format!(
-                    "{:>10}  waited: {} returned, {} in all, {} at most, for {}; {} stuck\n",
-                    "",
-                    stats.waits,
-                    duration_text(stats.total_ns),
-                    duration_text(stats.max_ns),
-                    waited_text(site.waits.as_deref()),
-                    site.stuck
-                ));
-            }
         }
         text
     }
