@@ -123,7 +123,12 @@ fn debootstrap(tree: &Path) -> Result<()> {
         "vmtest: debootstrapping {SUITE} into {} (once)",
         tree.display()
     );
-    run(Command::new("debootstrap")
+    // debootstrap mounts /proc and /sys in the tree and unmounts them at its end, unless a
+    // process a package's script started still holds them (seen here: /proc left mounted, and
+    // every later pack of the tree failed in it). In a private mount namespace whatever it
+    // mounts goes with the namespace.
+    run(Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "debootstrap"])
         .args(["--variant=minbase", &format!("--include={PACKAGES}"), SUITE])
         .arg(tree)
         .arg(main_mirror()?))
@@ -212,11 +217,13 @@ fn pack(tree: &Path, image: &Path) -> Result<()> {
     fs::rename(&partial, image).with_context(|| format!("renaming to {}", image.display()))
 }
 
-/// Writes the newc cpio of the tree at `dir` to `out`; `extra` are more `cpio` options.
+/// Writes the newc cpio of the tree at `dir` to `out`; `extra` are more `cpio` options. Only
+/// the tree's own file system: a mount inside it (a pseudo file system left mounted) is packed
+/// as its empty mount point.
 fn cpio_of(dir: &Path, out: &Path, extra: &[&str]) -> Result<()> {
     let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let cpio = format!(
-        "find . -mindepth 1 -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet {}",
+        "find . -mindepth 1 -xdev -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet {}",
         extra.join(" ")
     );
     run(Command::new("sh")
