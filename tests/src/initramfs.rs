@@ -18,8 +18,9 @@ use std::process::Command;
 /// Debian's busybox-static; a dynamic busybox would need its libraries in the image.
 const BUSYBOX: &str = "/bin/busybox";
 
-/// Writes `<out>/<unique>.cpio.gz` holding busybox, the `/init` from [`guest::INIT`], the
-/// helpers, `init_script` as `/scenario.sh` and `files` (host path, absolute guest path).
+/// Writes `<out>/<unique>.cpio.gz` holding busybox, the `/init` from [`guest::INIT`] with the
+/// [`guest::RUN`] it sources, the helpers, `init_script` as `/scenario.sh` and `files` (host
+/// path, absolute guest path).
 pub fn build_initramfs(
     kernel: &Kernel,
     files: &[(PathBuf, String)],
@@ -29,6 +30,7 @@ pub fn build_initramfs(
     let mut cpio = Cpio::default();
     cpio.dev("dev/console", 5, 1);
     cpio.file("init", guest::INIT.as_bytes(), 0o755);
+    cpio.file(guest::RUN_PATH, guest::RUN.as_bytes(), 0o644);
     cpio.file(guest::HELPERS_PATH, guest::helpers().as_bytes(), 0o644);
     cpio.file(guest::SCENARIO_PATH, init_script.as_bytes(), 0o755);
     cpio.file(

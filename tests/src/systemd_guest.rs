@@ -13,7 +13,7 @@
 
 use crate::cache_dir;
 use crate::debian::{Kernel, Series, main_mirror, prepare_kernel};
-use crate::guest::{self, HELPERS_PATH, SCENARIO_PATH};
+use crate::guest::{self, HELPERS_PATH, RUN_PATH, SCENARIO_PATH};
 use crate::module::{MODULE_GUEST_PATH, build_module};
 use crate::qemu::{VmRun, boot_retrying};
 use crate::util::{lock, run, unique_dir};
@@ -249,24 +249,9 @@ Type=exec
 ExecStart=/usr/lib/vmtest/run-scenario
 ";
 
-/// The unit's program: the busybox guest's `/init` minus the mounts, which systemd made. The
-/// console is ttyS0 (what the unit's own output would not reach: it goes to the journal).
-const RUN_SCENARIO: &str = r#"#!/bin/bash
-exec </dev/null >/dev/ttyS0 2>&1 3>/dev/ttyS1
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin HOME=/root
-echo "vmtest: running scenario on $(uname -r)"
-echo "vmtest: uptime at scenario start: $(cut -d' ' -f1 /proc/uptime) s"
-( . @HELPERS@; . @SCENARIO@ )
-rc=$?
-echo "vmtest: scenario exited with $rc"
-echo "@@EXIT $rc" >&3
-sync
-# Let the UART drain before the power goes.
-sleep 0.2
-# -ff: reboot(2) at once, stopping no unit; nothing of the guest is kept.
-systemctl poweroff -ff
-echo o > /proc/sysrq-trigger
-"#;
+/// The unit's program (`tests/guest/systemd-init.sh`): the busybox guest's `/init` minus the
+/// mounts, which systemd made; the console is ttyS0. It sources [`guest::RUN`] as `/init` does.
+const RUN_SCENARIO: &str = include_str!("../guest/systemd-init.sh");
 
 /// Lays out the per-boot files under `stage` as the guest sees them.
 fn stage_overlay(
@@ -276,18 +261,16 @@ fn stage_overlay(
     script: &str,
     stage: &Path,
 ) -> Result<()> {
-    let run_scenario = RUN_SCENARIO
-        .replace("@HELPERS@", HELPERS_PATH)
-        .replace("@SCENARIO@", SCENARIO_PATH);
     let release = format!("{}\n", kernel.release);
     let helpers = guest::helpers();
-    let written: [(&str, &[u8], u32); 5] = [
+    let written: [(&str, &[u8], u32); 6] = [
         (HELPERS_PATH, helpers.as_bytes(), 0o644),
+        (RUN_PATH, guest::RUN.as_bytes(), 0o644),
         (SCENARIO_PATH, script.as_bytes(), 0o755),
         ("/etc/kernel-release", release.as_bytes(), 0o644),
         (
             "/usr/lib/vmtest/run-scenario",
-            run_scenario.as_bytes(),
+            RUN_SCENARIO.as_bytes(),
             0o755,
         ),
         ("/etc/systemd/system/vmtest.service", UNIT.as_bytes(), 0o644),
@@ -421,7 +404,14 @@ mod tests {
         );
         assert_eq!(in_tree(&root, "/etc/kernel-release"), "etc/kernel-release");
         assert_eq!(in_tree(&root, "/scenario.sh"), "scenario.sh");
+        assert_eq!(in_tree(&root, RUN_PATH), "usr/lib/vmtest/run.sh");
         fs::remove_dir_all(&root)?;
         Ok(())
+    }
+
+    #[test]
+    fn the_service_program_runs_the_shared_part() {
+        assert!(RUN_SCENARIO.contains(&format!(". {RUN_PATH}\n")));
+        assert!(RUN_SCENARIO.contains(&format!("3>{}\n", guest::DATA_TTY)));
     }
 }

@@ -13,17 +13,7 @@ wqflush_vmtest::per_kernel_tests! {
     guest_helpers_background_job => background_job,
 }
 
-const SCENARIO: &str = r#"
-load_test_module || exit 1
-oracle_start || exit 1
-echo "scheduled 3" > /proc/wqflush_test
-echo "long 2" > /proc/wqflush_test
-echo "pointer 4" > /proc/wqflush_test
-echo "own 5" > /proc/wqflush_test
-oracle_stop
-emit counts cat /proc/wqflush_test
-oracle_dump
-"#;
+const SCENARIO: &str = include_str!("../guest/harness.sh");
 
 /// Boots `series` with the module and the oracle and returns what the guest reported.
 fn boot_with_module(series: Series) -> Result<VmRun> {
@@ -86,12 +76,8 @@ fn check(series: Series) -> Result<()> {
 /// stop with SIGTERM (busybox sh ignores SIGINT in `&` jobs).
 fn background_job(series: Series) -> Result<()> {
     let kernel = prepare_kernel(series, &cache_dir())?;
-    let script = format!(
-        "sh -c 'sleep 1; touch /tmp/ready; exec sleep 100' &\npid=$!\n{}\
-         emit ready echo ok\nstop_bg $pid 5\nemit stopped echo $?\n",
-        wqflush_vmtest::guest::wait_for_file("/tmp/ready", 10)
-    );
-    let run = run_scenario(&kernel, &[], &script, Duration::from_secs(60))?;
+    let script = include_str!("../guest/harness_background_job.sh");
+    let run = run_scenario(&kernel, &[], script, Duration::from_secs(60))?;
     run.ensure_success()?;
     ensure!(run.section("ready")? == "ok\n");
     // 143 = killed by SIGTERM.

@@ -11,51 +11,27 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use wqflush_vmtest::{
-    Guest, PerKernel, Series, VmRun, boot_scenario, build_module_variant, cache_dir,
-    module::module_source_dir, prepare_kernel, qemu::DEFAULT_MEMORY_MB, records, wqflush_bin,
+    Guest, MODULE_GUEST_PATH, PerKernel, Series, VmRun, boot_scenario, build_module_variant,
+    cache_dir, guest::scenario, module::module_source_dir, prepare_kernel, qemu::DEFAULT_MEMORY_MB,
+    records, wqflush_bin,
 };
 
-/// Installs the .ko given as $1 where a distribution's module would be, loads the module (the
-/// real build), and records every trigger's flush.
-const COMMON: &str = r#"
-install_ko() {
-	mkdir -p /lib/modules/$(uname -r)/extra && cp "$1" /lib/modules/$(uname -r)/extra/wqflush_test.ko
-}
-watch_triggers() {
-	wqflush_start w wqflush || exit 1
-	for t in scheduled long pointer inline; do fire $t || exit 1; done
-	# After the first sightings: what resolving their lines left in memory, once wqflush's
-	# once-a-second tick has handed freed start-up buffers back.
-	sleep 2
-	emit rss grep VmRSS /proc/$(cat /tmp/w.pid)/status
-	wqflush_stop w
-}
-"#;
+/// Installs the .ko `KO` where a distribution's module would be, loads the module (the real
+/// build), and records every trigger's flush; with `BUILD=matching` also the text and `--kmsg`
+/// output.
+const SCENARIO: &str = include_str!("../guest/sources.sh");
 
-const MATCHING: &str = r#"
-install_ko /lib/wqflush_test.ko || exit 1
-load_test_module || exit 1
-emit doctor wqflush doctor
-watch_triggers
-emit text wqflush check -- sh -c 'echo "inline 1" > /proc/wqflush_test'
-emit kmsg wqflush check --kmsg -- sh -c 'echo "inline 1" > /proc/wqflush_test'
-emit dmesg sh -c 'dmesg | grep "WARNING: CPU: .* at wqflush_test_flush_inline"'
-true
-"#;
-
-const STALE: &str = r#"
-install_ko /lib/wqflush_test_stale.ko || exit 1
-load_test_module || exit 1
-emit doctor wqflush doctor
-watch_triggers
-true
-"#;
+/// Where the stale build lands in the guest.
+const STALE_KO: &str = "/lib/wqflush_test_stale.ko";
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 fn matching(series: Series) -> Result<&'static VmRun> {
     static RUNS: PerKernel = PerKernel::new();
-    let script = format!("{COMMON}{MATCHING}");
+    let script = scenario(
+        &[("KO", MODULE_GUEST_PATH), ("BUILD", "matching")],
+        SCENARIO,
+    );
     RUNS.with_wqflush(series, &script, TIMEOUT, Some(" at wqflush_test_"))
 }
 
@@ -74,10 +50,11 @@ fn stale(series: Series) -> Result<&'static VmRun> {
             timeout: TIMEOUT,
             expected_warning: None,
             append: "",
-            files: vec![(ko, "/lib/wqflush_test_stale.ko".to_owned())],
+            files: vec![(ko, STALE_KO.to_owned())],
             memory_mb: DEFAULT_MEMORY_MB,
         };
-        Ok(boot_scenario(series, &format!("{COMMON}{STALE}"), &guest)?.0)
+        let script = scenario(&[("KO", STALE_KO), ("BUILD", "stale")], SCENARIO);
+        Ok(boot_scenario(series, &script, &guest)?.0)
     })
 }
 

@@ -14,63 +14,14 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use wqflush_vmtest::{
-    Guest, PerKernel, Series, VmRun, boot_scenario, host_program, records, wqflush_bin,
+    Guest, PerKernel, Series, VmRun, boot_scenario, guest::scenario, host_program, records,
+    wqflush_bin,
 };
 
 /// Flushes per storm, over 4 kthreads (25,000 each, as in the measurement the issue reports).
 const STORM: u64 = 100_000;
 
-const SCENARIO: &str = r#"
-load_test_module || exit 1
-echo 1 > /proc/sys/kernel/bpf_stats_enabled || exit 1
-# Debian's default: perf events only with CAP_SYS_ADMIN.
-echo 3 > /proc/sys/kernel/perf_event_paranoid || exit 1
-emit preempt sh -c 'cat /sys/kernel/debug/sched/preempt 2>/dev/null || uname -v'
-storm_count() { awk '$1 == "storm" { n = $2 } END { print n + 0 }' /proc/wqflush_test; }
-# fdinfo of every BPF program wqflush holds: the kernel's run_cnt and recursion_misses.
-progs() {
-	for fd in /proc/$1/fd/*; do
-		case "$(readlink $fd)" in
-		*bpf-prog*) echo "fd ${fd##*/}"; cat /proc/$1/fdinfo/${fd##*/} ;;
-		esac
-	done
-}
-# /tmp/unit CMD...: CMD with the capabilities of dist/wqflush.service, as uid 0: no
-# CAP_SYS_ADMIN (util-linux's setpriv; busybox's has no --bounding-set). A script that execs, so
-# a background job's $! is the monitor's pid.
-cat > /tmp/unit <<'UNIT'
-#!/bin/sh
-# LimitMEMLOCK=infinity: without CAP_SYS_RESOURCE wqflush cannot raise it for 5.10's maps.
-ulimit -l unlimited
-# LimitRTPRIO=1: the counter reads run SCHED_FIFO without CAP_SYS_NICE.
-ulimit -r 1
-exec @SETPRIV@ --inh-caps=-all,+bpf,+perfmon,+syslog --ambient-caps=-all,+bpf,+perfmon,+syslog \
-	--bounding-set=-all,+bpf,+perfmon,+syslog "$@"
-UNIT
-chmod +x /tmp/unit
-# storm NAME CMD...: CMD (wqflush ...) during one storm; a CMD that never gets live leaves its
-# status and stderr.
-storm() {
-	_n=$1
-	if ! wqflush_start "$@"; then
-		emit $_n.status wait $(cat /tmp/$_n.pid)
-		emit $_n.err cat /tmp/$_n.err
-		return 0
-	fi
-	_pid=$(cat /tmp/$_n.pid)
-	emit $_n.caps grep ^CapEff /proc/$_pid/status
-	_before=$(storm_count)
-	fire storm @STORM@ || return 1
-	emit $_n.fired echo $(( $(storm_count) - _before ))
-	emit $_n.progs progs $_pid
-	wqflush_stop $_n
-}
-storm auto wqflush || exit 1
-storm fentry wqflush --attach fentry || exit 1
-storm unit /tmp/unit wqflush || exit 1
-emit unit_kprobe /tmp/unit wqflush --attach kprobe --duration 1
-true
-"#;
+const SCENARIO: &str = include_str!("../guest/storm.sh");
 
 /// Where util-linux's setpriv goes in the guest, apart from busybox's applet of that name.
 const SETPRIV: &str = "/opt/util-linux/setpriv";
@@ -91,9 +42,8 @@ fn run(series: Series) -> Result<&'static VmRun> {
                 Series::V5_10 | Series::V7 => "",
             },
         };
-        let script = SCENARIO
-            .replace("@STORM@", &STORM.to_string())
-            .replace("@SETPRIV@", SETPRIV);
+        let storm = STORM.to_string();
+        let script = scenario(&[("STORM", &storm), ("SETPRIV", SETPRIV)], SCENARIO);
         Ok(boot_scenario(series, &script, &guest)?.0)
     })
 }

@@ -10,51 +10,16 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
-use wqflush_vmtest::{PerKernel, Series, VmRun, records};
+use wqflush_vmtest::{PerKernel, Series, VmRun, guest::scenario, records};
 
 const SLOW_NS: u64 = 200_000_000;
 
-const SCENARIO: &str = r#"
-load_test_module || exit 1
-T=/sys/kernel/tracing
-echo 'p:wqf/slow_in wqflush_test_flush_slow' >> $T/kprobe_events || exit 1
-echo 'r:wqf/slow_out wqflush_test_flush_slow' >> $T/kprobe_events || exit 1
-echo 1 > $T/events/wqf/enable || exit 1
-echo 1 > $T/events/workqueue/workqueue_execute_start/enable || exit 1
-echo 1 > $T/events/workqueue/workqueue_execute_end/enable || exit 1
-echo 1 > $T/tracing_on
-# waits NAME CMD...: CMD (wqflush ...) while `slow 3` runs, with the tracefs record of it.
-waits() {
-	_n=$1
-	shift
-	echo > $T/trace
-	wqflush_start $_n "$@" || return 1
-	fire slow 3 || return 1
-	wqflush_stop $_n
-	emit $_n.trace cat $T/trace
-}
-waits fentry wqflush --waits --attach fentry || exit 1
-waits kprobe wqflush --waits --attach kprobe || exit 1
-@MULTI@
-waits plain wqflush --attach fentry || exit 1
-# Text: the "waited" line and the summary's figures.
-wqflush --waits --attach fentry --duration 6 --ready-file /tmp/text.ready >/tmp/text.out 2>&1 &
-echo $! > /tmp/text.pid
-wait_for_file /tmp/text.ready 60 || exit 1
-fire slow 2 || exit 1
-emit text.status wait $(cat /tmp/text.pid)
-emit text cat /tmp/text.out
-true
-"#;
+const SCENARIO: &str = include_str!("../guest/waits.sh");
 
 fn run(series: Series) -> Result<&'static VmRun> {
     static RUNS: PerKernel = PerKernel::new();
-    let multi = if series.has_fprobe() {
-        "waits multi wqflush --waits --attach kprobe-multi || exit 1"
-    } else {
-        ""
-    };
-    let script = SCENARIO.replace("@MULTI@", multi);
+    let multi = if series.has_fprobe() { "yes" } else { "no" };
+    let script = scenario(&[("KPROBE_MULTI", multi)], SCENARIO);
     RUNS.with_wqflush(series, &script, Duration::from_secs(600), None)
 }
 

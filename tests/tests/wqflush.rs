@@ -11,36 +11,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
-use wqflush_vmtest::{Oracle, PerKernel, Series, VmRun, records};
+use wqflush_vmtest::{Oracle, PerKernel, Series, VmRun, guest, records};
 
-/// The scenario around the three watch windows, which [`scenario`] fills in.
-const SCENARIO: &str = r#"
-load_test_module || exit 1
-oracle_start || exit 1
-
-wqflush_start fentry wqflush --attach fentry || exit 1
-@FENTRY@
-wqflush_stop fentry
-
-wqflush_start kprobe wqflush --attach kprobe || exit 1
-@KPROBE@
-wqflush_stop kprobe
-
-wqflush_start name wqflush --attach fentry --match name || exit 1
-@NAME@
-wqflush_stop name
-
-emit check_flush wqflush check --json -- sh -c 'echo "long 1" > /proc/wqflush_test'
-emit check_clean wqflush check -- sh -c 'echo "own 2" > /proc/wqflush_test'
-emit check_failed wqflush check -- false
-emit check_missing wqflush check -- /no/such/command
-
-oracle_stop
-emit counts cat /proc/wqflush_test
-emit release cat /proc/sys/kernel/osrelease
-emit srcversion cat /sys/module/wqflush_test/srcversion
-oracle_dump
-"#;
+/// The scenario around the three watch windows; [`scenario`] says what each fires.
+const SCENARIO: &str = include_str!("../guest/wqflush.sh");
 
 /// The test module's `MODULE_VERSION()`.
 const MODULE_VERSION: &str = "1.0-test";
@@ -80,19 +54,22 @@ fn fired(series: Series, window: &str) -> Vec<(&'static str, u64)> {
     list
 }
 
-/// The scenario with each window's triggers filled in.
+/// The scenario with what each window fires, as `TRIGGER:COUNT ...`.
 fn scenario(series: Series) -> String {
     let fires = |window| {
-        let lines: Vec<String> = fired(series, window)
+        let words: Vec<String> = fired(series, window)
             .iter()
-            .map(|(t, n)| format!("fire {t} {n}"))
+            .map(|(t, n)| format!("{t}:{n}"))
             .collect();
-        lines.join("\n")
+        words.join(" ")
     };
-    SCENARIO
-        .replace("@FENTRY@", &fires("fentry"))
-        .replace("@KPROBE@", &fires("kprobe"))
-        .replace("@NAME@", &fires("name"))
+    let (fentry, kprobe, name) = (fires("fentry"), fires("kprobe"), fires("name"));
+    let vars = [
+        ("FIRE_FENTRY", fentry.as_str()),
+        ("FIRE_KPROBE", kprobe.as_str()),
+        ("FIRE_NAME", name.as_str()),
+    ];
+    guest::scenario(&vars, SCENARIO)
 }
 
 /// One boot per kernel, shared by that kernel's tests.

@@ -142,9 +142,6 @@ fn test(kernel: Option<Series>) -> Result<()> {
     result
 }
 
-/// Fastest first: unit and host tests, the fuzz smoke, then the VM tests, which boot kernels two
-/// at a time (this project's machines have 2 cores). With `kernel`, the VM tests of that series
-/// only (`per_kernel_tests!` puts them in a module named after it).
 /// What the tests test: the static binary and the package built from it.
 struct Artifacts<'a> {
     bin: &'a str,
@@ -162,7 +159,12 @@ impl Artifacts<'_> {
     }
 }
 
+/// Fastest first: shellcheck of the guest shell, unit and host tests, the fuzz smoke, then the VM
+/// tests, which boot kernels two at a time (this project's machines have 2 cores). With
+/// `kernel`, the VM tests of that series only (`per_kernel_tests!` puts them in a module named
+/// after it).
 fn test_all(artifacts: &Artifacts, kernel: Option<Series>, total: &mut Tally) -> Result<()> {
+    shellcheck()?;
     let unit = [
         "test",
         "--locked",
@@ -188,6 +190,39 @@ fn test_all(artifacts: &Artifacts, kernel: Option<Series>, total: &mut Tally) ->
     ];
     vm.extend(filter.as_deref());
     cargo_test(&vm, &artifacts.env(), total)
+}
+
+/// The shell that runs in the guests, `tests/guest/*.sh` and the bench's `scenario.sh`, passes
+/// shellcheck: each file names its shell (`# shellcheck shell=sh`, or its shebang), `-x` follows
+/// what it sources (`# shellcheck source=...`).
+fn shellcheck() -> Result<()> {
+    let root = wqflush_vmtest::workspace_root();
+    let guest = root.join("tests/guest");
+    let mut files = std::fs::read_dir(&guest)
+        .with_context(|| format!("reading {}", guest.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()?;
+    files.retain(|f| f.extension().is_some_and(|e| e == "sh"));
+    files.sort();
+    files.push(root.join("xtask/src/bench/scenario.sh"));
+    let relative: Vec<_> = files
+        .iter()
+        .map(|f| f.strip_prefix(&root).unwrap_or(f))
+        .collect();
+    let status = Command::new("shellcheck")
+        .arg("-x")
+        .args(&relative)
+        .current_dir(&root)
+        .status()
+        .context("running shellcheck (apt-get install shellcheck, or cargo xtask setup)")?;
+    if !status.success() {
+        bail!(
+            "shellcheck found problems in the guest shell (above): fix them, or disable a check \
+             on its line with `# shellcheck disable=SCnnnn # why`"
+        );
+    }
+    println!("shellcheck: {} files clean", files.len());
+    Ok(())
 }
 
 #[derive(Default)]

@@ -24,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "binutils",
     "lintian",
     "man-db",
+    // `cargo xtask test` checks the guest's shell (tests/guest/*.sh, the bench's scenario.sh).
+    "shellcheck",
 ];
 
 /// The bpf-linker release known to build here with `--features llvm-22`.

@@ -1,8 +1,11 @@
 # The bench's guest side (xtask/src/bench/mod.rs prepends the parameters: ROUNDS, ITER, HALF1,
 # HALF2, SITES, STORM, CONFIGS, FLOORS, BPFTRACE, WAITS_CONFIGS, ITEMS, REPEATS, WAITS_ONLY).
 # Writes `<metric> <round> <config> <value>` lines to /tmp/results, emitted as section `results`;
-# the helpers (emit, fire, stop_bg, ...) are the harness's (tests/src/guest.rs).
+# the helpers (emit, fire, stop_bg, ...) are the harness's (tests/guest/helpers.sh).
 # shellcheck shell=sh
+# `rec NAME ROUND CONFIG $(...)`: the value's words go to rec unquoted, as before; rec joins them
+# with one space, and an empty value leaves the line short, which the host rejects.
+# shellcheck disable=SC2046
 R=/tmp/results
 L=/tmp/log
 : > $R
@@ -40,19 +43,22 @@ start() {
 		return 0 ;;
 	fentry|kprobe|kprobe-multi)
 		benchrun /tmp/attach_ns file /tmp/ready -- \
-			wqflush --json --attach $1 --ready-file /tmp/ready >/tmp/out 2>/tmp/err &
+			wqflush --json --attach "$1" --ready-file /tmp/ready >/tmp/out 2>/tmp/err &
 		PID=$! ;;
 	default|default-waits)
 		_waits=
-		[ $1 = default-waits ] && _waits=--waits
+		[ "$1" = default-waits ] && _waits=--waits
+		# shellcheck disable=SC2086 # no argument at all without --waits
 		benchrun /tmp/attach_ns file /tmp/ready -- \
 			wqflush --json --attach auto $_waits --ready-file /tmp/ready >/tmp/out 2>/tmp/err &
 		PID=$! ;;
 	bpftrace|empty-*)
 		_prog=/tmp/wqflush.bt
-		[ $1 = bpftrace ] || _prog=/tmp/$1.bt
+		[ "$1" = bpftrace ] || _prog=/tmp/$1.bt
 		: > /tmp/err
-		benchrun /tmp/attach_ns line /tmp/out Attaching -- $BPFTRACE $_prog >/tmp/out 2>&1 &
+		# benchrun watches /tmp/out for bpftrace's "Attaching" line while bpftrace writes it.
+		# shellcheck disable=SC2094
+		benchrun /tmp/attach_ns line /tmp/out Attaching -- "$BPFTRACE" "$_prog" >/tmp/out 2>&1 &
 		PID=$! ;;
 	esac
 	wait_for_file /tmp/attach_ns 300 || fail "$1 did not start"
@@ -72,15 +78,17 @@ start() {
 		_n=3000
 		until grep -q "bpftrace: live" /tmp/out; do
 			_n=$((_n - 1))
-			[ $_n -gt 0 ] && kill -0 $PID 2>/dev/null || fail "bpftrace did not go live"
+			# Fails when either is false.
+			# shellcheck disable=SC2015
+			[ $_n -gt 0 ] && kill -0 "$PID" 2>/dev/null || fail "bpftrace did not go live"
 			sleep 0.1
 		done
 	fi
-	rec attach_ns $ROUND $1 $(cat /tmp/attach_ns)
+	rec attach_ns "$ROUND" "$1" $(cat /tmp/attach_ns)
 	# What --attach auto chose: the method its attach line names.
 	case $1 in default*)
 		_m=$(sed -n 's/^wqflush: attached (\([^ ]*\) on .*/\1/p' /tmp/err)
-		rec method $ROUND $1 "${_m:-?}" ;;
+		rec method "$ROUND" "$1" "${_m:-?}" ;;
 	esac
 }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' /proc/$PID/status; }
@@ -91,16 +99,16 @@ stop() {
 	_rc=$?
 	[ $_rc = 0 ] || [ $_rc = 143 ] || fail "$1 exited with $_rc"
 }
-module_count() { awk -v t=$1 '$1 == t { n = $2 } END { print n + 0 }' /proc/wqflush_test; }
+module_count() { awk -v t="$1" '$1 == t { n = $2 } END { print n + 0 }' /proc/wqflush_test; }
 # bpftrace's map at exit: "@[\n stack lines\n]: count"; sums the stacks through function $1
 # (count) and counts them (sites).
 bt_count() { awk -v f="$1" '/^@\[/ { hit = 0 } index($0, f) { hit = 1 } /^\]: [0-9]+$/ { if (hit) { n += $2; s++ } } END { print n + 0, s + 0 }' /tmp/out; }
 # prog_ns_per_run PID: run_time_ns / run_cnt of the program of PID that ran most (the flush
 # probe; wqflush's module_load tracepoint and bpftrace's BEGIN barely run).
 prog_ns_per_run() {
-	for fd in /proc/$1/fd/*; do
-		case "$(readlink $fd)" in
-		*bpf-prog*) awk '$1 == "run_time_ns:" { t = $2 } $1 == "run_cnt:" { n = $2 } END { print n, t }' /proc/$1/fdinfo/${fd##*/} ;;
+	for fd in "/proc/$1/fd/"*; do
+		case "$(readlink "$fd")" in
+		*bpf-prog*) awk '$1 == "run_time_ns:" { t = $2 } $1 == "run_cnt:" { n = $2 } END { print n, t }' "/proc/$1/fdinfo/${fd##*/}" ;;
 		esac
 	done | sort -n | tail -n 1 | awk '{ print ($1 > 0) ? int($2 / $1) : -1 }'
 }
@@ -110,11 +118,11 @@ summary() { grep '"type":"summary"' /tmp/out | tail -n 1; }
 counted() {
 	case $c in
 	none) ;;
-	bpftrace) rec ${1}_bt $ROUND $c $(bt_count $2) ;;
+	bpftrace) rec "${1}_bt" "$ROUND" "$c" $(bt_count "$2") ;;
 	*)
 		_s=$(summary)
 		[ -n "$_s" ] || fail "$c printed no summary"
-		rec ${1}_summary $ROUND $c "$_s" ;;
+		rec "${1}_summary" "$ROUND" "$c" "$_s" ;;
 	esac
 }
 
@@ -132,7 +140,7 @@ log "wqflush doctor (kallsyms, BTF, no load) took $(( (t1 - t0) / 1000000 )) ms"
 # kprobe-multi needs fprobe (5.18+, CONFIG_FPROBE; Debian's 5.10 and 6.1 have none): where the
 # kernel lacks it, its column stays empty rather than failing the bench.
 if ! grep -q "^  kprobe-multi: available" /tmp/doctor; then
-	CONFIGS=$(echo $CONFIGS | sed 's/kprobe-multi//')
+	CONFIGS=$(echo "$CONFIGS" | sed 's/kprobe-multi//')
 	log "kprobe-multi is not available on this kernel; its column stays empty"
 fi
 
@@ -146,25 +154,25 @@ fi
 waits_phase() {
 	: > /tmp/waits_runs
 	_k=0
-	while [ $_k -lt $REPEATS ]; do
+	while [ $_k -lt "$REPEATS" ]; do
 		_k=$((_k + 1))
 		for c in $WAITS_CONFIGS; do
-			start $c
+			start "$c"
 			waits_run >> /tmp/waits_runs
-			stop $c
+			stop "$c"
 			log "round $ROUND $c, run $_k: $(tail -n 3 /tmp/waits_runs | awk '{ printf "%s %s ns; ", $1, $3 }')"
 		done
 	done
 	awk '!(($1, $2) in min) || $3 < min[$1, $2] { min[$1, $2] = $3 }
 		END { for (k in min) { split(k, p, SUBSEP); print p[1], p[2], min[k] } }' /tmp/waits_runs |
-	while read -r _metric _c _ns; do
-		rec $_metric $ROUND $_c $_ns
+	while read -r _metric _c _v; do
+		rec "$_metric" "$ROUND" "$_c" "$_v"
 	done
 	for c in $WAITS_CONFIGS; do
-		[ $c = none ] && continue
-		start $c
+		[ "$c" = none ] && continue
+		start "$c"
 		waits_prog_time
-		stop $c
+		stop "$c"
 	done
 }
 # waits_prog_time: what monitor $c's programs took, by the kernel's bpf_stats, during ITER
@@ -178,28 +186,28 @@ waits_prog_time() {
 	taskset -c 0 sh -c "echo 'workitems $ITEMS' > /proc/wqflush_test" || fail "workitems trigger"
 	_s2=$(prog_stats $PID)
 	echo 0 > /proc/sys/kernel/bpf_stats_enabled
-	rec waits_prog_flush $ROUND $c $(echo $_s0 $_s1 | awk '{ print $3 - $1, $4 - $2 }')
-	rec waits_prog_item $ROUND $c $(echo $_s1 $_s2 | awk '{ print $3 - $1, $4 - $2 }')
+	rec waits_prog_flush "$ROUND" "$c" $(echo "$_s0 $_s1" | awk '{ print $3 - $1, $4 - $2 }')
+	rec waits_prog_item "$ROUND" "$c" $(echo "$_s1 $_s2" | awk '{ print $3 - $1, $4 - $2 }')
 }
 # prog_stats PID: run_time_ns and run_cnt of all of PID's BPF programs together (each program
 # once, however many descriptors it has).
 prog_stats() {
-	for fd in /proc/$1/fd/*; do
-		case "$(readlink $fd)" in
+	for fd in "/proc/$1/fd/"*; do
+		case "$(readlink "$fd")" in
 		*bpf-prog*) awk '$1 == "prog_id:" { i = $2 } $1 == "run_time_ns:" { t = $2 }
-			$1 == "run_cnt:" { n = $2 } END { print i, t, n }' /proc/$1/fdinfo/${fd##*/} ;;
+			$1 == "run_cnt:" { n = $2 } END { print i, t, n }' "/proc/$1/fdinfo/${fd##*/}" ;;
 		esac
 	done | sort -u -k1,1 | awk '{ t += $2; n += $3 } END { print t + 0, n + 0 }'
 }
 # waits_run: one run of each --waits measurement under monitor $c, "<metric> <config> <ns>" lines.
 waits_run() {
 	fire bench "$ITER" || fail "bench trigger"
-	echo waits_bench_ns $c $(cat /proc/wqflush_test_bench)
+	echo waits_bench_ns "$c" $(cat /proc/wqflush_test_bench)
 	# Pinned: a writer moved to the other CPU between runs would queue there (a per-CPU queue).
 	taskset -c 0 sh -c "echo 'workitems $ITEMS' > /proc/wqflush_test" || fail "workitems trigger"
-	echo workitem_ns $c $(cat /proc/wqflush_test_bench)
-	both_cpus workitems $ITEMS $ITEMS
-	echo workitems_2cpu_ns $c $_ns
+	echo workitem_ns "$c" $(cat /proc/wqflush_test_bench)
+	both_cpus workitems "$ITEMS" "$ITEMS"
+	echo workitems_2cpu_ns "$c" "$_ns"
 }
 # both_cpus TRIGGER N0 N1: writes "TRIGGER N0" on CPU 0 and "TRIGGER N1" on CPU 1 at once;
 # _ns = the wall ns until both returned.
@@ -221,51 +229,53 @@ waits_run > /tmp/warmup
 log "warm-up: $(awk '{ printf "%s %s ns; ", $1, $3 }' /tmp/warmup)"
 
 ROUND=0
-while [ $ROUND -lt $ROUNDS ]; do
+# ROUNDS is mod.rs's parameter, not a misspelt ROUND.
+# shellcheck disable=SC2153
+while [ $ROUND -lt "$ROUNDS" ]; do
 	ROUND=$((ROUND + 1))
 	waits_phase
 	[ "$WAITS_ONLY" = 1 ] && continue
 	# Non-offending path: flushes of the module's own queue, timed by the module.
 	for c in $CONFIGS $FLOORS; do
-		start $c || continue
+		start "$c" || continue
 		if [ -n "$PID" ]; then
 			sleep 1
-			rec rss_attach_kb $ROUND $c $(rss_kb)
+			rec rss_attach_kb "$ROUND" "$c" $(rss_kb)
 		fi
 		fire bench "$ITER" || fail "bench trigger"
-		rec bench_ns $ROUND $c $(cat /proc/wqflush_test_bench)
-		stop $c
+		rec bench_ns "$ROUND" "$c" $(cat /proc/wqflush_test_bench)
+		stop "$c"
 		log "round $ROUND $c: bench done"
 	done
 	# Offending path: flush_workqueue(system_wq) from both CPUs at once.
 	for c in $CONFIGS; do
-		start $c
+		start "$c"
 		before=$(module_count pointer)
 		[ -n "$PID" ] && ticks0=$(cpu_ticks)
-		both_cpus pointer $HALF1 $HALF2
-		rec flood_ns $ROUND $c $_ns
-		rec flood_module $ROUND $c $(( $(module_count pointer) - before ))
+		both_cpus pointer "$HALF1" "$HALF2"
+		rec flood_ns "$ROUND" "$c" "$_ns"
+		rec flood_module "$ROUND" "$c" $(( $(module_count pointer) - before ))
 		if [ -n "$PID" ]; then
-			rec flood_cpu_ticks $ROUND $c $(( $(cpu_ticks) - ticks0 ))
+			rec flood_cpu_ticks "$ROUND" "$c" $(( $(cpu_ticks) - ticks0 ))
 		fi
-		stop $c
+		stop "$c"
 		counted flood wqflush_test_flush_pointer
 		log "round $ROUND $c: flood done"
 	done
 	# Memory: RSS once every one of SITES distinct call sites has been reported.
 	for c in $CONFIGS; do
-		[ $c = none ] && continue
-		start $c
+		[ "$c" = none ] && continue
+		start "$c"
 		fire sites "$SITES" || fail "sites trigger"
-		if [ $c != bpftrace ]; then
+		if [ "$c" != bpftrace ]; then
 			# Steady: every site's first-sighting record written, or no new one for 3 s (the
 			# ring buffer drops first sightings in a burst; their flushes are still counted).
 			_last=-1
 			_same=0
 			while :; do
 				_n=$(grep -c '"type":"flush"' /tmp/out)
-				[ $_n -ge $SITES ] && break
-				if [ $_n = $_last ]; then
+				[ "$_n" -ge "$SITES" ] && break
+				if [ "$_n" = "$_last" ]; then
 					_same=$((_same + 1))
 					[ $_same -ge 30 ] && break
 				else
@@ -274,19 +284,19 @@ while [ $ROUND -lt $ROUNDS ]; do
 				_last=$_n
 				sleep 0.1
 			done
-			rec sites_records $ROUND $c $_n
+			rec sites_records "$ROUND" "$c" "$_n"
 		fi
 		sleep 1
-		rec rss_sites_kb $ROUND $c $(rss_kb)
-		stop $c
+		rec rss_sites_kb "$ROUND" "$c" $(rss_kb)
+		stop "$c"
 		case $c in
 		fentry|kprobe|kprobe-multi)
 			# The summary names all sites (megabytes): only its numbers go to the results.
 			summary > /tmp/summary
-			rec sites_summary_sites $ROUND $c $(grep -o '"caller":"wqflush_test_flush_sites"' /tmp/summary | wc -l)
-			rec sites_lost $ROUND $c $(grep -o '"lost":[0-9]*' /tmp/summary | tail -n 1 | cut -d: -f2) ;;
+			rec sites_summary_sites "$ROUND" "$c" $(grep -o '"caller":"wqflush_test_flush_sites"' /tmp/summary | wc -l)
+			rec sites_lost "$ROUND" "$c" $(grep -o '"lost":[0-9]*' /tmp/summary | tail -n 1 | cut -d: -f2) ;;
 		bpftrace)
-			rec sites_bt $ROUND $c $(bt_count wqflush_test_flush_sites) ;;
+			rec sites_bt "$ROUND" "$c" $(bt_count wqflush_test_flush_sites) ;;
 		esac
 		log "round $ROUND $c: sites done"
 	done
@@ -294,28 +304,28 @@ while [ $ROUND -lt $ROUNDS ]; do
 	# own statistics run beside it (never in the timed phases: they add two clock reads a run):
 	# the probe program's time per run, where the offending path's cost goes.
 	for c in $CONFIGS; do
-		[ $c = none ] && continue
-		start $c
+		[ "$c" = none ] && continue
+		start "$c"
 		echo 1 > /proc/sys/kernel/bpf_stats_enabled
 		before=$(module_count storm)
 		fire storm "$STORM" || fail "storm trigger"
-		rec storm_module $ROUND $c $(( $(module_count storm) - before ))
-		rec storm_prog_ns $ROUND $c $(prog_ns_per_run $PID)
+		rec storm_module "$ROUND" "$c" $(( $(module_count storm) - before ))
+		rec storm_prog_ns "$ROUND" "$c" $(prog_ns_per_run "$PID")
 		echo 0 > /proc/sys/kernel/bpf_stats_enabled
-		stop $c
+		stop "$c"
 		counted storm wqflush_test_flush_storm
 		log "round $ROUND $c: storm done"
 	done
 	# Memory when every first sighting streams live: the same sites, one every ~1 ms.
 	for c in $CONFIGS; do
 		case $c in none|bpftrace) continue ;; esac
-		start $c
+		start "$c"
 		fire sites_paced "$SITES" || fail "sites_paced trigger"
 		sleep 2
-		rec paced_records $ROUND $c $(grep -c '"type":"flush"' /tmp/out)
-		rec rss_paced_kb $ROUND $c $(rss_kb)
-		stop $c
-		rec paced_lost $ROUND $c $(summary | grep -o '"lost":[0-9]*' | tail -n 1 | cut -d: -f2)
+		rec paced_records "$ROUND" "$c" $(grep -c '"type":"flush"' /tmp/out)
+		rec rss_paced_kb "$ROUND" "$c" $(rss_kb)
+		stop "$c"
+		rec paced_lost "$ROUND" "$c" $(summary | grep -o '"lost":[0-9]*' | tail -n 1 | cut -d: -f2)
 		log "round $ROUND $c: paced sites done"
 	done
 done

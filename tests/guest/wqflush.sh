@@ -1,0 +1,39 @@
+# shellcheck shell=sh
+# tests/tests/wqflush.rs's scenario: three watch windows (fentry, kprobe, matching by name),
+# each firing its triggers, then `wqflush check`'s exit codes, all under the oracle.
+# Sourced by /init after the helpers (helpers.sh, oracle.sh: emit, fire, wqflush_start, ...).
+# FIRE_FENTRY, FIRE_KPROBE and FIRE_NAME, what each window fires on this kernel
+# ("TRIGGER:COUNT ..."), come from the lines the test puts before this file.
+
+# fire_all "TRIGGER:COUNT ...": fires each trigger COUNT times, in order.
+fire_all() {
+	for _f in $1; do
+		fire "${_f%:*}" "${_f#*:}"
+	done
+}
+
+load_test_module || exit 1
+oracle_start || exit 1
+
+wqflush_start fentry wqflush --attach fentry || exit 1
+fire_all "$FIRE_FENTRY"
+wqflush_stop fentry
+
+wqflush_start kprobe wqflush --attach kprobe || exit 1
+fire_all "$FIRE_KPROBE"
+wqflush_stop kprobe
+
+wqflush_start name wqflush --attach fentry --match name || exit 1
+fire_all "$FIRE_NAME"
+wqflush_stop name
+
+emit check_flush wqflush check --json -- sh -c 'echo "long 1" > /proc/wqflush_test'
+emit check_clean wqflush check -- sh -c 'echo "own 2" > /proc/wqflush_test'
+emit check_failed wqflush check -- false
+emit check_missing wqflush check -- /no/such/command
+
+oracle_stop
+emit counts cat /proc/wqflush_test
+emit release cat /proc/sys/kernel/osrelease
+emit srcversion cat /sys/module/wqflush_test/srcversion
+oracle_dump
