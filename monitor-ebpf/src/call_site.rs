@@ -1,12 +1,13 @@
 //! The flush's call site, the key of every count: read off the probe's entry where the kernel
 //! put it, unwound where it cannot be read with certainty.
 
-use crate::{flush::Entry, maps::*};
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_stack, bpf_probe_read_kernel},
 };
 use monitor_ebpf::{FlushEvent, MAX_FLUSH_RANGES, MAX_FRAMES};
+
+use crate::{flush::Entry, maps::*};
 
 /// How deep the caller is looked for. The stack starts at the flush function, and its
 /// wrappers (flush_scheduled_work() before 5.19, drain_workqueue()) add at most two frames;

@@ -1,13 +1,6 @@
 //! An offending flush: counted in the kernel under its call site; a site's first flush also
 //! goes to user space with its stack and the flushing task's details.
 
-use crate::{
-    call_site::{call_site, stack},
-    maps::*,
-    matching::{load_queue_values, queue_name, system_queue},
-    tasks::{PF_WQ_WORKER, task_flags},
-    waits::track,
-};
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
@@ -19,6 +12,14 @@ use aya_ebpf::{
 use monitor_ebpf::{
     CountKey, FLAG_BY_NAME, FLAG_RUNNING_KNOWN, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent,
     LOST_RINGBUF, LOST_UNCOUNTED, MAX_FRAMES, NO_QUEUE, WORKER_CHAIN,
+};
+
+use crate::{
+    call_site::{call_site, stack},
+    maps::*,
+    matching::{load_queue_values, queue_name, system_queue},
+    tasks::{PF_WQ_WORKER, task_flags},
+    waits::track,
 };
 
 /// Where the probe was entered from, which says where the return address into the flush

@@ -3,9 +3,10 @@
 
 use core::ptr::{addr_of, read_volatile};
 
-use crate::maps::*;
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use monitor_ebpf::{MAX_QUEUES, NAME_LEN};
+
+use crate::maps::*;
 
 /// Index of the system queue `wq` is; address mode needs `load_queue_values` first.
 #[inline(always)]

@@ -1,9 +1,10 @@
 //! What a task is doing: whether it is a workqueue worker, the work item a worker runs, and the
 //! task iterator `--waits` runs when a flush is stuck.
 
-use crate::maps::*;
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use monitor_ebpf::{RunningWork, WORKER_CHAIN};
+
+use crate::maps::*;
 
 /// `PF_WQ_WORKER` from include/linux/sched.h; unchanged since 2.6.36.
 pub(crate) const PF_WQ_WORKER: u32 = 0x20;

@@ -3,11 +3,6 @@
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile};
 
-use crate::{
-    maps::*,
-    matching::{load_queue_values, system_queue},
-    tasks::work_of,
-};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
@@ -17,6 +12,12 @@ use aya_ebpf::{
 use monitor_ebpf::{
     CountKey, InFlight, LOST_WAITS, MAX_FLUSH_SLOTS, Returned, SlotKey, WAIT_BOUNDS_NS,
     WAIT_BUCKETS, WaitStats, WaitedKey,
+};
+
+use crate::{
+    maps::*,
+    matching::{load_queue_values, system_queue},
+    tasks::work_of,
 };
 
 /// `--waits`: records the flush as in flight, holding one of its queue's slots, until the
