@@ -7,7 +7,11 @@ use aya_ebpf::{
 };
 use monitor_ebpf::{FlushEvent, MAX_FLUSH_RANGES, MAX_FRAMES};
 
-use crate::{flush::Entry, maps::*};
+use crate::{
+    arch::{self, CALLER_ABOVE_ENTRY_RETURN, ENTRY_RETURN_AT, TRAMPOLINE_WORDS},
+    flush::Entry,
+    maps::*,
+};
 
 /// How deep the caller is looked for. The stack starts at the flush function, and its
 /// wrappers (flush_scheduled_work() before 5.19, drain_workqueue()) add at most two frames;
@@ -21,10 +25,10 @@ pub(crate) const CALLER_DEPTH: usize = 8;
 pub(crate) fn call_site<C: EbpfContext>(ctx: &C, ev: &mut FlushEvent, entry: Entry) -> u64 {
     let direct = match entry {
         Entry::Trampoline => trampoline_return(ctx.as_ptr() as u64),
-        // SAFETY: probe_read tolerates any address.
-        Entry::Registers { sp } => unsafe { bpf_probe_read_kernel(sp as *const u64) }
-            .map(|ret| if is_caller(ret) { ret } else { 0 })
-            .unwrap_or(0),
+        Entry::Registers { regs } => {
+            let ret = arch::entry_return(regs);
+            if is_caller(ret) { ret } else { 0 }
+        }
     };
     if direct != 0 {
         return direct;
@@ -33,24 +37,13 @@ pub(crate) fn call_site<C: EbpfContext>(ctx: &C, ev: &mut FlushEvent, entry: Ent
     caller(ev, matches!(entry, Entry::Trampoline))
 }
 
-/// The words of a trampoline's frame from the context up, for the flush function's one
-/// argument. In call mode: the argument, the return value's slot if the trampoline calls
-/// the function itself (an fexit or fmod_ret program is attached, any tool's), the saved
-/// rbp, the return address into the flush function (an `ENTRY_RETURNS` value), then the
-/// one into its caller. A trampoline in jmp mode (6.19+, with an fexit program) keeps no
-/// return address into the flush function: the caller's is unwound.
-pub(crate) const TRAMPOLINE_WORDS: usize = 5;
-
-/// Where the return address into the flush function is, without and with the return
-/// value's slot.
-pub(crate) const ENTRY_RETURN_AT: [usize; 2] = [2, 3];
-
-/// The return address into the flush function's caller, read where the trampoline put it:
-/// above the word that is exactly the flush function's entry return. Only these two
-/// places are looked at, and the return value's slot (stale stack contents until the
-/// function returns) never is: the saved rbp between it and the entry return is a register
-/// value, never an address just past the flush function's patched call. 0 (unwind) in jmp
-/// mode, or when the caller is a wrapper of the flush function.
+/// The return address into the flush function's caller, read where the trampoline put it
+/// (`arch::TRAMPOLINE_WORDS`): above the word that is exactly the flush function's entry
+/// return. Only the places that word can be are looked at, and never a slot the trampoline
+/// leaves unwritten at entry (the return value's, padding) as the caller: what lies between
+/// such a slot and the caller's return is a register value, never an address just past the
+/// flush function's patched call. 0 (unwind) in x86's jmp mode, or when the caller is a
+/// wrapper of the flush function.
 #[inline(always)]
 pub(crate) fn trampoline_return(ctx: u64) -> u64 {
     // SAFETY: probe_read tolerates any address.
@@ -60,7 +53,7 @@ pub(crate) fn trampoline_return(ctx: u64) -> u64 {
     };
     for at in ENTRY_RETURN_AT {
         if is_entry_return(words[at]) {
-            let ret = words[at + 1];
+            let ret = arch::strip(words[at + CALLER_ABOVE_ENTRY_RETURN]);
             return if is_caller(ret) { ret } else { 0 };
         }
     }
@@ -73,17 +66,10 @@ pub(crate) fn is_entry_return(addr: u64) -> bool {
     addr != 0 && (addr == a || addr == b)
 }
 
-/// Kernel and module text, and everything else in x86-64's top 2 GiB; stacks, the heap and
-/// the direct map are below it.
-#[inline(always)]
-pub(crate) fn is_text(addr: u64) -> bool {
-    addr >= 0xffff_ffff_8000_0000
-}
-
 /// A return address into text that is not inside the flush function or a wrapper of it.
 #[inline(always)]
 pub(crate) fn is_caller(addr: u64) -> bool {
-    is_text(addr) && !in_flush_ranges(addr)
+    arch::is_text(addr) && !in_flush_ranges(addr)
 }
 
 /// The innermost `frames` return addresses into `ev.stack`; the kernel stops unwinding there.
@@ -105,7 +91,7 @@ pub(crate) fn caller(ev: &FlushEvent, trampoline: bool) -> u64 {
         if i >= frames {
             break;
         }
-        let addr = ev.stack[i];
+        let addr = arch::strip(ev.stack[i]);
         let flush = in_flush_ranges(addr);
         if inside && !flush {
             return addr;
@@ -116,7 +102,7 @@ pub(crate) fn caller(ev: &FlushEvent, trampoline: bool) -> u64 {
     // --waits) leaves no return address into the flush function: the unwound stack is this
     // program, its trampoline, then the caller.
     if !inside && trampoline && frames > JMP_MODE_CALLER_FRAME {
-        return ev.stack[JMP_MODE_CALLER_FRAME];
+        return arch::strip(ev.stack[JMP_MODE_CALLER_FRAME]);
     }
     0
 }

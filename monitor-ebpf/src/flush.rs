@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, pt_regs},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -30,8 +30,9 @@ use crate::{
 pub(crate) enum Entry {
     /// A BPF trampoline, called from the flush function's entry: see `trampoline_return`.
     Trampoline,
-    /// A kprobe or fprobe at the flush function's entry: `sp` points at the return address.
-    Registers { sp: u64 },
+    /// A kprobe or fprobe at the flush function's entry: the registers there hold the
+    /// return address into the caller (`arch::entry_return`).
+    Registers { regs: *const pt_regs },
 }
 
 #[inline(always)]

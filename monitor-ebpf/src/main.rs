@@ -33,6 +33,8 @@ fn main() {
 }
 
 #[cfg(target_arch = "bpf")]
+mod arch;
+#[cfg(target_arch = "bpf")]
 mod call_site;
 #[cfg(target_arch = "bpf")]
 mod flush;
@@ -68,12 +70,11 @@ mod programs {
     /// Also the kprobe-multi program: both get the registers at the probed function's entry.
     #[kprobe]
     pub fn flush_kprobe(ctx: ProbeContext) -> u32 {
-        // SAFETY: the context is the kernel's pt_regs.
-        let sp = unsafe { (*ctx.regs).rsp };
+        let regs = ctx.regs.cast_const();
         on_flush(
             &ctx,
             ctx.arg::<u64>(0).unwrap_or(0),
-            Entry::Registers { sp },
+            Entry::Registers { regs },
         )
     }
 

@@ -69,8 +69,26 @@ fn report(out: &mut impl Write, debuginfo: Vec<PathBuf>) -> Result<bool> {
             "verdict:          wqflush can run here ({})",
             working.join(", ")
         )?;
+        print_unit_note(out, &working)?;
     }
     Ok(!working.is_empty())
+}
+
+/// Where the perf-event kprobe is the only method (Debian arm64 6.1: no fentry, no
+/// kprobe-multi), the shipped unit cannot attach under Debian's `perf_event_paranoid=3`: it
+/// runs without CAP_SYS_ADMIN, exits with the paranoid error and is restarted every 30 s.
+fn print_unit_note(out: &mut impl Write, working: &[String]) -> io::Result<()> {
+    if working != [Method::Kprobe.to_string()] || probe::perf_event_paranoid() < 3 {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "unit:             the shipped wqflush.service cannot attach here: kprobe is the only \
+         method and kernel.perf_event_paranoid is 3, which gives perf events to CAP_SYS_ADMIN \
+         only; run `sysctl kernel.perf_event_paranoid=2` (persist it in /etc/sysctl.d/), or add \
+         CAP_SYS_ADMIN to the unit's CapabilityBoundingSet= and AmbientCapabilities= in a \
+         drop-in (`systemctl edit wqflush`)"
+    )
 }
 
 /// Whether `method` can miss flushes here, and whether the kernel would count it if it did.
@@ -111,11 +129,23 @@ fn method_note(method: Method, counters: &btf::MissCounters, fentry_risk: Option
 /// Where `method` finds the flush's call site (the key of every count).
 fn call_site_note(method: Method) -> &'static str {
     match method {
+        Method::Fentry if cfg!(target_arch = "aarch64") => {
+            "read in the trampoline's frame records, above the return into the flush function \
+             (pointer authentication bits stripped); unwound where the caller is a wrapper such \
+             as drain_workqueue()"
+        }
         Method::Fentry => {
-            "read in the trampoline's frame, right above the return into the flush function;              unwound where the trampoline keeps no such return (jmp mode: an fexit program on              the flush function, 6.19+) or the caller is a wrapper such as drain_workqueue()"
+            "read in the trampoline's frame, right above the return into the flush function; \
+             unwound where the trampoline keeps no such return (jmp mode: an fexit program on \
+             the flush function, 6.19+) or the caller is a wrapper such as drain_workqueue()"
+        }
+        Method::Kprobe | Method::KprobeMulti if cfg!(target_arch = "aarch64") => {
+            "read in the link register (x30) on entry, where the call put it; unwound where the \
+             caller is a wrapper such as drain_workqueue()"
         }
         Method::Kprobe | Method::KprobeMulti => {
-            "read at the stack pointer on entry, where the call put it; unwound where the caller              is a wrapper such as drain_workqueue()"
+            "read at the stack pointer on entry, where the call put it; unwound where the caller \
+             is a wrapper such as drain_workqueue()"
         }
     }
 }

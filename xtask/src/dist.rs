@@ -18,23 +18,33 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use wqflush_vmtest::workspace_root;
 
+use crate::build::Arch;
+
 /// What `cargo xtask dist` made.
 pub struct Dist {
     pub deb: PathBuf,
     pub tarball: PathBuf,
 }
 
-/// Builds both artifacts from the static binary `bin`.
-pub fn run(bin: &Path) -> Result<Dist> {
-    let version = version(bin)?;
+/// The binary to package and the one that writes the man page and completions: the same for
+/// the host's architecture; the host's build for another's (it cannot run here).
+pub struct Binaries<'a> {
+    pub arch: Arch,
+    pub bin: &'a Path,
+    pub host: &'a Path,
+}
+
+/// Builds both artifacts from the static binary `bins.bin`.
+pub fn run(bins: &Binaries) -> Result<Dist> {
+    let version = version(bins.host)?;
     let out = target_dir().join("dist");
-    let root = out.join("root");
+    let root = out.join(format!("root-{}", bins.arch.debian()));
     if root.exists() {
         fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
     }
-    stage(&root, bin, &version)?;
-    let tarball = tarball(&root, &out, &version)?;
-    let deb = deb(&root, &out, &version)?;
+    stage(&root, bins, &version)?;
+    let tarball = tarball(&root, &out, &version, bins.arch)?;
+    let deb = deb(&root, &out, &version, bins.arch)?;
     println!("{}\n{}", deb.display(), tarball.display());
     Ok(Dist { deb, tarball })
 }
@@ -60,12 +70,12 @@ fn version(bin: &Path) -> Result<String> {
 }
 
 /// The installed tree, without the package's control files.
-fn stage(root: &Path, bin: &Path, version: &str) -> Result<()> {
+fn stage(root: &Path, bins: &Binaries, version: &str) -> Result<()> {
     let dist = workspace_root().join("dist");
     let doc = "usr/share/doc/wqflush";
-    copy(bin, &root.join("usr/bin/wqflush"), 0o755)?;
+    copy(bins.bin, &root.join("usr/bin/wqflush"), 0o755)?;
     exec(
-        Command::new("strip")
+        Command::new(bins.arch.strip())
             .args(["--strip-unneeded", "--remove-section=.comment"])
             .arg(root.join("usr/bin/wqflush")),
     )?;
@@ -99,14 +109,14 @@ fn stage(root: &Path, bin: &Path, version: &str) -> Result<()> {
         &gzip(&changelog(version))?,
         0o644,
     )?;
-    let man = output(Command::new(bin).arg("manpage"))?;
+    let man = output(Command::new(bins.host).arg("manpage"))?;
     write(
         &root.join("usr/share/man/man1/wqflush.1.gz"),
         &gzip(&man)?,
         0o644,
     )?;
     for (shell, path) in COMPLETIONS {
-        let script = output(Command::new(bin).args(["completions", shell]))?;
+        let script = output(Command::new(bins.host).args(["completions", shell]))?;
         write(&root.join(path), script.as_bytes(), 0o644)?;
     }
     write(
@@ -174,9 +184,9 @@ fn changelog(version: &str) -> String {
 
 const MAINTAINER: &str = "wqflush developers <wqflush@example.org>";
 
-/// `wqflush-<version>-x86_64-linux.tar.gz`: the staged tree under `wqflush-<version>/`.
-fn tarball(root: &Path, out: &Path, version: &str) -> Result<PathBuf> {
-    let name = format!("wqflush-{version}-x86_64-linux");
+/// `wqflush-<version>-<machine>-linux.tar.gz`: the staged tree under `wqflush-<version>/`.
+fn tarball(root: &Path, out: &Path, version: &str, arch: Arch) -> Result<PathBuf> {
+    let name = format!("wqflush-{version}-{}-linux", arch.machine());
     let path = out.join(format!("{name}.tar.gz"));
     exec(
         Command::new("tar")
@@ -191,13 +201,13 @@ fn tarball(root: &Path, out: &Path, version: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// `wqflush_<version>_amd64.deb`: the staged tree plus DEBIAN/ (control, conffiles, md5sums and
+/// `wqflush_<version>_<arch>.deb`: the staged tree plus DEBIAN/ (control, conffiles, md5sums and
 /// the maintainer scripts), built by `dpkg-deb` with root ownership.
-fn deb(root: &Path, out: &Path, version: &str) -> Result<PathBuf> {
+fn deb(root: &Path, out: &Path, version: &str, arch: Arch) -> Result<PathBuf> {
     let control = root.join("DEBIAN");
     write(
         &control.join("control"),
-        self::control(root, version)?.as_bytes(),
+        self::control(root, version, arch)?.as_bytes(),
         0o644,
     )?;
     write(&control.join("conffiles"), b"/etc/wqflush/ignore\n", 0o644)?;
@@ -205,7 +215,7 @@ fn deb(root: &Path, out: &Path, version: &str) -> Result<PathBuf> {
     for (name, script) in SCRIPTS {
         write(&control.join(name), script.as_bytes(), 0o755)?;
     }
-    let deb = out.join(format!("wqflush_{version}_amd64.deb"));
+    let deb = out.join(format!("wqflush_{version}_{}.deb", arch.debian()));
     exec(
         Command::new("dpkg-deb")
             .args(["--root-owner-group", "-Zxz", "--build"])
@@ -216,17 +226,18 @@ fn deb(root: &Path, out: &Path, version: &str) -> Result<PathBuf> {
     Ok(deb)
 }
 
-fn control(root: &Path, version: &str) -> Result<String> {
+fn control(root: &Path, version: &str, arch: Arch) -> Result<String> {
     let kib = output(
         Command::new("du")
             .args(["-sk", "--apparent-size"])
             .arg(root),
     )?;
     let kib = kib.split_whitespace().next().unwrap_or("0");
+    let arch = arch.debian();
     Ok(format!(
         "Package: wqflush\n\
          Version: {version}\n\
-         Architecture: amd64\n\
+         Architecture: {arch}\n\
          Maintainer: {MAINTAINER}\n\
          Installed-Size: {kib}\n\
          Section: admin\n\

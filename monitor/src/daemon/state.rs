@@ -75,7 +75,7 @@ impl<W: Write> State<W> {
         self.records += 1;
         let flush = decode(bytes, self.queues.len())?;
         let mut frames = self.sym.frames(&flush.stack);
-        symbols::skip_to_caller(&mut frames, flush.caller);
+        symbols::place_caller(&mut frames, Some(self.sym.frame(flush.caller)));
         // A new call site whose caller the current table does not name may be in a module
         // loaded since kallsyms was read (also where a departed module's names would fit it):
         // re-read if /proc/modules changed, and retry. (Re-reading for every new site would
@@ -83,7 +83,7 @@ impl<W: Write> State<W> {
         let named = symbols::caller(&frames).is_some_and(|c| self.sym.names_now(c.addr));
         if !named && self.sites.is_new(flush.queue, &frames) && self.sym.refresh()? {
             frames = self.sym.frames(&flush.stack);
-            symbols::skip_to_caller(&mut frames, flush.caller);
+            symbols::place_caller(&mut frames, Some(self.sym.frame(flush.caller)));
         }
         if let Some((site, frames)) = self.sites.record(flush, frames) {
             warn_hidden_caller(site.caller(), &mut self.warned_trampoline);

@@ -205,7 +205,15 @@ pub const FLUSH_FUNCTIONS: &[&str] = &[
 /// The ends of the 5-byte `call __fentry__` that ftrace patches into every traceable x86-64
 /// function: at the start, or behind a 4-byte `endbr64` (IBT kernels). No other call in the
 /// function can return to either (a call there would overlap this one).
+#[cfg(not(target_arch = "aarch64"))]
 pub const ENTRY_CALL_ENDS: [u64; 2] = [5, 9];
+
+/// The end of the `bl` that ftrace patches into every traceable arm64 function's entry
+/// (`mov x9, x30; bl <trampoline>`, the two instructions -fpatchable-function-entry reserves
+/// at the start), or behind a `bti c` landing pad. No other call in the function can return
+/// there.
+#[cfg(target_arch = "aarch64")]
+pub const ENTRY_CALL_ENDS: [u64; 2] = [8, 12];
 
 /// The function every workqueue flush passes through on this kernel.
 pub fn flush_function(ks: &Kallsyms) -> Result<&'static str> {

@@ -326,7 +326,7 @@ fn attach_kprobe(ebpf: &mut Ebpf, function: &str) -> Result<()> {
 
 /// `kernel.perf_event_paranoid`; Debian's kernels add level 3 (perf events for CAP_SYS_ADMIN
 /// only), upstream stops at 2.
-fn perf_event_paranoid() -> i32 {
+pub fn perf_event_paranoid() -> i32 {
     std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
         .ok()
         .and_then(|s| s.trim().parse().ok())

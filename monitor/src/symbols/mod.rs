@@ -136,15 +136,22 @@ pub fn caller(frames: &[Frame]) -> Option<&Frame> {
     frames.iter().find(|f| !f.is_flush_function())
 }
 
-/// Drops the frames before the kernel's call site `caller` that are not the flush function:
-/// with an fexit program on the flush function (`--waits`), 7.x unwinds from the BPF program
-/// and its trampoline, with no frame of the flush function, so the first frame would be taken
-/// for the caller.
-pub fn skip_to_caller(frames: &mut Vec<Frame>, caller: u64) {
-    if caller == 0 {
+/// Puts the kernel's call site `caller` (its frame) right after the flush function:
+/// - drops the frames before it that are not the flush function: with an fexit program on
+///   the flush function (`--waits`), 7.x unwinds from the BPF program and its trampoline,
+///   with no frame of the flush function, so the first frame would be taken for the caller;
+/// - inserts it where the unwound stack lacks it: on arm64 a kprobe at the function's entry
+///   unwinds from the caller's caller, as the return into the caller is only in the link
+///   register, where the probe read it.
+pub fn place_caller(frames: &mut Vec<Frame>, caller: Option<Frame>) {
+    let Some(caller) = caller.filter(|c| c.addr != 0) else {
         return;
-    }
-    let Some(at) = frames.iter().position(|f| f.addr == caller) else {
+    };
+    let Some(at) = frames.iter().position(|f| f.addr == caller.addr) else {
+        if !frames.is_empty() {
+            let after_flush = frames.iter().take_while(|f| f.is_flush_function()).count();
+            frames.insert(after_flush, caller);
+        }
         return;
     };
     if frames[..at].iter().any(|f| !f.is_flush_function()) {
@@ -364,7 +371,8 @@ ffffffffc0a01100 t wqflush_test_flush_own\t[wqflush_test]
             frame(0xffffffffc08001a0, Some("slow_caller")),
             frame(0xffffffffc08005e0, Some("outer")),
         ];
-        skip_to_caller(&mut frames, 0xffffffffc08001a0);
+        let caller = || Some(frame(0xffffffffc08001a0, Some("slow_caller")));
+        place_caller(&mut frames, caller());
         let names: Vec<_> = frames.iter().map(|f| f.func.as_deref().unwrap()).collect();
         assert_eq!(names, ["slow_caller", "outer"]);
         // The usual stack, the flush function first, is left alone.
@@ -372,8 +380,17 @@ ffffffffc0a01100 t wqflush_test_flush_own\t[wqflush_test]
             frame(0xffffffff810b5e25, Some("__flush_workqueue")),
             frame(0xffffffffc08001a0, Some("slow_caller")),
         ];
-        skip_to_caller(&mut frames, 0xffffffffc08001a0);
+        place_caller(&mut frames, caller());
         assert_eq!(frames.len(), 2);
+        // arm64's kprobe: the unwound stack goes from the flush function to the caller's
+        // caller; the caller (from the link register) goes between them.
+        let mut frames = vec![
+            frame(0xffff800080123450, Some("__flush_workqueue")),
+            frame(0xffffffffc08005e0, Some("outer")),
+        ];
+        place_caller(&mut frames, caller());
+        let names: Vec<_> = frames.iter().map(|f| f.func.as_deref().unwrap()).collect();
+        assert_eq!(names, ["__flush_workqueue", "slow_caller", "outer"]);
     }
 
     #[test]
