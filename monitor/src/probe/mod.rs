@@ -35,7 +35,7 @@ use monitor_ebpf::{MAX_FLUSH_RANGES, MAX_QUEUES, NAME_LEN};
 
 use std::os::fd::AsFd as _;
 
-use self::errors::{errno, explain, explain_object};
+use self::errors::{ENOTSUPP, errno, explain, explain_object};
 use crate::kernel::{
     btf::{self, MissCounters},
     preemption,
@@ -299,7 +299,14 @@ fn attach_fentry(ebpf: &mut Ebpf, target: &Target) -> Result<()> {
     prog.load(target.function, btf)
         .map_err(|e| explain(e, "loading"))?;
     mark_verified("fentry", || prog.info().ok());
-    prog.attach().map_err(|e| explain(e, "attaching"))?;
+    prog.attach().map_err(|e| match errno(&e) {
+        // arm64 before 6.5 (Debian's 6.1) cannot call a BPF trampoline from a kernel function.
+        Some(libc::EOPNOTSUPP | ENOTSUPP) => anyhow!(
+            "attaching failed: {e} (this kernel cannot attach BPF trampolines to kernel \
+             functions: on arm64 that needs CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, 6.5+)"
+        ),
+        _ => explain(e, "attaching"),
+    })?;
     Ok(())
 }
 
