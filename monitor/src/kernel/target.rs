@@ -215,6 +215,20 @@ pub const ENTRY_CALL_ENDS: [u64; 2] = [5, 9];
 #[cfg(target_arch = "aarch64")]
 pub const ENTRY_CALL_ENDS: [u64; 2] = [8, 12];
 
+/// A kernel return address without its pointer-authentication code (arm64 signs the return
+/// addresses functions save on the stack; the kernel's unwinder strips them, this is for any
+/// that reach user space unstripped): the bits above the virtual address size are set again,
+/// as the kernel's `ptrauth_strip_kernel_insn_pac` does, for an address in the kernel half
+/// (bit 55). Kernel text is at or above 0xffff_8000_0000_0000 with 48- and 52-bit VAs alike.
+/// x86-64 addresses are returned as they are.
+pub fn strip_pac(addr: u64) -> u64 {
+    if cfg!(target_arch = "aarch64") && addr & (1 << 55) != 0 {
+        addr | 0xffff_0000_0000_0000
+    } else {
+        addr
+    }
+}
+
 /// The function every workqueue flush passes through on this kernel.
 pub fn flush_function(ks: &Kallsyms) -> Result<&'static str> {
     ["__flush_workqueue", "flush_workqueue"]

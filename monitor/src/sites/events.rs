@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 pub use monitor_ebpf::MAX_FRAMES;
 use monitor_ebpf::{FLAG_BY_NAME, FLAG_RUNNING_KNOWN, FLAG_WORKER, FLAG_WORKER_KNOWN, FlushEvent};
 
-use crate::interned::intern;
+use crate::{interned::intern, kernel::target::strip_pac};
 
 /// One flush of a system workqueue, as user space sees it: where it was counted, its stack, and
 /// what a call site keeps of it ([`Sighting`], which `Flush` derefs to).
@@ -86,6 +86,7 @@ pub fn decode(bytes: &[u8], nr_queues: usize) -> Result<Flush> {
             .iter()
             .copied()
             .take_while(|&a| a != 0)
+            .map(strip_pac)
             .collect(),
         seen: Sighting {
             time_ns: ev.time_ns,
