@@ -1,12 +1,38 @@
-//! A program of this machine for the guest, with the shared libraries `ldd` lists (they keep
-//! their host paths, so the guest's dynamic loader finds them).
+//! A dynamically linked program for the guest, with its shared libraries: this machine's own
+//! for an amd64 guest (the libraries `ldd` lists keep their host paths, so the guest's dynamic
+//! loader finds them), Debian's build of the guest's architecture otherwise ([`crate::foreign`]).
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
+
+/// `(host path, guest path)` pairs for `program` (`setpriv`) at `guest` and its libraries, for
+/// the architecture `WQFLUSH_ARCH` names: on amd64 this machine's (it must have Debian's
+/// `package`, `util-linux`, installed), on arm64 `package`'s arm64 build from bookworm,
+/// downloaded once into the VM cache.
+pub fn for_guest(program: &str, package: &str, guest: &str) -> Result<Vec<(PathBuf, String)>> {
+    match std::env::var("WQFLUSH_ARCH").as_deref() {
+        Ok("" | "amd64") | Err(std::env::VarError::NotPresent) => {
+            with_libraries(&host(program, package)?, guest)
+        }
+        Ok(arch @ "arm64") => {
+            crate::foreign::program(&crate::cache_dir(), arch, program, package, guest)
+        }
+        other => bail!("WQFLUSH_ARCH={other:?}: want amd64 (the default) or arm64"),
+    }
+}
+
+/// Where this machine has `program`.
+fn host(program: &str, package: &str) -> Result<PathBuf> {
+    ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.exists())
+        .with_context(|| format!("no {program} on this machine (apt-get install {package})"))
+}
 
 /// `(host path, guest path)` pairs for `bin` (at `guest`) and its libraries.
 pub fn with_libraries(bin: &Path, guest: &str) -> Result<Vec<(PathBuf, String)>> {

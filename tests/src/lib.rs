@@ -7,6 +7,7 @@
 //! wrote, and [`oracle`] parses an independent tracefs kprobe record of every workqueue flush.
 
 pub mod debian;
+pub mod foreign;
 pub mod guest;
 pub mod host_program;
 pub mod initramfs;

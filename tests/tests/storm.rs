@@ -10,7 +10,7 @@
 //! 7.x runs with Debian's default preemption (lazy); the other dynamic kernels with
 //! `preempt=full`; 5.10 is built voluntary.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use wqflush_vmtest::{
@@ -23,7 +23,8 @@ const STORM: u64 = 100_000;
 
 const SCENARIO: &str = include_str!("../guest/storm.sh");
 
-/// Where util-linux's setpriv goes in the guest, apart from busybox's applet of that name.
+/// Where util-linux's setpriv (of the guest's architecture) goes in the guest, apart from
+/// busybox's applet of that name.
 const SETPRIV: &str = "/opt/util-linux/setpriv";
 
 fn run(series: Series) -> Result<&'static VmRun> {
@@ -31,7 +32,7 @@ fn run(series: Series) -> Result<&'static VmRun> {
     RUNS.get(series, || {
         let guest = Guest {
             wqflush: Some(wqflush_bin()?),
-            files: host_program::with_libraries(Path::new("/usr/bin/setpriv"), SETPRIV)?,
+            files: host_program::for_guest("setpriv", "util-linux", SETPRIV)?,
             timeout: Duration::from_secs(600),
             expected_warning: None,
             memory_mb: wqflush_vmtest::qemu::DEFAULT_MEMORY_MB,
