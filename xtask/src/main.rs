@@ -85,6 +85,9 @@ enum Cmd {
         /// quick loop; the other phases and bpftrace are skipped
         #[arg(long)]
         waits_only: bool,
+        /// The guest's architecture: arm64 boots Debian's arm64 kernel with its arm64 bpftrace
+        #[arg(long, value_enum, default_value = "amd64")]
+        arch: Arch,
     },
 }
 
@@ -125,6 +128,7 @@ fn run(cmd: Cmd) -> Result<()> {
             sites,
             replay,
             waits_only,
+            arch,
         } => {
             let opts = bench::Options {
                 series: kernel,
@@ -133,10 +137,14 @@ fn run(cmd: Cmd) -> Result<()> {
                 flushes,
                 sites,
                 waits_only,
+                arch,
             };
             match replay {
                 Some(dir) => bench::replay(&opts, &dir),
-                None => bench::run(&opts, &build::wqflush(Arch::Amd64)?),
+                None => {
+                    set_vm_arch(arch);
+                    bench::run(&opts, &build::wqflush(arch)?)
+                }
             }
         }
     }

@@ -23,6 +23,8 @@ use wqflush_vmtest::{Guest, Series, VmRun, boot_scenario, cache_dir, host_progra
 
 use results::Results;
 
+use crate::build::Arch;
+
 /// The monitors compared, in the order each round runs them.
 const CONFIGS: [&str; 5] = ["none", "kprobe-multi", "fentry", "kprobe", "bpftrace"];
 /// wqflush's own configurations (its attach methods), the default first.
@@ -41,7 +43,7 @@ const WORK_ITEMS: u64 = 50_000;
 /// Runs of each `--waits` measurement a round, the configs interleaved; the fastest counts (its
 /// goals are a few percent, and other guests on the machine only ever add time).
 const WAITS_REPEATS: u32 = 5;
-/// Where bpftrace goes in the guest (its libraries keep their host paths).
+/// Where bpftrace goes in the guest (its libraries go where the guest's loader looks for them).
 const BPFTRACE_GUEST: &str = "/usr/bin/bpftrace";
 /// bpftrace, its libraries and the monitors' run time need more than the default 1 GiB.
 const GUEST_MEMORY_MB: u32 = 3072;
@@ -62,6 +64,8 @@ pub struct Options {
     pub sites: u32,
     /// Only the `--waits` phase (no bpftrace): a quick loop.
     pub waits_only: bool,
+    /// The guest's architecture (`WQFLUSH_ARCH` must name the same for the harness).
+    pub arch: Arch,
 }
 
 pub fn run(opts: &Options, wqflush: &Path) -> Result<()> {
@@ -73,9 +77,9 @@ pub fn run(opts: &Options, wqflush: &Path) -> Result<()> {
     // The --waits phase runs no bpftrace: without the rest, the guest needs none.
     let mut files = match opts.waits_only {
         true => Vec::new(),
-        false => host_program::with_libraries(&host_bpftrace()?, BPFTRACE_GUEST)?,
+        false => guest_bpftrace(opts.arch)?,
     };
-    let benchrun = build_benchrun(&cache_dir().join("bench"))?;
+    let benchrun = build_benchrun(opts.arch, &cache_dir().join("bench"))?;
     files.push((benchrun, "/bin/benchrun".to_owned()));
     let guest = Guest {
         wqflush: Some(wqflush.to_path_buf()),
@@ -86,13 +90,14 @@ pub fn run(opts: &Options, wqflush: &Path) -> Result<()> {
                 * (1500 + opts.flushes / 5_000 + opts.iterations / 2_500 + WORK_ITEMS / 100),
         ),
         expected_warning: None,
-        append: preemption(opts.series),
+        append: preemption(opts.series, opts.arch),
         files,
         memory_mb: GUEST_MEMORY_MB,
     };
     eprintln!(
-        "xtask: bench on Debian {} ({}), {} rounds of {}, guest timeout {:?}",
+        "xtask: bench on Debian {} {} ({}), {} rounds of {}, guest timeout {:?}",
         opts.series,
+        opts.arch.debian(),
         if guest.append.is_empty() {
             "its own preemption"
         } else {
@@ -109,13 +114,14 @@ pub fn run(opts: &Options, wqflush: &Path) -> Result<()> {
     report(opts, &run, Some(started.elapsed()))
 }
 
-/// The kernel command line of the bench: 6.x, built with dynamic preemption and voluntary by
-/// default, boots with full preemption so the storm shows what preemption does to a probe
-/// (7.x's own default is lazy; 5.10 is built voluntary).
-fn preemption(series: Series) -> &'static str {
-    match series {
-        Series::V6_1 | Series::V6_12 => "preempt=full",
-        Series::V5_10 | Series::V7 => "",
+/// The kernel command line of the bench: amd64's 6.x, built with dynamic preemption and
+/// voluntary by default, boots with full preemption so the storm shows what preemption does to
+/// a probe (7.x's own default is lazy; 5.10 is built voluntary). Debian builds arm64's 6.x
+/// voluntary without dynamic preemption, so `preempt=full` would change nothing there.
+fn preemption(series: Series, arch: Arch) -> &'static str {
+    match (series, arch) {
+        (Series::V6_1 | Series::V6_12, Arch::Amd64) => "preempt=full",
+        _ => "",
     }
 }
 
@@ -155,6 +161,15 @@ fn scenario(opts: &Options) -> String {
     )
 }
 
+/// Debian's bpftrace and its libraries for the guest: this machine's on amd64 (installed if
+/// missing), bookworm's arm64 build on arm64 (downloaded into the VM cache).
+fn guest_bpftrace(arch: Arch) -> Result<Vec<(PathBuf, String)>> {
+    if arch == Arch::Amd64 {
+        host_bpftrace()?;
+    }
+    host_program::for_guest("bpftrace", "bpftrace", BPFTRACE_GUEST)
+}
+
 /// Debian's bpftrace on the host (installed if missing), to copy into the guest.
 fn host_bpftrace() -> Result<PathBuf> {
     let path = PathBuf::from("/usr/bin/bpftrace");
@@ -178,20 +193,30 @@ fn host_bpftrace() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Compiles the guest's timer (static) into `dir`, again only when its source changed.
-fn build_benchrun(dir: &Path) -> Result<PathBuf> {
+/// Compiles the guest's timer (static, for the guest's architecture) into `dir` (amd64's) or
+/// `dir/<arch>`, again only when its source changed.
+fn build_benchrun(arch: Arch, dir: &Path) -> Result<PathBuf> {
+    let (dir, gcc) = match arch {
+        Arch::Amd64 => (dir.to_path_buf(), "gcc"),
+        // Debian's cross compiler (gcc-aarch64-linux-gnu), which the arm64 build also uses.
+        Arch::Arm64 => (dir.join(arch.debian()), "aarch64-linux-gnu-gcc"),
+    };
+    let dir = dir.as_path();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (src, bin) = (dir.join("benchrun.c"), dir.join("benchrun"));
     if bin.exists() && std::fs::read_to_string(&src).is_ok_and(|s| s == BENCHRUN_C) {
         return Ok(bin);
     }
-    std::fs::write(&src, BENCHRUN_C)?;
-    let status = Command::new("gcc")
+    std::fs::write(&src, BENCHRUN_C).with_context(|| format!("writing {}", src.display()))?;
+    let status = Command::new(gcc)
         .args(["-static", "-O2", "-Wall", "-o"])
         .arg(&bin)
         .arg(&src)
         .status()
-        .context("running gcc")?;
-    ensure!(status.success(), "gcc -static benchrun.c failed ({status})");
+        .with_context(|| format!("running {gcc}"))?;
+    ensure!(
+        status.success(),
+        "{gcc} -static benchrun.c failed ({status})"
+    );
     Ok(bin)
 }

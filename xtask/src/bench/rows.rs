@@ -9,7 +9,8 @@ use super::{
     waits,
 };
 
-/// USER_HZ: the unit of utime/stime in /proc/PID/stat on x86.
+/// USER_HZ: the unit of utime/stime in /proc/PID/stat, 100 on x86 and on arm64 alike (whatever
+/// the kernel's own HZ: Debian's arm64 kernels run at 250).
 const USER_HZ: f64 = 100.0;
 
 /// The whole report: heading, tables, context and goals (with `--waits-only`, those of the
@@ -22,8 +23,13 @@ pub fn table(r: &Results, opts: &Options, release: &str, took: Option<Duration>)
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nwqflush bench: Debian {release} under QEMU/TCG (-smp 2), {} interleaved rounds \
+        "\nwqflush bench: Debian {release}{} under QEMU/TCG (-smp 2), {} interleaved rounds \
          ({configs}); median [min-max]{}",
+        // Debian's releases end in their architecture; a replay may not know the release.
+        match release.ends_with(opts.arch.debian()) {
+            true => String::new(),
+            false => format!(" ({})", opts.arch.debian()),
+        },
         opts.rounds,
         took.map_or(String::new(), |t| format!("; took {} s", t.as_secs()))
     );
