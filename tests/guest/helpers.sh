@@ -85,8 +85,9 @@ wqflush_stop() {
 
 # system_queues: "<address> <type> <name>" for each of the kernel's system_*wq variables. Where
 # kallsyms has no data symbols (Debian's arm64 6.1 lacks CONFIG_KALLSYMS_ALL), the harness's
-# list from System.map, /lib/vmtest/system-queues, whose <address> is a kprobe fetch location
-# relative to the flush function (`__flush_workqueue+0x1f2c4d8`; oracle::queue_locations).
+# list from the image's export table, /lib/vmtest/system-queues, whose <address> is a kprobe
+# fetch location relative to the flush function (`__flush_workqueue+0x1c04d48`;
+# oracle::queue_locations).
 system_queues() {
 	if [ -e /lib/vmtest/system-queues ]; then
 		cat /lib/vmtest/system-queues

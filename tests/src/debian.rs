@@ -180,11 +180,6 @@ impl Kernel {
             .with_context(|| format!("reading {}", self.config.display()))?;
         Ok(config_value(&text, option))
     }
-
-    /// The image package's System.map (6.x; 7.x's in linux-base is a placeholder).
-    pub fn system_map(&self) -> PathBuf {
-        self.root.join(format!("boot/System.map-{}", self.release))
-    }
 }
 
 /// `option`'s value in kernel config text.

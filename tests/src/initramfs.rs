@@ -7,6 +7,7 @@
 use crate::debian::Kernel;
 use crate::guest;
 use crate::guest_modules::data_channel_modules;
+use crate::ksymtab;
 use crate::oracle;
 use crate::util::{run, unique_path};
 use anyhow::{Context, Result};
@@ -55,7 +56,7 @@ pub fn build_initramfs(
 }
 
 /// [`guest::ARCH_PATH`], the modules `/init` loads first, and where kallsyms lacks data symbols
-/// the oracle's system queues from System.map ([`oracle::queue_locations`]).
+/// the oracle's system queues from the image's export table ([`oracle::queue_locations`]).
 fn add_arch_files(cpio: &mut Cpio, kernel: &Kernel) -> Result<()> {
     let mut preload = Vec::new();
     for (i, (name, bytes)) in data_channel_modules(kernel)?.iter().enumerate() {
@@ -66,12 +67,15 @@ fn add_arch_files(cpio: &mut Cpio, kernel: &Kernel) -> Result<()> {
     let vars = guest::arch_vars(kernel.arch, &preload);
     cpio.file(guest::ARCH_PATH, vars.as_bytes(), 0o644);
     if kernel.config_option("CONFIG_KALLSYMS_ALL")?.as_deref() != Some("y") {
-        let map = kernel.system_map();
-        let text = fs::read_to_string(&map)
-            .with_context(|| format!("reading {} for the oracle", map.display()))?;
-        let list = oracle::queue_locations(&text, kernel.series.flush_function())
-            .with_context(|| format!("system queues in {}", map.display()))?;
-        cpio.file(oracle::SYSTEM_QUEUES_PATH, list.as_bytes(), 0o644);
+        // The package's System.map is a placeholder ("The real System.map is in the
+        // linux-image-<version>-dbg package").
+        let image = &kernel.vmlinuz;
+        let anchor = kernel.series.flush_function();
+        let bytes = fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+        let exports = ksymtab::exported(&bytes, |n| n == anchor || oracle::is_system_queue(n))
+            .and_then(|exports| oracle::queue_locations(&exports, anchor))
+            .with_context(|| format!("the system queues exported by {}", image.display()))?;
+        cpio.file(oracle::SYSTEM_QUEUES_PATH, exports.as_bytes(), 0o644);
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod guest;
 mod guest_modules;
 pub mod host_program;
 pub mod initramfs;
+pub mod ksymtab;
 pub mod module;
 pub mod oracle;
 pub mod qemu;

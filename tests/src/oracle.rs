@@ -19,43 +19,30 @@ use std::collections::BTreeMap;
 /// list of system queues from System.map ([`queue_locations`]), read by `system_queues`.
 pub const SYSTEM_QUEUES_PATH: &str = "/lib/vmtest/system-queues";
 
-/// The `system_*wq` variables of a System.map as `system_queues` prints kallsyms'
-/// (`<location> <type> <name>`, sorted by name), the location being a kprobe fetch address
-/// relative to `anchor` (`__flush_workqueue+0x1f2c4d8`), a function kallsyms always has: KASLR
-/// moves the whole image by one offset, so the distance holds at run time.
-pub fn queue_locations(system_map: &str, anchor: &str) -> Result<String> {
-    let mut anchor_at = None;
-    let mut queues = BTreeMap::new();
-    for line in system_map.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else {
-            continue;
-        };
-        let Ok(addr) = u64::from_str_radix(addr, 16) else {
-            continue;
-        };
-        if name == anchor && kind.eq_ignore_ascii_case("t") {
-            anchor_at = Some(addr);
-        } else if is_system_queue(name) {
-            queues.insert(name.to_string(), (addr, kind.to_string()));
-        }
-    }
-    let base = anchor_at.with_context(|| format!("no text symbol {anchor}"))?;
-    anyhow::ensure!(!queues.is_empty(), "no system_*wq symbols");
+/// The `system_*wq` variables among `exports` (name -> image offset, [`crate::ksymtab`]) as
+/// `system_queues` prints kallsyms' (`<location> <type> <name>`, sorted by name; type `D`, as
+/// kallsyms shows them), the location being a kprobe fetch address relative to `anchor`
+/// (`__flush_workqueue+0x1c04d48`), a function kallsyms always has: KASLR moves the whole image
+/// by one offset, so the distance holds at run time.
+pub fn queue_locations(exports: &BTreeMap<String, u64>, anchor: &str) -> Result<String> {
+    let base = *exports
+        .get(anchor)
+        .with_context(|| format!("no exported {anchor}"))?;
     let mut out = String::new();
-    for (name, (addr, kind)) in queues {
+    for (name, &addr) in exports.iter().filter(|(n, _)| is_system_queue(n)) {
         let (sign, distance) = if addr >= base {
             ('+', addr - base)
         } else {
             ('-', base - addr)
         };
-        out.push_str(&format!("{anchor}{sign}{distance:#x} {kind} {name}\n"));
+        out.push_str(&format!("{anchor}{sign}{distance:#x} D {name}\n"));
     }
+    anyhow::ensure!(!out.is_empty(), "no exported system_*wq symbols");
     Ok(out)
 }
 
 /// `system_[a-z0-9_]*wq`, as the guest's `system_queues` matches kallsyms names.
-fn is_system_queue(name: &str) -> bool {
+pub fn is_system_queue(name: &str) -> bool {
     name.strip_prefix("system_")
         .and_then(|rest| rest.strip_suffix("wq"))
         .is_some_and(|mid| {
@@ -463,21 +450,23 @@ mod tests {
     }
 
     #[test]
-    fn system_queues_from_a_system_map() {
-        let map = "ffff800008000000 T _text\n\
-                   ffff8000080a1000 T __flush_workqueue\n\
-                   ffff8000090a2000 D system_wq\n\
-                   ffff8000090a2008 D system_long_wq\n\
-                   ffff8000090a2010 d system_wq_attrs\n\
-                   ffff8000080a0000 t system_early_wq\n";
+    fn system_queues_relative_to_the_flush_function() {
+        let exports: BTreeMap<String, u64> = [
+            ("__flush_workqueue", 0xb9c00),
+            ("system_wq", 0x1cbe938),
+            ("system_long_wq", 0x1cbe948),
+            ("system_early", 0xb0000),
+        ]
+        .map(|(n, a)| (n.to_string(), a))
+        .into();
         assert_eq!(
-            queue_locations(map, "__flush_workqueue").expect("finds them"),
-            "__flush_workqueue-0x1000 t system_early_wq\n\
-             __flush_workqueue+0x1001008 D system_long_wq\n\
-             __flush_workqueue+0x1001000 D system_wq\n"
+            queue_locations(&exports, "__flush_workqueue").expect("finds them"),
+            "__flush_workqueue+0x1c04d48 D system_long_wq\n\
+             __flush_workqueue+0x1c04d38 D system_wq\n"
         );
-        assert!(queue_locations(map, "flush_workqueue").is_err());
-        assert!(queue_locations("ffff8000080a1000 T f\n", "f").is_err());
+        assert!(queue_locations(&exports, "flush_workqueue").is_err());
+        assert!(is_system_queue("system_freezable_power_efficient_wq"));
+        assert!(!is_system_queue("system_wq_attrs"));
     }
 
     #[test]
