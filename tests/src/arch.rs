@@ -76,7 +76,8 @@ impl Arch {
     pub fn data_tty(self) -> &'static str {
         match self {
             Arch::Amd64 => "/dev/ttyS1",
-            // `virt` has one pl011; the second channel is a virtio console.
+            // `virt` has one pl011; the second channel is a virtio console on PCI (Debian builds
+            // virtio_pci in from 6.12 on, virtio_mmio as a module).
             Arch::Arm64 => "/dev/hvc0",
         }
     }
@@ -92,7 +93,7 @@ impl Arch {
             Arch::Amd64 => vec!["-serial".into(), file("file:")],
             Arch::Arm64 => vec![
                 "-device".into(),
-                "virtio-serial-device".into(),
+                "virtio-serial-pci".into(),
                 "-chardev".into(),
                 file("file,id=data,path="),
                 "-device".into(),

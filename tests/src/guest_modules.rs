@@ -1,5 +1,5 @@
 //! The distribution's kernel modules the busybox guest loads before it opens its data channel
-//! (Debian's arm64 6.1 builds the virtio console and its mmio transport as modules; 6.12 and
+//! (Debian's arm64 6.1 builds the virtio console and its PCI transport as modules; 6.12 and
 //! 7.x build them in), with their dependencies, read from each module's `.modinfo` because the
 //! guest has no depmod data.
 
@@ -16,9 +16,9 @@ use std::process::Command;
 fn data_channel_needs(arch: Arch) -> &'static [(&'static str, &'static str)] {
     match arch {
         Arch::Amd64 => &[],
-        // `-device virtio-serial-device` sits on virt's virtio-mmio transport.
+        // `-device virtio-serial-pci` (crate::arch).
         Arch::Arm64 => &[
-            ("CONFIG_VIRTIO_MMIO", "virtio_mmio"),
+            ("CONFIG_VIRTIO_PCI", "virtio_pci"),
             ("CONFIG_VIRTIO_CONSOLE", "virtio_console"),
         ],
     }
