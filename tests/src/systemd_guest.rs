@@ -412,6 +412,7 @@ mod tests {
     #[test]
     fn the_service_program_runs_the_shared_part() {
         assert!(RUN_SCENARIO.contains(&format!(". {RUN_PATH}\n")));
-        assert!(RUN_SCENARIO.contains(&format!("3>{}\n", guest::DATA_TTY)));
+        let data = crate::arch::Arch::Amd64.data_tty();
+        assert!(RUN_SCENARIO.contains(&format!("3>{data}\n")));
     }
 }
