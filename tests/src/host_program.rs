@@ -7,21 +7,18 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
+
+use crate::arch::Arch;
 
 /// `(host path, guest path)` pairs for `program` (`setpriv`) at `guest` and its libraries, for
 /// the architecture `WQFLUSH_ARCH` names: on amd64 this machine's (it must have Debian's
 /// `package`, `util-linux`, installed), on arm64 `package`'s arm64 build from bookworm,
 /// downloaded once into the VM cache.
 pub fn for_guest(program: &str, package: &str, guest: &str) -> Result<Vec<(PathBuf, String)>> {
-    match std::env::var("WQFLUSH_ARCH").as_deref() {
-        Ok("" | "amd64") | Err(std::env::VarError::NotPresent) => {
-            with_libraries(&host(program, package)?, guest)
-        }
-        Ok(arch @ "arm64") => {
-            crate::foreign::program(&crate::cache_dir(), arch, program, package, guest)
-        }
-        other => bail!("WQFLUSH_ARCH={other:?}: want amd64 (the default) or arm64"),
+    match Arch::current()? {
+        Arch::Amd64 => with_libraries(&host(program, package)?, guest),
+        arch => crate::foreign::program(&crate::cache_dir(), arch, program, package, guest),
     }
 }
 
