@@ -73,6 +73,13 @@ pub fn run(opts: &Options, wqflush: &Path) -> Result<()> {
         (1..=10000).contains(&opts.sites),
         "--sites must be 1..=10000"
     );
+    // bpftrace's program names each system queue with kaddr(), which needs data symbols in
+    // kallsyms: Debian's arm64 6.1 has none (no CONFIG_KALLSYMS_ALL).
+    ensure!(
+        opts.waits_only || !(opts.arch == Arch::Arm64 && opts.series == Series::V6_1),
+        "bench --arch arm64 --kernel 6.1: that kernel's kallsyms has no system_*wq symbols for \
+         bpftrace's kaddr(); use 6.12 or 7, or --waits-only"
+    );
     let started = Instant::now();
     // The --waits phase runs no bpftrace: without the rest, the guest needs none.
     let mut files = match opts.waits_only {
