@@ -26,7 +26,11 @@ for s in $(system_queues | awk '{ print $3 }'); do
 done
 # __flush_workqueue, or flush_workqueue before 5.19.
 FN=$(flush_fn)
-printf 'BEGIN { printf("bpftrace: live\\n"); }\nkprobe:%s /%s/ { @[kstack] = count(); }\n' "$FN" "$pred" > /tmp/wqflush.bt
+# arm64 (ARCH, from /init): the stack unwound at the function's entry lacks its caller, which
+# only the link register holds (bpftrace's r30; wqflush reads it too), so the key has it first.
+key=kstack
+[ "${ARCH:-amd64}" = arm64 ] && key='ksym(reg("r30")), kstack'
+printf 'BEGIN { printf("bpftrace: live\\n"); }\nkprobe:%s /%s/ { @[%s] = count(); }\n' "$FN" "$pred" "$key" > /tmp/wqflush.bt
 log "bpftrace program: $(cat /tmp/wqflush.bt)"
 printf 'BEGIN { printf("bpftrace: live\\n"); }\nkfunc:%s { }\n' "$FN" > /tmp/empty-fentry.bt
 printf 'BEGIN { printf("bpftrace: live\\n"); }\nkprobe:%s { }\n' "$FN" > /tmp/empty-kprobe.bt
@@ -100,8 +104,8 @@ stop() {
 	[ $_rc = 0 ] || [ $_rc = 143 ] || fail "$1 exited with $_rc"
 }
 module_count() { awk -v t="$1" '$1 == t { n = $2 } END { print n + 0 }' /proc/wqflush_test; }
-# bpftrace's map at exit: "@[\n stack lines\n]: count"; sums the stacks through function $1
-# (count) and counts them (sites).
+# bpftrace's map at exit: "@[\n stack lines\n]: count" (arm64: "@[caller, \n stack lines\n]:
+# count"); sums the stacks through function $1 (count) and counts them (sites).
 bt_count() { awk -v f="$1" '/^@\[/ { hit = 0 } index($0, f) { hit = 1 } /^\]: [0-9]+$/ { if (hit) { n += $2; s++ } } END { print n + 0, s + 0 }' /tmp/out; }
 # prog_ns_per_run PID: run_time_ns / run_cnt of the program of PID that ran most (the flush
 # probe; wqflush's module_load tracepoint and bpftrace's BEGIN barely run).
