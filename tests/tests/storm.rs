@@ -8,13 +8,14 @@
 //! `recursion_misses`), beside the module's own count of the flushes it made.
 //!
 //! 7.x runs with Debian's default preemption (lazy); the other dynamic kernels with
-//! `preempt=full`; 5.10 is built voluntary.
+//! `preempt=full`; 5.10 is built voluntary, and so are arm64's 6.1 and 6.12 (without dynamic
+//! preemption: `preempt=full` would change nothing).
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use wqflush_vmtest::{
-    Guest, PerKernel, Series, VmRun, boot_scenario, guest::scenario, host_program, records,
+    Arch, Guest, PerKernel, Series, VmRun, boot_scenario, guest::scenario, host_program, records,
     wqflush_bin,
 };
 
@@ -36,11 +37,11 @@ fn run(series: Series) -> Result<&'static VmRun> {
             timeout: Duration::from_secs(600),
             expected_warning: None,
             memory_mb: wqflush_vmtest::qemu::DEFAULT_MEMORY_MB,
-            append: match series {
-                // Debian builds 6.x dynamic with voluntary preemption by default; 7.x's own
-                // default is lazy, which is what this test is about there.
-                Series::V6_1 | Series::V6_12 => "preempt=full",
-                Series::V5_10 | Series::V7 => "",
+            append: match (series, Arch::current()?) {
+                // Debian builds amd64's 6.x dynamic with voluntary preemption by default; 7.x's
+                // own default is lazy, which is what this test is about there.
+                (Series::V6_1 | Series::V6_12, Arch::Amd64) => "preempt=full",
+                _ => "",
             },
         };
         let storm = STORM.to_string();
@@ -117,8 +118,17 @@ fn flush_program(fdinfo: &str) -> Result<(u64, u64)> {
 
 /// The method `--attach auto` must pick in this test's boot, and whether the kernel counts its
 /// misses.
-fn expected_auto(series: Series) -> (&'static str, bool) {
-    if series.has_fprobe() {
+fn expected_auto(series: Series) -> Result<(&'static str, bool)> {
+    if Arch::current()? == Arch::Arm64 {
+        // Debian's arm64 kernels: fprobe on 7.x only; 6.12 voluntary with direct calls (fentry
+        // cannot lose there); 6.1 without direct calls, so no fentry at all.
+        return Ok(match series {
+            Series::V7 => ("kprobe-multi", true),
+            Series::V6_12 => ("fentry", true),
+            _ => ("kprobe", series.counts_kprobe_misses()),
+        });
+    }
+    Ok(if series.has_fprobe() {
         ("kprobe-multi", series.counts_kprobe_misses())
     } else if series == Series::V5_10 {
         // Before 5.12 a trampoline never skips a run, so fentry cannot lose.
@@ -126,12 +136,12 @@ fn expected_auto(series: Series) -> (&'static str, bool) {
     } else {
         // 6.1 under preempt=full, without fprobe: fentry could lose, so the kprobe.
         ("kprobe", series.counts_kprobe_misses())
-    }
+    })
 }
 
 fn auto_is_exact(series: Series) -> Result<()> {
     let w = window(series, "auto")?;
-    let (method, counted_misses) = expected_auto(series);
+    let (method, counted_misses) = expected_auto(series)?;
     ensure!(
         w.attach_line.contains(&format!("({method} on ")),
         "auto chose: {}",
@@ -207,7 +217,7 @@ fn under_the_unit(series: Series) -> Result<()> {
             w.counted,
             w.fired
         );
-        let (method, _) = expected_auto(series);
+        let (method, _) = expected_auto(series)?;
         ensure!(
             w.attach_line.contains(&format!("({method} on ")),
             "{}",
