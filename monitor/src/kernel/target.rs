@@ -41,7 +41,8 @@ impl Kernel {
             loader,
         } = self;
         let ks = kallsyms?;
-        let (queues, queue_source) = queues_to_match(&ks, offsets.as_ref(), mode, &release)?;
+        let image = || ksymtab::from_running_kernel(&release, &ks);
+        let (queues, queue_source) = queues_to_match(&ks, offsets.as_ref(), mode, image)?;
         let function = flush_function(&ks)?;
         let target = Target {
             release,
@@ -119,13 +120,13 @@ impl QueueSource {
 }
 
 /// The system queues and where they come from, or why they cannot be matched: kallsyms' data
-/// symbols, else the kernel image's exported-symbol table, else names (`--match` can insist on
-/// addresses or on names).
+/// symbols, else the kernel image's exported-symbol table (`image` reads it), else names
+/// (`--match` can insist on addresses or on names).
 fn queues_to_match(
     ks: &Kallsyms,
     offsets: std::result::Result<&Offsets, &anyhow::Error>,
     mode: MatchMode,
-    release: &str,
+    image: impl FnOnce() -> Result<ksymtab::FromImage>,
 ) -> Result<(Vec<SystemQueue>, QueueSource)> {
     if ks.addresses_hidden() {
         bail!(
@@ -142,7 +143,7 @@ fn queues_to_match(
     if !found.is_empty() {
         return Ok((found, QueueSource::Kallsyms));
     }
-    let image = ksymtab::from_running_kernel(release, ks);
+    let image = image();
     crate::timing::mark("kernel image searched for system_*wq variables");
     let image = image.and_then(|f| {
         let vars = f.located.vars.iter().map(|(v, a)| (v.as_str(), *a));
@@ -310,4 +311,109 @@ pub fn flush_function(ks: &Kallsyms) -> Result<&'static str> {
         .into_iter()
         .find(|f| ks.has_kernel_function(f))
         .ok_or_else(|| anyhow!("neither __flush_workqueue nor flush_workqueue is in kallsyms"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::ksymtab::{FromImage, Located};
+
+    /// kallsyms of a kernel without CONFIG_KALLSYMS_ALL: functions only.
+    fn functions_only() -> Kallsyms {
+        Kallsyms::parse(
+            "ffff800008000000 T _text\nffff8000080b9c00 T __flush_workqueue\n",
+            queues::is_queue_var,
+        )
+        .unwrap()
+    }
+
+    fn image_with(vars: &[(&str, u64)]) -> Result<FromImage> {
+        Ok(FromImage {
+            path: "/boot/vmlinuz-6.1.0-57-arm64".into(),
+            format: "raw arm64 Image".into(),
+            located: Located {
+                vars: vars.iter().map(|(v, a)| (v.to_string(), *a)).collect(),
+                anchor: "__flush_workqueue",
+                agreeing: 12,
+            },
+        })
+    }
+
+    fn no_btf() -> anyhow::Error {
+        anyhow!("no BTF")
+    }
+
+    #[test]
+    fn without_data_symbols_the_image_gives_the_addresses() {
+        let ks = functions_only();
+        let vars = [("system_long_wq", 0x20), ("system_wq", 0x10)];
+        let btf = no_btf();
+        for mode in [MatchMode::Auto, MatchMode::Address] {
+            let (queues, source) =
+                queues_to_match(&ks, Err(&btf), mode, || image_with(&vars)).unwrap();
+            let got: Vec<_> = queues.iter().map(|q| (q.label(), q.addr)).collect();
+            assert_eq!(got, [("system_wq", 0x10), ("system_long_wq", 0x20)]);
+            assert_eq!(source.matched_by(), "kernel image");
+            let said = source.describe();
+            assert!(
+                said.starts_with("from the kernel image /boot/vmlinuz-6.1.0-57-arm64 (raw")
+                    && said.contains("12 more exported functions agree with kallsyms"),
+                "{said}"
+            );
+        }
+        let err = queues_to_match(&ks, Err(&btf), MatchMode::Name, || -> Result<FromImage> {
+            panic!("--match name reads no image")
+        })
+        .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.starts_with("matching system workqueues by name needs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kallsyms_data_symbols_come_first() {
+        let ks = Kallsyms::parse(
+            "ffffffff810b5e20 T __flush_workqueue\nffffffff82a5e2c0 D system_wq\n",
+            queues::is_queue_var,
+        )
+        .unwrap();
+        let btf = no_btf();
+        let (queues, source) = queues_to_match(&ks, Err(&btf), MatchMode::Auto, || {
+            panic!("the image is not read when kallsyms has the variables")
+        })
+        .unwrap();
+        assert_eq!((queues.len(), source), (1, QueueSource::Kallsyms));
+    }
+
+    #[test]
+    fn why_the_image_could_not_stand_in_is_said() {
+        let ks = functions_only();
+        let btf = no_btf();
+        let rejected = || Err(anyhow!("/boot/vmlinuz-x: it is not the running kernel"));
+        let err = queues_to_match(&ks, Err(&btf), MatchMode::Address, rejected).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("not the running kernel") && err.contains("use --match name"),
+            "{err}"
+        );
+        let err = queues_to_match(&ks, Err(&btf), MatchMode::Auto, rejected).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("not the running kernel") && err.contains("needs kernel BTF"),
+            "{err}"
+        );
+        let btf = Offsets {
+            wq_name_len: 32,
+            ..Offsets::default()
+        };
+        let (queues, source) = queues_to_match(&ks, Ok(&btf), MatchMode::Auto, rejected).unwrap();
+        assert!(queues.iter().all(|q| q.var.is_none()));
+        assert_eq!(source.matched_by(), "name");
+        assert!(
+            source.describe().ends_with("not the running kernel"),
+            "{source:?}"
+        );
+    }
 }
