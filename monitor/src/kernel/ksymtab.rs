@@ -597,7 +597,10 @@ pub fn image_paths(release: &str) -> Vec<PathBuf> {
         format!("/boot/vmlinuz-{release}"),
         format!("/boot/Image-{release}"),
         format!("/boot/vmlinux-{release}"),
+        // Where Debian's 7.x packages (linux-binary-*) install it; /lib is /usr/lib on a
+        // merged-/usr system, not on every one.
         format!("/lib/modules/{release}/vmlinuz"),
+        format!("/usr/lib/modules/{release}/vmlinuz"),
     ]
     .into_iter()
     .map(PathBuf::from)
