@@ -6,8 +6,8 @@
 //! CONFIG_HAVE_ARCH_PREL32_RELOCATIONS (arm64, x86_64) it is three 32-bit place-relative offsets
 //! `{ value_offset, name_offset, namespace_offset }`, so the table gives each exported symbol's
 //! distance from any other, and KASLR (which moves the image as a whole) keeps those distances.
-//! kallsyms lists the exported functions, so one of them anchors the image in memory, and a
-//! dozen more prove that the file on disk is the running kernel: a variable's run-time address
+//! kallsyms lists the exported functions, so one of them anchors the image in memory, and at
+//! least 8 more prove that the file on disk is the running kernel: a variable's run-time address
 //! is then kallsyms(anchor) + (its image address - the anchor's image address).
 //!
 //! A raw arm64 `Image` has no section headers, so the table is found by content: the wanted
