@@ -12,11 +12,24 @@ WQF_TRACING=/sys/kernel/tracing
 # oracle_start [BUFFER_KB]: starts recording every call of the flush function (per-CPU buffer
 # BUFFER_KB, default 8192; raise it for floods, overruns show up as lost events).
 oracle_start() {
-	_or_def="p:wqf/flush $(flush_fn) wq=%di"
-	for _or_sym in $(system_queues | awk '{ print $3 }'); do
+	# The flushed queue is the first argument: rdi on amd64, x0 on arm64 (ARCH, from /init).
+	if [ "${ARCH:-amd64}" = arm64 ]; then
+		_or_def="p:wqf/flush $(flush_fn) wq=%x0"
+	else
+		_or_def="p:wqf/flush $(flush_fn) wq=%di"
+	fi
+	# Each queue's value is read at the symbol, or where system_queues gives a location
+	# (`func+0x...`) at that location.
+	for _or_q in $(system_queues | awk '{ print $3 "=" ($1 ~ /\+|-/ ? $1 : $3) }'); do
+		_or_sym=${_or_q%%=*}
 		_or_arg=sys${_or_sym#system}
-		_or_def="$_or_def ${_or_arg%_wq}=@$_or_sym:x64"
+		_or_def="$_or_def ${_or_arg%_wq}=@${_or_q#*=}:x64"
 	done
+	# arm64: the stack unwound at the flush function's entry skips its caller, which only the
+	# link register holds; symbolized, last (the value may hold a space). oracle.rs puts it first.
+	if [ "${ARCH:-amd64}" = arm64 ]; then
+		_or_def="$_or_def caller=%x30:symbol"
+	fi
 	echo "${1:-8192}" > $WQF_TRACING/buffer_size_kb
 	if ! echo "$_or_def" >> $WQF_TRACING/kprobe_events; then
 		echo "oracle: kprobe_events rejected: $_or_def" >&2

@@ -13,7 +13,9 @@
  * stack that wqflush and the oracle symbolize. Add a trigger by writing such a function and
  * adding one line to triggers[].
  */
-#include <asm/asm.h>
+#ifdef CONFIG_X86
+#include <asm/asm.h>	/* ASM_CALL_CONSTRAINT, for the x86-only 'stale' trigger */
+#endif
 #include <linux/atomic.h>
 #include <linux/completion.h>
 #include <linux/delay.h>
@@ -128,6 +130,7 @@ static noinline void wqflush_test_flush_inline(void)
  * pushes its return address at S-8, the patched entry call the one into the flush function at
  * S-16, the trampoline rbp at S-24; the slot is S-32.
  */
+#ifdef CONFIG_X86
 #define WQFLUSH_TEST_STR(x) #x
 #define WQFLUSH_TEST_XSTR(x) WQFLUSH_TEST_STR(x)
 
@@ -147,6 +150,7 @@ static noinline void wqflush_test_flush_stale(void)
 		     : "rax", "rcx", "r8", "r9", "r10", "r11", "memory", "cc");
 	barrier();
 }
+#endif /* CONFIG_X86: other architectures have no 'stale' trigger (ENOENT) */
 
 /*
  * 'deprecated': flush_workqueue(system_wq) written out. Since 6.18 the macro's compile-time
@@ -600,7 +604,9 @@ static struct wqflush_test_trigger triggers[] = {
 	{ .name = "slow", .run = wqflush_test_run_slow, .listed_when_fired = true },
 	{ .name = "abba", .run = wqflush_test_run_abba, .listed_when_fired = true },
 	{ .name = "inline", .fire = wqflush_test_flush_inline, .listed_when_fired = true },
+#ifdef CONFIG_X86
 	{ .name = "stale", .fire = wqflush_test_flush_stale, .listed_when_fired = true },
+#endif
 	{ .name = "workitems", .run = wqflush_test_run_workitems, .listed_when_fired = true },
 };
 

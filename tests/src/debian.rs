@@ -5,6 +5,7 @@
 //! `/etc/apt/sources.list{,.d}`), through apt lists, caches and a sources list of the harness's
 //! own under the cache: the machine's apt configuration is never changed.
 
+use crate::arch::Arch;
 use crate::util::{lock, run, run_stdout};
 use anyhow::{Context, Result, bail};
 use std::fmt;
@@ -28,7 +29,7 @@ pub enum Series {
     V7,
 }
 
-/// How a series' ABI appears in its image package's name: `<image><head><numbers><tail>-amd64`.
+/// How a series' ABI appears in its image package's name: `<image><head><numbers><tail>-<arch>`.
 struct Naming {
     image: &'static str,
     head: &'static str,
@@ -67,9 +68,18 @@ impl Series {
     }
 
     /// Whether Debian builds this kernel with fprobe (CONFIG_FPROBE), so kprobe-multi links
-    /// (5.18+) work: not 5.10 (too old) and not 6.1 (not enabled).
+    /// (5.18+) work, for the architecture `WQFLUSH_ARCH` names: amd64 not 5.10 (too old) and
+    /// not 6.1 (not enabled); arm64 only 7.x (6.1 and 6.12 do not enable it).
     pub fn has_fprobe(self) -> bool {
-        matches!(self, Series::V6_12 | Series::V7)
+        self.has_fprobe_on(Arch::current().unwrap_or(Arch::Amd64))
+    }
+
+    /// [`Series::has_fprobe`] for `arch`.
+    pub fn has_fprobe_on(self, arch: Arch) -> bool {
+        match arch {
+            Arch::Amd64 => matches!(self, Series::V6_12 | Series::V7),
+            Arch::Arm64 => self == Series::V7,
+        }
     }
 
     /// Whether the kernel counts the runs a kprobe or kprobe-multi program was skipped for
@@ -88,10 +98,14 @@ impl Series {
         Naming { image, head, tail }
     }
 
-    /// The ABI in an image package name (`6.1.0-56`, `7.3.4+deb13`) and its sort key.
-    fn parse_image(self, pkg: &str) -> Option<(Vec<u64>, String)> {
+    /// The ABI in an image package name for `arch` (`6.1.0-56`, `7.3.4+deb13`) and its sort
+    /// key.
+    fn parse_image(self, arch: Arch, pkg: &str) -> Option<(Vec<u64>, String)> {
         let n = self.naming();
-        let abi = pkg.strip_prefix(n.image)?.strip_suffix("-amd64")?;
+        let abi = pkg
+            .strip_prefix(n.image)?
+            .strip_suffix(arch.debian())?
+            .strip_suffix('-')?;
         let numbers = abi.strip_prefix(n.head)?.strip_suffix(n.tail)?;
         // Rejects flavours like `-rt`/`-cloud`, `-dbg` and `-unsigned`, whose remainder is not
         // dotted numbers.
@@ -103,11 +117,11 @@ impl Series {
     }
 
     /// The packages to extract for `abi`, besides the headers' dependencies.
-    fn packages(self, abi: &str) -> Vec<String> {
-        let image = format!("{}{abi}-amd64", self.naming().image);
+    fn packages(self, arch: Arch, abi: &str) -> Vec<String> {
+        let image = format!("{}{abi}-{arch}", self.naming().image);
         match self {
             // 7.x moved the config (and the placeholder System.map) into linux-base-<abi>.
-            Series::V7 => vec![image, format!("linux-base-{abi}-amd64")],
+            Series::V7 => vec![image, format!("linux-base-{abi}-{arch}")],
             _ => vec![image],
         }
     }
@@ -149,11 +163,13 @@ impl fmt::Display for Series {
 #[derive(Debug, Clone)]
 pub struct Kernel {
     pub series: Series,
+    /// The guest architecture (`WQFLUSH_ARCH` when it was prepared).
+    pub arch: Arch,
     /// Package ABI, e.g. `6.1.0-56` or `7.3.4+deb13`.
     pub abi: String,
     /// `uname -r` in the guest, e.g. `6.1.0-56-amd64`.
     pub release: String,
-    /// The bzImage to pass to `-kernel`.
+    /// The image to pass to `-kernel`: a bzImage on amd64, an uncompressed `Image` on arm64.
     pub vmlinuz: PathBuf,
     /// The arch headers tree for `make -C <headers> M=... modules`.
     pub headers: PathBuf,
@@ -161,24 +177,96 @@ pub struct Kernel {
     pub config: PathBuf,
     /// Everything the packages contain, extracted as if `/`.
     pub root: PathBuf,
+    /// The static busybox of this architecture for the guest.
+    pub busybox: PathBuf,
 }
 
-/// Returns a ready kernel of `series`, downloading it into `cache/<abi>/` on first use.
+impl Kernel {
+    /// The value of `option` (`CONFIG_...`) in the kernel's config: `y`, `m`, a number or a
+    /// string without its quotes; `None` when it is not set.
+    pub fn config_option(&self, option: &str) -> Result<Option<String>> {
+        let text = fs::read_to_string(&self.config)
+            .with_context(|| format!("reading {}", self.config.display()))?;
+        Ok(config_value(&text, option))
+    }
+}
+
+/// `option`'s value in kernel config text.
+fn config_value(text: &str, option: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(option)?.strip_prefix('='))
+        .map(|v| v.trim_matches('"').to_string())
+}
+
+/// Returns a ready kernel of `series` for the architecture `WQFLUSH_ARCH` names, downloading it
+/// into `cache/<abi>/` (amd64) or `cache/<abi>-arm64/` on first use.
 pub fn prepare_kernel(series: Series, cache: &Path) -> Result<Kernel> {
-    let apt = Apt::open(cache)?;
+    let arch = Arch::current()?;
+    if arch == Arch::Arm64 && series == Series::V5_10 {
+        bail!("no arm64 run for 5.10: the harness tests arm64 on 6.1, 6.12 and 7.x only");
+    }
+    let apt = Apt::open(cache, arch)?;
     let abi = newest_abi(&apt, series)?;
-    let dir = cache.join(&abi);
-    let _guard = lock(&cache.join(format!("{abi}.lock")))?;
+    let name = kernel_dir_name(arch, &abi);
+    let dir = cache.join(&name);
+    let busybox = guest_busybox(&apt, cache)?;
+    let _guard = lock(&cache.join(format!("{name}.lock")))?;
     if !dir.join(".complete").exists() {
         populate(&apt, series, &abi, &dir)
             .with_context(|| format!("preparing kernel {abi} in {}", dir.display()))?;
     }
-    locate(series, &abi, &dir.join("root"))
+    locate(series, arch, &abi, &dir.join("root"), busybox)
 }
 
-/// apt with a state of its own under the cache.
+/// The cache folder of a kernel: the ABI for amd64 (as before there were two architectures),
+/// the ABI with the architecture for the others.
+fn kernel_dir_name(arch: Arch, abi: &str) -> String {
+    match arch {
+        Arch::Amd64 => abi.to_string(),
+        _ => format!("{abi}-{arch}"),
+    }
+}
+
+/// The guest's busybox: this machine's busybox-static on amd64, Debian's `busybox-static`
+/// of the guest architecture otherwise, extracted once into `cache/busybox-<arch>/`.
+fn guest_busybox(apt: &Apt, cache: &Path) -> Result<PathBuf> {
+    if apt.arch == Arch::Amd64 {
+        return Ok(PathBuf::from("/bin/busybox"));
+    }
+    let dir = cache.join(format!("busybox-{}", apt.arch));
+    // bookworm's package has /bin/busybox, trixie's (apt's candidate) /usr/bin/busybox.
+    let find = || {
+        ["root/bin/busybox", "root/usr/bin/busybox"]
+            .map(|p| dir.join(p))
+            .into_iter()
+            .find(|p| p.exists())
+    };
+    let _guard = lock(&cache.join(format!("busybox-{}.lock", apt.arch)))?;
+    if dir.join(".complete").exists()
+        && let Some(busybox) = find()
+    {
+        return Ok(busybox);
+    }
+    let _ = fs::remove_dir_all(&dir);
+    let debs_dir = dir.join("debs.tmp");
+    fs::create_dir_all(&debs_dir).with_context(|| format!("creating {}", debs_dir.display()))?;
+    for deb in download(apt, &["busybox-static".to_string()], &debs_dir)? {
+        run(Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(deb)
+            .arg(dir.join("root")))?;
+    }
+    fs::remove_dir_all(&debs_dir).with_context(|| format!("removing {}", debs_dir.display()))?;
+    let busybox =
+        find().with_context(|| format!("busybox-static:{} has no /bin/busybox", apt.arch))?;
+    fs::write(dir.join(".complete"), "busybox-static\n").context("writing .complete marker")?;
+    Ok(busybox)
+}
+
+/// apt with a state of its own under the cache, for one architecture.
 struct Apt {
     dir: PathBuf,
+    arch: Arch,
 }
 
 /// Suites on the main mirror and on the security mirror that the series come from.
@@ -205,11 +293,18 @@ pub fn lists_stale(dir: &Path) -> bool {
 impl Apt {
     /// Writes the sources list and refreshes the lists when they are missing, stale or were
     /// made for other sources.
-    fn open(cache: &Path) -> Result<Apt> {
-        let apt = Apt {
-            dir: cache.join("apt"),
+    /// amd64's state is `cache/apt`; another architecture's is `cache/apt-<arch>`, with amd64
+    /// as a foreign architecture (linux-kbuild's tools run on this machine).
+    fn open(cache: &Path, arch: Arch) -> Result<Apt> {
+        let name = match arch {
+            Arch::Amd64 => "apt".to_string(),
+            _ => format!("apt-{arch}"),
         };
-        let _guard = lock(&cache.join("apt.lock"))?;
+        let apt = Apt {
+            dir: cache.join(&name),
+            arch,
+        };
+        let _guard = lock(&cache.join(format!("{name}.lock")))?;
         for sub in [
             "lists/partial",
             "archives/partial",
@@ -254,9 +349,15 @@ impl Apt {
         ] {
             cmd.arg("-o").arg(format!("{key}={}", value.display()));
         }
+        let arch = self.arch.debian();
+        let architectures = match self.arch {
+            Arch::Amd64 => "amd64".to_string(),
+            _ => format!("{arch},amd64"),
+        };
+        cmd.arg("-o").arg(format!("APT::Architecture={arch}"));
+        cmd.arg("-o")
+            .arg(format!("APT::Architectures={architectures}"));
         for option in [
-            "APT::Architecture=amd64",
-            "APT::Architectures=amd64",
             "Acquire::Languages=none",
             // The cache is the harness's own, under the workspace; apt's _apt user may not
             // be able to write there.
@@ -354,19 +455,21 @@ fn populate(apt: &Apt, series: Series, abi: &str, dir: &Path) -> Result<()> {
     for deb in &debs {
         run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root))?;
     }
-    patch_headers_makefile(&root, abi)?;
+    patch_headers_makefile(&root, &format!("{abi}-{}", apt.arch))?;
     // The .debs are ~200 MB and everything needed is extracted.
     fs::remove_dir_all(&debs_dir).with_context(|| format!("removing {}", debs_dir.display()))?;
     fs::write(dir.join(".complete"), format!("{abi}\n")).context("writing .complete marker")
 }
 
-/// The newest ABI of `series` that has both an image and an amd64 headers package.
+/// The newest ABI of `series` that has both an image and a headers package of the apt state's
+/// architecture.
 fn newest_abi(apt: &Apt, series: Series) -> Result<String> {
     let n = series.naming();
+    let arch = apt.arch;
     let mut images: Vec<(Vec<u64>, String)> = apt
         .pkgnames(&format!("{}{}", n.image, n.head))?
         .iter()
-        .filter_map(|p| series.parse_image(p))
+        .filter_map(|p| series.parse_image(arch, p))
         .collect();
     images.sort();
     let headers = apt.pkgnames("linux-headers-")?;
@@ -377,22 +480,23 @@ fn newest_abi(apt: &Apt, series: Series) -> Result<String> {
         .find(|abi| {
             headers
                 .iter()
-                .any(|h| *h == format!("linux-headers-{abi}-amd64"))
+                .any(|h| *h == format!("linux-headers-{abi}-{arch}"))
         })
         .with_context(|| {
             format!(
-                "the Debian archive offers no {series} kernel ({}{}...-amd64) with matching \
+                "the Debian archive offers no {series} kernel ({}{}...-{arch}) with matching \
                  headers",
                 n.image, n.head
             )
         })
 }
 
-/// The image packages, amd64 headers, and the headers' `-common` and `linux-kbuild-*`
-/// dependencies.
+/// The image packages, the arch headers, and the headers' `-common` and `linux-kbuild-*`
+/// dependencies; linux-kbuild always amd64's (`Multi-Arch: foreign`: its tools run on this
+/// machine, and it has the modpost of every target).
 fn packages_for(apt: &Apt, series: Series, abi: &str) -> Result<Vec<String>> {
-    let headers = format!("linux-headers-{abi}-amd64");
-    let mut pkgs = series.packages(abi);
+    let headers = format!("linux-headers-{abi}-{}", apt.arch);
+    let mut pkgs = series.packages(apt.arch, abi);
     pkgs.push(headers.clone());
     let extra: Vec<String> = depends(apt, &headers)?
         .into_iter()
@@ -404,8 +508,17 @@ fn packages_for(apt: &Apt, series: Series, abi: &str) -> Result<Vec<String>> {
     if extra.len() != 2 {
         bail!("expected -common and linux-kbuild-* among the Depends of {headers}, got {extra:?}");
     }
-    pkgs.extend(extra);
+    pkgs.extend(extra.into_iter().map(|p| host_package(apt.arch, p)));
     Ok(pkgs)
+}
+
+/// `linux-kbuild-V` as apt must name it to fetch amd64's from a state of another architecture.
+fn host_package(arch: Arch, pkg: String) -> String {
+    if arch != Arch::Amd64 && pkg.starts_with("linux-kbuild-") {
+        format!("{pkg}:amd64")
+    } else {
+        pkg
+    }
 }
 
 /// Package names in the candidate's `Depends:` (first alternative, versions dropped).
@@ -456,8 +569,8 @@ fn download(apt: &Apt, pkgs: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
 /// The arch headers' Makefile includes the common tree (and, from 7.x, sets `KBUILD_OUTPUT`)
 /// by absolute `/usr/src/...` path; point it into the extracted root so the tree works
 /// wherever the cache lives.
-fn patch_headers_makefile(root: &Path, abi: &str) -> Result<()> {
-    let makefile = root.join(format!("usr/src/linux-headers-{abi}-amd64/Makefile"));
+fn patch_headers_makefile(root: &Path, release: &str) -> Result<()> {
+    let makefile = root.join(format!("usr/src/linux-headers-{release}/Makefile"));
     let text =
         fs::read_to_string(&makefile).with_context(|| format!("reading {}", makefile.display()))?;
     let src = root.join("usr/src");
@@ -467,8 +580,8 @@ fn patch_headers_makefile(root: &Path, abi: &str) -> Result<()> {
 
 /// Finds the files of an extracted kernel: under `boot/` up to 6.x, under
 /// `usr/lib/modules/<release>/` from 7.x.
-fn locate(series: Series, abi: &str, root: &Path) -> Result<Kernel> {
-    let release = format!("{abi}-amd64");
+fn locate(series: Series, arch: Arch, abi: &str, root: &Path, busybox: PathBuf) -> Result<Kernel> {
+    let release = format!("{abi}-{arch}");
     let first = |candidates: [PathBuf; 2]| {
         let [a, b] = candidates;
         if a.exists() { a } else { b }
@@ -476,6 +589,7 @@ fn locate(series: Series, abi: &str, root: &Path) -> Result<Kernel> {
     let modules = root.join("usr/lib/modules").join(&release);
     let kernel = Kernel {
         series,
+        arch,
         abi: abi.to_string(),
         vmlinuz: first([
             root.join(format!("boot/vmlinuz-{release}")),
@@ -488,6 +602,7 @@ fn locate(series: Series, abi: &str, root: &Path) -> Result<Kernel> {
         ]),
         root: root.to_path_buf(),
         release,
+        busybox,
     };
     for p in [&kernel.vmlinuz, &kernel.headers, &kernel.config] {
         if !p.exists() {
@@ -513,40 +628,143 @@ mod tests {
     fn image_names() {
         let v = Series::V5_10;
         assert_eq!(
-            v.parse_image("linux-image-5.10.0-46-amd64"),
+            v.parse_image(Arch::Amd64, "linux-image-5.10.0-46-amd64"),
             key(&[46], "5.10.0-46")
         );
-        assert_eq!(v.parse_image("linux-image-5.10.0-46-amd64-unsigned"), None);
-        assert_eq!(v.parse_image("linux-image-5.10.0-46-rt-amd64"), None);
+        assert_eq!(
+            v.parse_image(Arch::Amd64, "linux-image-5.10.0-46-amd64-unsigned"),
+            None
+        );
+        assert_eq!(
+            v.parse_image(Arch::Amd64, "linux-image-5.10.0-46-rt-amd64"),
+            None
+        );
         let v = Series::V6_1;
         assert_eq!(
-            v.parse_image("linux-image-6.1.0-56-amd64"),
+            v.parse_image(Arch::Amd64, "linux-image-6.1.0-56-amd64"),
             key(&[56], "6.1.0-56")
         );
-        assert_eq!(v.parse_image("linux-image-6.1.0-56-rt-amd64"), None);
-        assert_eq!(v.parse_image("linux-image-6.1.0-56-amd64-dbg"), None);
+        assert_eq!(
+            v.parse_image(Arch::Amd64, "linux-image-6.1.0-56-rt-amd64"),
+            None
+        );
+        assert_eq!(
+            v.parse_image(Arch::Amd64, "linux-image-6.1.0-56-amd64-dbg"),
+            None
+        );
         let v = Series::V6_12;
         let abi = key(&[117], "6.12.117+deb12");
-        assert_eq!(v.parse_image("linux-image-6.12.117+deb12-amd64"), abi);
         assert_eq!(
-            v.parse_image("linux-image-6.12.117+deb12-cloud-amd64"),
+            v.parse_image(Arch::Amd64, "linux-image-6.12.117+deb12-amd64"),
+            abi
+        );
+        assert_eq!(
+            v.parse_image(Arch::Amd64, "linux-image-6.12.117+deb12-cloud-amd64"),
             None
         );
         let v = Series::V7;
         assert_eq!(
-            v.parse_image("linux-binary-7.3.4+deb13-amd64"),
+            v.parse_image(Arch::Amd64, "linux-binary-7.3.4+deb13-amd64"),
             key(&[3, 4], "7.3.4+deb13")
         );
         assert_eq!(
-            v.parse_image("linux-binary-unsigned-7.3.4+deb13-amd64"),
+            v.parse_image(Arch::Amd64, "linux-binary-unsigned-7.3.4+deb13-amd64"),
             None
         );
-        assert_eq!(v.parse_image("linux-binary-7.3.4+deb13-rt-amd64"), None);
-        assert_eq!(v.parse_image("linux-image-7.3.4+deb13-amd64"), None);
+        assert_eq!(
+            v.parse_image(Arch::Amd64, "linux-binary-7.3.4+deb13-rt-amd64"),
+            None
+        );
+        assert_eq!(
+            v.parse_image(Arch::Amd64, "linux-image-7.3.4+deb13-amd64"),
+            None
+        );
         // 7.10 sorts after 7.9.
         assert!(
-            v.parse_image("linux-binary-7.10.1+deb13-amd64")
-                > v.parse_image("linux-binary-7.9.12+deb13-amd64")
+            v.parse_image(Arch::Amd64, "linux-binary-7.10.1+deb13-amd64")
+                > v.parse_image(Arch::Amd64, "linux-binary-7.9.12+deb13-amd64")
+        );
+    }
+
+    #[test]
+    fn fprobe_per_arch() {
+        let on = |arch| {
+            Series::ALL
+                .into_iter()
+                .filter(|s| s.has_fprobe_on(arch))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(on(Arch::Amd64), [Series::V6_12, Series::V7]);
+        assert_eq!(on(Arch::Arm64), [Series::V7]);
+    }
+
+    #[test]
+    fn config_values() {
+        let text = "# CONFIG_KALLSYMS_ALL is not set\nCONFIG_VIRTIO=y\nCONFIG_VIRTIO_MMIO=m\n\
+                    CONFIG_LOCALVERSION=\"\"\nCONFIG_ARM64_VA_BITS=48\n";
+        assert_eq!(config_value(text, "CONFIG_KALLSYMS_ALL"), None);
+        assert_eq!(config_value(text, "CONFIG_VIRTIO").as_deref(), Some("y"));
+        assert_eq!(
+            config_value(text, "CONFIG_VIRTIO_MMIO").as_deref(),
+            Some("m")
+        );
+        assert_eq!(
+            config_value(text, "CONFIG_ARM64_VA_BITS").as_deref(),
+            Some("48")
+        );
+        assert_eq!(
+            config_value(text, "CONFIG_LOCALVERSION").as_deref(),
+            Some("")
+        );
+    }
+
+    #[test]
+    fn arm64_image_names() {
+        let arm = Arch::Arm64;
+        assert_eq!(
+            Series::V6_1.parse_image(arm, "linux-image-6.1.0-57-arm64"),
+            key(&[57], "6.1.0-57")
+        );
+        assert_eq!(
+            Series::V6_1.parse_image(Arch::Amd64, "linux-image-6.1.0-57-arm64"),
+            None
+        );
+        assert_eq!(
+            Series::V6_1.parse_image(arm, "linux-image-6.1.0-57-amd64"),
+            None
+        );
+        assert_eq!(
+            Series::V6_1.parse_image(arm, "linux-image-6.1.0-57-rt-arm64"),
+            None
+        );
+        assert_eq!(
+            Series::V6_12.parse_image(arm, "linux-image-6.12.118+deb12-arm64-16k"),
+            None
+        );
+        assert_eq!(
+            Series::V7.parse_image(arm, "linux-binary-7.3.4+deb13-arm64"),
+            key(&[3, 4], "7.3.4+deb13")
+        );
+        assert_eq!(
+            Series::V7.packages(arm, "7.3.4+deb13"),
+            [
+                "linux-binary-7.3.4+deb13-arm64",
+                "linux-base-7.3.4+deb13-arm64"
+            ]
+        );
+        assert_eq!(kernel_dir_name(arm, "6.1.0-57"), "6.1.0-57-arm64");
+        assert_eq!(kernel_dir_name(Arch::Amd64, "6.1.0-57"), "6.1.0-57");
+        assert_eq!(
+            host_package(arm, "linux-kbuild-6.1".into()),
+            "linux-kbuild-6.1:amd64"
+        );
+        assert_eq!(
+            host_package(arm, "linux-headers-6.1.0-57-common".into()),
+            "linux-headers-6.1.0-57-common"
+        );
+        assert_eq!(
+            host_package(Arch::Amd64, "linux-kbuild-6.1".into()),
+            "linux-kbuild-6.1"
         );
     }
 

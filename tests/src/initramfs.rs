@@ -6,6 +6,9 @@
 
 use crate::debian::Kernel;
 use crate::guest;
+use crate::guest_modules::data_channel_modules;
+use crate::ksymtab;
+use crate::oracle;
 use crate::util::{run, unique_path};
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
@@ -15,12 +18,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Debian's busybox-static; a dynamic busybox would need its libraries in the image.
-const BUSYBOX: &str = "/bin/busybox";
-
 /// Writes `<out>/<unique>.cpio.gz` holding busybox, the `/init` from [`guest::INIT`] with the
-/// [`guest::RUN`] it sources, the helpers, `init_script` as `/scenario.sh` and `files` (host
-/// path, absolute guest path).
+/// [`guest::RUN`] it sources, the helpers, the architecture's facts ([`guest::arch_vars`]) and
+/// modules, `init_script` as `/scenario.sh` and `files` (host path, absolute guest path).
 pub fn build_initramfs(
     kernel: &Kernel,
     files: &[(PathBuf, String)],
@@ -38,8 +38,10 @@ pub fn build_initramfs(
         format!("{}\n", kernel.release).as_bytes(),
         0o644,
     );
-    cpio.host_file(Path::new(BUSYBOX), "bin/busybox")
+    // Debian's busybox-static; a dynamic busybox would need its libraries in the image.
+    cpio.host_file(&kernel.busybox, "bin/busybox")
         .context("busybox-static must be installed (apt-get install busybox-static)")?;
+    add_arch_files(&mut cpio, kernel)?;
     for (host, guest_path) in files {
         cpio.host_file(host, guest_path)?;
     }
@@ -51,6 +53,31 @@ pub fn build_initramfs(
     let mut gz = image.into_os_string();
     gz.push(".gz");
     Ok(PathBuf::from(gz))
+}
+
+/// [`guest::ARCH_PATH`], the modules `/init` loads first, and where kallsyms lacks data symbols
+/// the oracle's system queues from the image's export table ([`oracle::queue_locations`]).
+fn add_arch_files(cpio: &mut Cpio, kernel: &Kernel) -> Result<()> {
+    let mut preload = Vec::new();
+    for (i, (name, bytes)) in data_channel_modules(kernel)?.iter().enumerate() {
+        let path = format!("{}/{i:02}-{name}.ko", guest::MODULES_DIR);
+        cpio.file(&path, bytes, 0o644);
+        preload.push(path);
+    }
+    let vars = guest::arch_vars(kernel.arch, &preload);
+    cpio.file(guest::ARCH_PATH, vars.as_bytes(), 0o644);
+    if kernel.config_option("CONFIG_KALLSYMS_ALL")?.as_deref() != Some("y") {
+        // The package's System.map is a placeholder ("The real System.map is in the
+        // linux-image-<version>-dbg package").
+        let image = &kernel.vmlinuz;
+        let anchor = kernel.series.flush_function();
+        let bytes = fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+        let exports = ksymtab::exported(&bytes, |n| n == anchor || oracle::is_system_queue(n))
+            .and_then(|exports| oracle::queue_locations(&exports, anchor))
+            .with_context(|| format!("the system queues exported by {}", image.display()))?;
+        cpio.file(oracle::SYSTEM_QUEUES_PATH, exports.as_bytes(), 0o644);
+    }
+    Ok(())
 }
 
 /// A minimal writer for the `newc` cpio format the kernel unpacks.

@@ -6,10 +6,13 @@
 //! guest that runs a shell scenario, [`qemu::boot`] runs it under TCG and returns what the guest
 //! wrote, and [`oracle`] parses an independent tracefs kprobe record of every workqueue flush.
 
+pub mod arch;
 pub mod debian;
 pub mod guest;
+mod guest_modules;
 pub mod host_program;
 pub mod initramfs;
+pub mod ksymtab;
 pub mod module;
 pub mod oracle;
 pub mod qemu;
@@ -20,6 +23,7 @@ pub mod util;
 
 use std::path::PathBuf;
 
+pub use arch::Arch;
 pub use debian::{Kernel, Series, prepare_kernel};
 pub use initramfs::build_initramfs;
 pub use module::{MODULE_GUEST_PATH, build_module, build_module_variant};

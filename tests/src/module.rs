@@ -1,5 +1,6 @@
 //! Builds the `wqflush_test` kernel module (tests/module/) against a prepared kernel.
 
+use crate::arch::Arch;
 use crate::debian::{Kernel, Toolchain};
 use crate::util::{lock, run, write_if_changed};
 use anyhow::{Context, Result, bail};
@@ -68,6 +69,9 @@ fn build_in(
         }
         Toolchain::TrixieChroot => {
             let chroot = trixie_chroot(out)?;
+            if kernel.arch != Arch::Amd64 {
+                add_cross_compiler(&chroot, &out.join("chroot-trixie.lock"))?;
+            }
             in_chroot(&chroot, &[&kernel.root, &dir], &make)
         }
     };
@@ -80,7 +84,8 @@ fn build_in(
 }
 
 /// `make -C <headers> M=<dir> modules`'s arguments, without BTF when the host has no pahole
-/// (6.12 needs it; the chroot has its own).
+/// (6.12 needs it; the chroot has its own), cross-compiling for a guest of another
+/// architecture (`ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu-`).
 fn make_args(kernel: &Kernel, dir: &Path) -> Vec<String> {
     let mut args = vec![
         "-C".to_owned(),
@@ -88,6 +93,10 @@ fn make_args(kernel: &Kernel, dir: &Path) -> Vec<String> {
         format!("M={}", dir.display()),
         format!("-j{}", jobs()),
     ];
+    if let Some((arch, prefix)) = kernel.arch.cross() {
+        args.push(format!("ARCH={arch}"));
+        args.push(format!("CROSS_COMPILE={prefix}"));
+    }
     if let Toolchain::Host { cc } = kernel.series.toolchain() {
         args.extend(cc.map(|cc| format!("CC={cc}")));
         if !have_pahole() {
@@ -133,6 +142,40 @@ fn trixie_chroot(out: &Path) -> Result<PathBuf> {
     forget_mirror(&root)?;
     fs::write(dir.join(".complete"), "trixie\n").context("writing .complete marker")?;
     Ok(root)
+}
+
+/// What the trixie chroot needs besides [`CHROOT_PACKAGES`] to build arm64 modules: gcc-14's
+/// cross compiler and binutils (7.x's flags need gcc-14, kbuild's tools trixie's glibc).
+const CHROOT_CROSS_PACKAGES: &[&str] = &["gcc-14-aarch64-linux-gnu", "binutils-aarch64-linux-gnu"];
+
+/// Installs [`CHROOT_CROSS_PACKAGES`] into the chroot once (a chroot debootstrapped for amd64
+/// alone lacks them). apt in the chroot reads a sources list given on its command line and kept
+/// in a private tmpfs that vanishes with the mount namespace, and its lists are removed after,
+/// so no file left behind names the mirror.
+fn add_cross_compiler(root: &Path, lock_path: &Path) -> Result<()> {
+    let _guard = lock(lock_path)?;
+    if root.join("usr/bin/aarch64-linux-gnu-gcc-14").exists() {
+        return Ok(());
+    }
+    eprintln!("vmtest: installing the arm64 cross compiler into the trixie chroot (once)");
+    let mirror = crate::debian::main_mirror()?;
+    let script = include_str!("../guest/chroot-apt.sh");
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ])
+    .args(CHROOT_CROSS_PACKAGES)
+    .env("R", root)
+    .env("MIRROR", mirror);
+    run(&mut cmd).context("installing gcc-14-aarch64-linux-gnu into the trixie chroot")?;
+    Ok(())
 }
 
 /// debootstrap leaves the mirror it used in the chroot's sources.list; no file the harness keeps

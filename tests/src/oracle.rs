@@ -5,10 +5,51 @@
 //! In the guest: `oracle_start` before the workload, `oracle_stop` after it, `oracle_dump` to
 //! write sections `oracle-symbols` and `oracle-trace` to the data port. On the host:
 //! [`Oracle::from_run`] and the queries on it.
+//!
+//! arm64: the stack unwound at the flush function's first instruction skips its direct caller
+//! (the callee has not saved the link register yet, so the frame chain goes from the flush
+//! function to the caller's caller); the probe records the link register (`caller=%x30:symbol`)
+//! and the parser puts that frame first, so the frames read as amd64's.
 
 use crate::qemu::VmRun;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
+
+/// Where kallsyms has no data symbols (Debian's arm64 6.1: no CONFIG_KALLSYMS_ALL), the guest's
+/// list of system queues from System.map ([`queue_locations`]), read by `system_queues`.
+pub const SYSTEM_QUEUES_PATH: &str = "/lib/vmtest/system-queues";
+
+/// The `system_*wq` variables among `exports` (name -> image offset, [`crate::ksymtab`]) as
+/// `system_queues` prints kallsyms' (`<location> <type> <name>`, sorted by name; type `D`, as
+/// kallsyms shows them), the location being a kprobe fetch address relative to `anchor`
+/// (`__flush_workqueue+0x1c04d48`), a function kallsyms always has: KASLR moves the whole image
+/// by one offset, so the distance holds at run time.
+pub fn queue_locations(exports: &BTreeMap<String, u64>, anchor: &str) -> Result<String> {
+    let base = *exports
+        .get(anchor)
+        .with_context(|| format!("no exported {anchor}"))?;
+    let mut out = String::new();
+    for (name, &addr) in exports.iter().filter(|(n, _)| is_system_queue(n)) {
+        let (sign, distance) = if addr >= base {
+            ('+', addr - base)
+        } else {
+            ('-', base - addr)
+        };
+        out.push_str(&format!("{anchor}{sign}{distance:#x} D {name}\n"));
+    }
+    anyhow::ensure!(!out.is_empty(), "no exported system_*wq symbols");
+    Ok(out)
+}
+
+/// `system_[a-z0-9_]*wq`, as the guest's `system_queues` matches kallsyms names.
+pub fn is_system_queue(name: &str) -> bool {
+    name.strip_prefix("system_")
+        .and_then(|rest| rest.strip_suffix("wq"))
+        .is_some_and(|mid| {
+            mid.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
 
 /// Shell functions added to the guest helpers (`tests/guest/oracle.sh`): `oracle_start`,
 /// `oracle_mark`, `oracle_part`, `oracle_stop`, `oracle_dump`.
@@ -32,6 +73,9 @@ pub struct FlushEvent {
     pub frames: Vec<String>,
     /// The last `oracle_mark` before this event ("" before the first).
     pub mark: String,
+    /// arm64: the caller from the link register at the probe, as tracefs symbolized it; already
+    /// `frames[0]`.
+    pub entry_caller: Option<String>,
 }
 
 impl FlushEvent {
@@ -201,7 +245,38 @@ pub fn parse_trace(text: &str) -> Result<Vec<FlushEvent>> {
             stack_of = last_on_cpu.get(cpu(line)).copied();
         }
     }
+    for event in &mut events {
+        put_entry_caller_first(event);
+    }
     Ok(events)
+}
+
+/// Makes the link register's caller (arm64) the first frame, unless the unwound stack already
+/// starts with it.
+fn put_entry_caller_first(event: &mut FlushEvent) {
+    let Some(caller) = &event.entry_caller else {
+        return;
+    };
+    if event.frames.first() != Some(caller) {
+        event.stack.insert(0, frame_function(caller));
+        event.frames.insert(0, caller.clone());
+    }
+}
+
+/// What the probe's `caller=` argument printed, as a frame. tracefs symbolizes it
+/// (`func+0x1c/0x30 [module]`); a bare address is one it could not name: if its top bits are
+/// not all ones it carries a pointer authentication code, stripped the way the kernel does for
+/// kernel addresses (bits 63..VA_BITS set; 48 covers Debian's 48- and 52-bit layouts, whose
+/// kernel image and modules lie in the top 2^47 bytes).
+fn entry_caller_frame(printed: &str) -> String {
+    let printed = printed.trim();
+    match printed
+        .strip_prefix("0x")
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+    {
+        Some(addr) => format!("{:#x}", addr | !((1u64 << 48) - 1)),
+        None => printed.to_string(),
+    }
 }
 
 /// The `[001]` of a trace line.
@@ -225,6 +300,11 @@ fn parse_event(line: &str) -> Result<FlushEvent> {
     let (_, args) = line
         .split_once(") ")
         .context("no ') ' after the probe location")?;
+    // arm64's `caller=` comes last: its symbolized value may hold a space (`f+0x1c/0x30 [mod]`).
+    let (args, entry_caller) = match args.split_once("caller=") {
+        Some((args, caller)) => (args, Some(entry_caller_frame(caller))),
+        None => (args, None),
+    };
     let mut wq = None;
     let mut values = Vec::new();
     for kv in args.split_whitespace() {
@@ -248,6 +328,7 @@ fn parse_event(line: &str) -> Result<FlushEvent> {
         stack: Vec::new(),
         frames: Vec::new(),
         mark: String::new(),
+        entry_caller,
     })
 }
 
@@ -330,6 +411,62 @@ mod tests {
             (ev[1].task.as_str(), ev[1].stack.as_slice()),
             ("sh-2", &["b".to_owned()][..])
         );
+    }
+
+    /// arm64: the unwound stack goes from the flush function to the caller's caller; the
+    /// caller comes from `caller=` (x30).
+    const ARM64_SAMPLE: &str = "\
+        \x20 sh-90 [000] ..... 9.1: flush: (__flush_workqueue+0x0/0x4c0) wq=0xffff2 sys=0xffff1 sys_long=0xffff2 caller=wqflush_test_flush_long+0x1c/0x38 [wqflush_test]\n\
+        \x20 sh-90 [000] ..... 9.2: <stack trace>\n\
+        \x20=> kprobe_dispatcher+0x40/0x70\n\
+        \x20=> __flush_workqueue+0x0/0x4c0\n\
+        \x20=> run_trigger+0x5c/0xb0 [wqflush_test]\n\
+        \x20=> wqflush_test_write+0xd0/0x180 [wqflush_test]\n\
+        \x20 sh-90 [000] ..... 9.3: flush: (__flush_workqueue+0x0/0x4c0) wq=0xffff2 caller=0x7a11ffc0081234c8\n";
+
+    #[test]
+    fn arm64_caller_from_the_link_register_comes_first() {
+        let ev = parse_trace(ARM64_SAMPLE).expect("parses");
+        assert_eq!(ev[0].system, ["system_long_wq"]);
+        assert_eq!(
+            ev[0].stack,
+            [
+                "wqflush_test_flush_long",
+                "run_trigger",
+                "wqflush_test_write"
+            ]
+        );
+        assert_eq!(
+            ev[0].frames[0],
+            "wqflush_test_flush_long+0x1c/0x38 [wqflush_test]"
+        );
+        assert_eq!(ev[0].offset_in("wqflush_test_flush_long"), Some(0x1c));
+        // A signed return address is stripped to a kernel address.
+        assert_eq!(ev[1].frames, ["0xffffffc0081234c8"]);
+        // A stack that already starts with the caller keeps it once.
+        let mut twice = ev[0].clone();
+        put_entry_caller_first(&mut twice);
+        assert_eq!(twice.frames.len(), 3);
+    }
+
+    #[test]
+    fn system_queues_relative_to_the_flush_function() {
+        let exports: BTreeMap<String, u64> = [
+            ("__flush_workqueue", 0xb9c00),
+            ("system_wq", 0x1cbe938),
+            ("system_long_wq", 0x1cbe948),
+            ("system_early", 0xb0000),
+        ]
+        .map(|(n, a)| (n.to_string(), a))
+        .into();
+        assert_eq!(
+            queue_locations(&exports, "__flush_workqueue").expect("finds them"),
+            "__flush_workqueue+0x1c04d48 D system_long_wq\n\
+             __flush_workqueue+0x1c04d38 D system_wq\n"
+        );
+        assert!(queue_locations(&exports, "flush_workqueue").is_err());
+        assert!(is_system_queue("system_freezable_power_efficient_wq"));
+        assert!(!is_system_queue("system_wq_attrs"));
     }
 
     #[test]

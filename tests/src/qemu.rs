@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Kernel command line; `panic=-1` plus `-no-reboot` turns a guest panic into a QEMU exit.
-const APPEND: &str = "console=ttyS0 panic=-1 oops=panic loglevel=6";
+/// Kernel command line after `console=<the arch's console>`; `panic=-1` plus `-no-reboot` turns
+/// a guest panic into a QEMU exit.
+const APPEND: &str = "panic=-1 oops=panic loglevel=6";
 /// What the guest scripts print once the kernel has booted and the scenario starts.
 const SCENARIO_MARKER: &str = "vmtest: running scenario";
 
@@ -209,9 +210,10 @@ fn boot_once(
     // Each boot gets its own directory so tests can boot in parallel.
     let dir = unique_dir(&std::env::temp_dir(), "wqflush-vm")?;
     let (console, data) = (dir.join("console.log"), dir.join("data.log"));
+    let (qemu, package) = kernel.arch.qemu_binary();
     let mut child = qemu_command(kernel, initramfs, &console, &data, append, memory_mb, &dir)?
         .spawn()
-        .context("cannot start qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+        .with_context(|| format!("cannot start {qemu} (apt-get install {package})"))?;
     let outcome = wait(&mut child, timeout);
     let run = VmRun {
         console: read_lossy(&console),
@@ -336,22 +338,22 @@ fn qemu_command(
     dir: &Path,
 ) -> Result<Command> {
     let log = File::create(dir.join("qemu.log")).context("creating qemu.log")?;
-    let mut cmd = Command::new("qemu-system-x86_64");
-    // /dev/kvm exists on the CI machines but hangs guests, so always emulate.
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
+    let arch = kernel.arch;
+    let mut cmd = Command::new(arch.qemu_binary().0);
+    cmd.args(arch.qemu_machine_args())
+        .args(["-smp", "2"])
         .arg("-m")
         .arg(memory_mb.to_string())
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", data.display()))
+        .args(arch.data_channel_args(data))
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
         .arg("-append")
-        .arg(format!("{APPEND} {append}"))
+        .arg(format!("console={} {APPEND} {append}", arch.console()))
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("duplicating qemu.log handle")?)
         .stderr(log);

@@ -26,6 +26,12 @@ const APT_PACKAGES: &[&str] = &[
     "man-db",
     // `cargo xtask test` checks the guest's shell (tests/guest/*.sh, the bench's scenario.sh).
     "shellcheck",
+    // arm64 guests (WQFLUSH_ARCH=arm64): QEMU, bookworm's cross compiler for the 6.1 and 6.12
+    // test modules, and binutils that read aarch64 modules (7.x's gcc-14 cross compiler goes
+    // into the trixie build chroot, tests/src/module.rs).
+    "qemu-system-arm",
+    "gcc-12-aarch64-linux-gnu",
+    "binutils-aarch64-linux-gnu",
 ];
 
 /// The bpf-linker release known to build here with `--features llvm-22`.
