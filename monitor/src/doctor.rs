@@ -201,9 +201,9 @@ fn print_kallsyms(out: &mut impl Write, ks: &Kallsyms) -> io::Result<()> {
     let mode = if ks.addresses_hidden() {
         "addresses hidden (kernel.kptr_restrict): wqflush cannot work".to_owned()
     } else if queues::by_address(ks, None).is_ok_and(|q| q.is_empty()) {
-        "no system_*wq variables (CONFIG_KALLSYMS_ALL off): queues matched by name".to_owned()
+        "no system_*wq variables (CONFIG_KALLSYMS_ALL off)".to_owned()
     } else {
-        "system_*wq variables listed: queues matched by address".to_owned()
+        "system_*wq variables listed".to_owned()
     };
     writeln!(
         out,
@@ -214,16 +214,18 @@ fn print_kallsyms(out: &mut impl Write, ks: &Kallsyms) -> io::Result<()> {
     Ok(())
 }
 
+/// How system queues are recognized and where their addresses come from, then the queues.
 fn print_queues(out: &mut impl Write, target: &Target) -> io::Result<()> {
+    let n = target.queues.len();
     let how = if target.by_name {
-        "by name"
+        format!("{n} system queue names, by name")
     } else {
-        "by address"
+        format!("{n} system queues by address")
     };
     writeln!(
         out,
-        "system workqueues ({}, matched {how}):",
-        target.queues.len()
+        "queues:           {how}, {}",
+        target.queue_source.describe()
     )?;
     for q in &target.queues {
         let var = q.var.as_deref().unwrap_or("-");

@@ -20,9 +20,12 @@ mount -t bpf bpf /sys/fs/bpf
 for _m in $PRELOAD; do
 	insmod "$_m" || echo "vmtest: insmod $_m failed" >&2
 done
-# A virtio console (arm64's data channel) shows up once its driver has probed the device.
+# A virtio console (arm64's data channel) can be opened once its driver has set the port up,
+# which may be after its device node appeared (6.1: "No such device"). A failed `exec 3>` would
+# end this shell, so try the open in a subshell first, and only on the device node: `>` on a
+# missing one would create a plain file.
 _left=100
-while [ ! -e "$DATA_TTY" ] && [ "$_left" -gt 0 ]; do
+until [ -c "$DATA_TTY" ] && (exec 3>"$DATA_TTY") 2>/dev/null || [ "$_left" -le 0 ]; do
 	_left=$((_left - 1))
 	sleep 0.1
 done

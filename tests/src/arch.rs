@@ -18,6 +18,26 @@ pub enum Arch {
 pub const ARCH_VAR: &str = "WQFLUSH_ARCH";
 
 impl Arch {
+    /// Every architecture wqflush is built, packaged and tested for.
+    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+
+    /// Rust's target for the wqflush binary; the eBPF object follows it (aya-build sets
+    /// `bpf_target_arch` from it).
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-unknown-linux-gnu",
+            Arch::Arm64 => "aarch64-unknown-linux-gnu",
+        }
+    }
+
+    /// The machine name (`uname -m`), as in the tarball's name.
+    pub fn machine(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64",
+            Arch::Arm64 => "aarch64",
+        }
+    }
+
     /// The architecture `WQFLUSH_ARCH` names; `amd64` when it is unset or empty.
     pub fn current() -> Result<Arch> {
         match std::env::var(ARCH_VAR) {

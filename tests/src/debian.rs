@@ -68,9 +68,18 @@ impl Series {
     }
 
     /// Whether Debian builds this kernel with fprobe (CONFIG_FPROBE), so kprobe-multi links
-    /// (5.18+) work: not 5.10 (too old) and not 6.1 (not enabled).
+    /// (5.18+) work, for the architecture `WQFLUSH_ARCH` names: amd64 not 5.10 (too old) and
+    /// not 6.1 (not enabled); arm64 only 7.x (6.1 and 6.12 do not enable it).
     pub fn has_fprobe(self) -> bool {
-        matches!(self, Series::V6_12 | Series::V7)
+        self.has_fprobe_on(Arch::current().unwrap_or(Arch::Amd64))
+    }
+
+    /// [`Series::has_fprobe`] for `arch`.
+    pub fn has_fprobe_on(self, arch: Arch) -> bool {
+        match arch {
+            Arch::Amd64 => matches!(self, Series::V6_12 | Series::V7),
+            Arch::Arm64 => self == Series::V7,
+        }
     }
 
     /// Whether the kernel counts the runs a kprobe or kprobe-multi program was skipped for
@@ -675,6 +684,18 @@ mod tests {
             v.parse_image(Arch::Amd64, "linux-binary-7.10.1+deb13-amd64")
                 > v.parse_image(Arch::Amd64, "linux-binary-7.9.12+deb13-amd64")
         );
+    }
+
+    #[test]
+    fn fprobe_per_arch() {
+        let on = |arch| {
+            Series::ALL
+                .into_iter()
+                .filter(|s| s.has_fprobe_on(arch))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(on(Arch::Amd64), [Series::V6_12, Series::V7]);
+        assert_eq!(on(Arch::Arm64), [Series::V7]);
     }
 
     #[test]

@@ -11,13 +11,14 @@
 //! helpers are sourced, `/etc/kernel-release` holds `uname -r`; the shell is bash, the tools are
 //! Debian's (coreutils, util-linux, kmod, procps, curl) instead of busybox.
 
+use crate::arch::Arch;
 use crate::cache_dir;
 use crate::debian::{Kernel, Series, main_mirror, prepare_kernel};
 use crate::guest::{self, HELPERS_PATH, RUN_PATH, SCENARIO_PATH};
 use crate::module::{MODULE_GUEST_PATH, build_module};
 use crate::qemu::{VmRun, boot_retrying};
 use crate::util::{lock, run, unique_dir};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -346,6 +347,7 @@ pub fn run_systemd_scenario(
     script: &str,
     timeout: Duration,
 ) -> Result<VmRun> {
+    amd64_only(kernel.arch)?;
     let scratch = unique_dir(&std::env::temp_dir(), "wqflush-systemd")?;
     let result = boot_image(kernel, rootfs, files, script, &scratch).and_then(|image| {
         boot_retrying(kernel, &image, timeout, SYSTEMD_MEMORY_MB, SYSTEMD_APPEND)
@@ -362,6 +364,7 @@ pub fn boot_systemd_scenario(
     files: &[(PathBuf, String)],
     timeout: Duration,
 ) -> Result<VmRun> {
+    amd64_only(Arch::current()?)?;
     let cache = cache_dir();
     let t = Instant::now();
     let kernel = prepare_kernel(series, &cache)?;
@@ -388,6 +391,15 @@ pub fn boot_systemd_scenario(
     Ok(run)
 }
 
+/// The root is amd64's (debootstrapped on this machine) and its service's console and data
+/// port are amd64's serial ports: no arm64 systemd guest yet.
+fn amd64_only(arch: Arch) -> Result<()> {
+    if arch != Arch::Amd64 {
+        bail!("the systemd guest is amd64-only (WQFLUSH_ARCH={arch}): no {arch} root yet");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,7 +424,7 @@ mod tests {
     #[test]
     fn the_service_program_runs_the_shared_part() {
         assert!(RUN_SCENARIO.contains(&format!(". {RUN_PATH}\n")));
-        let data = crate::arch::Arch::Amd64.data_tty();
+        let data = Arch::Amd64.data_tty();
         assert!(RUN_SCENARIO.contains(&format!("3>{data}\n")));
     }
 }

@@ -40,12 +40,19 @@ fn check(series: Series) -> Result<()> {
     let oracle = Oracle::from_run(&run)?;
     eprintln!("{series}: oracle {}", oracle.summary_json());
     for e in &oracle.events {
-        // The trigger function itself must be the caller: proves no tail call hid its frame.
+        // The trigger function itself must be the caller: proves no tail call hid its frame
+        // (and on arm64 that the link register's frame was put first), with the return
+        // address inside it.
         if e.stack.iter().any(|f| f.starts_with("wqflush_test_flush_")) {
             ensure!(
                 e.stack[0].starts_with("wqflush_test_flush_"),
                 "stack {:?}",
                 e.stack
+            );
+            ensure!(
+                e.offset_in(&e.stack[0]).is_some_and(|o| o > 0),
+                "no return address offset in {:?}",
+                e.frames
             );
         }
     }

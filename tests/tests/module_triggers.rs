@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use wqflush_vmtest::{FlushEvent, Guest, Oracle, Series, VmRun, boot_scenario, records};
+use wqflush_vmtest::{Arch, FlushEvent, Guest, Oracle, Series, VmRun, boot_scenario, records};
 
 /// Call sites of the flush in `wqflush_test_flush_sites` (WQFLUSH_TEST_SITES in the module).
 const SITES: usize = 10000;
@@ -29,13 +29,15 @@ fn boot(series: Series) -> Result<(VmRun, std::path::PathBuf)> {
 }
 
 /// Return address offsets of the `__flush_workqueue` calls in `function`, from objdump's
-/// relocations: proves gcc kept one call instruction per site.
+/// relocations: proves gcc kept one call instruction per site. The guest architecture's objdump
+/// (`aarch64-linux-gnu-objdump` for arm64: the host's cannot read its modules).
 fn call_sites(ko: &Path, function: &str, flush_fn: &str) -> Result<BTreeSet<u64>> {
-    let out = Command::new("objdump")
+    let objdump = Arch::current()?.binutil("objdump");
+    let out = Command::new(&objdump)
         .arg("-dr")
         .arg(ko)
         .output()
-        .context("running objdump (binutils)")?;
+        .with_context(|| format!("running {objdump} (binutils)"))?;
     ensure!(out.status.success(), "objdump failed on {}", ko.display());
     let text = String::from_utf8_lossy(&out.stdout);
     let header = format!("<{function}>:");
@@ -52,9 +54,12 @@ fn call_sites(ko: &Path, function: &str, flush_fn: &str) -> Result<BTreeSet<u64>
             break;
         }
         // `   d6: R_X86_64_PLT32	__flush_workqueue-0x4`: the 4-byte operand at d6, so the
-        // call returns to d6 + 4.
+        // call returns to d6 + 4. arm64: `   d4: R_AARCH64_CALL26	__flush_workqueue` on the
+        // 4-byte `bl` at d4, which returns to d4 + 4 as well.
         let target = line.split_whitespace().last().unwrap_or_default();
-        if line.contains("R_X86_64_PLT32") && target == format!("{flush_fn}-0x4") {
+        let x86 = line.contains("R_X86_64_PLT32") && target == format!("{flush_fn}-0x4");
+        let arm64 = line.contains("R_AARCH64_CALL26") && target == flush_fn;
+        if x86 || arm64 {
             let at = line.trim_start().split(':').next().context("reloc line")?;
             sites.insert(u64::from_str_radix(at, 16)? + 4 - base);
         }

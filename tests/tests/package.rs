@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, ensure};
-use wqflush_vmtest::workspace_root;
+use wqflush_vmtest::{Arch, workspace_root};
 
 /// What a fleet gets, whatever else the package may add.
 const FILES: &[&str] = &[
@@ -74,7 +74,8 @@ fn control_fields_name_the_version_and_no_dependencies() -> Result<()> {
     let field = |f: &str| output(Command::new("dpkg-deb").arg("-f").arg(&deb).arg(f));
     ensure!(field("Package")?.trim() == "wqflush");
     ensure!(field("Version")?.trim() == workspace_version()?);
-    ensure!(field("Architecture")?.trim() == "amd64");
+    let arch = Arch::current()?;
+    ensure!(field("Architecture")?.trim() == arch.debian());
     for dep in ["Depends", "Pre-Depends", "Recommends"] {
         ensure!(
             field(dep)?.trim().is_empty(),
@@ -83,7 +84,7 @@ fn control_fields_name_the_version_and_no_dependencies() -> Result<()> {
     }
     let name = deb.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     ensure!(
-        name == format!("wqflush_{}_amd64.deb", workspace_version()?),
+        name == format!("wqflush_{}_{arch}.deb", workspace_version()?),
         "{name}"
     );
     Ok(())
@@ -136,6 +137,17 @@ fn the_binary_is_static_the_ignore_list_a_conffile_and_the_man_page_renders() ->
                 .arg(dir.join("usr/bin/wqflush")),
         )?;
         ensure!(!headers.contains("INTERP"), "a dynamic binary: {headers}");
+        // The package's architecture is the binary's (arm64's is cross-built).
+        let elf = output(
+            Command::new("readelf")
+                .arg("-h")
+                .arg(dir.join("usr/bin/wqflush")),
+        )?;
+        let machine = match Arch::current()? {
+            Arch::Amd64 => "X86-64",
+            Arch::Arm64 => "AArch64",
+        };
+        ensure!(elf.contains(machine), "not a {machine} binary: {elf}");
         let conffiles = std::fs::read_to_string(dir.join("DEBIAN/conffiles"))?;
         ensure!(conffiles.trim() == "/etc/wqflush/ignore", "{conffiles}");
         let ignore = std::fs::read_to_string(dir.join("etc/wqflush/ignore"))?;

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use wqflush_vmtest::workspace_root;
 
-use crate::build::Arch;
+use wqflush_vmtest::Arch;
 
 /// What `cargo xtask dist` made.
 pub struct Dist {
@@ -75,7 +75,7 @@ fn stage(root: &Path, bins: &Binaries, version: &str) -> Result<()> {
     let doc = "usr/share/doc/wqflush";
     copy(bins.bin, &root.join("usr/bin/wqflush"), 0o755)?;
     exec(
-        Command::new(bins.arch.strip())
+        Command::new(bins.arch.binutil("strip"))
             .args(["--strip-unneeded", "--remove-section=.comment"])
             .arg(root.join("usr/bin/wqflush")),
     )?;

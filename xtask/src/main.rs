@@ -16,9 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
-use wqflush_vmtest::Series;
-
-use crate::build::Arch;
+use wqflush_vmtest::{Arch, Series};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -34,12 +32,12 @@ enum Cmd {
     Setup,
     /// Build the wqflush binary (static, so it also runs in the test VMs)
     Build {
-        #[arg(long, value_enum, default_value = "amd64")]
+        #[arg(long, value_parser = parse_arch, default_value = "amd64")]
         arch: Arch,
     },
     /// Build the Debian package and a tarball of the same files into target/dist/
     Dist {
-        #[arg(long, value_enum, default_value = "amd64")]
+        #[arg(long, value_parser = parse_arch, default_value = "amd64")]
         arch: Arch,
     },
     /// Boot a Debian kernel under QEMU and show wqflush catching the test module's flushes
@@ -47,7 +45,7 @@ enum Cmd {
         /// Which Debian kernel series to boot
         #[arg(long, value_parser = parse_series, default_value = "6.1")]
         kernel: Series,
-        #[arg(long, value_enum, default_value = "amd64")]
+        #[arg(long, value_parser = parse_arch, default_value = "amd64")]
         arch: Arch,
     },
     /// Unit tests, the host's clear-error path, and the QEMU tests on Debian's amd64 kernels
@@ -57,7 +55,7 @@ enum Cmd {
         #[arg(long, value_parser = parse_series)]
         kernel: Option<Series>,
         /// Run the QEMU tests on this architecture only (default: both)
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = parse_arch)]
         arch: Option<Arch>,
     },
     /// Benchmark in QEMU: wqflush (fentry, kprobe) against no probe and bpftrace; one table
@@ -86,7 +84,7 @@ enum Cmd {
         #[arg(long)]
         waits_only: bool,
         /// The guest's architecture: arm64 boots Debian's arm64 kernel with its arm64 bpftrace
-        #[arg(long, value_enum, default_value = "amd64")]
+        #[arg(long, value_parser = parse_arch, default_value = "amd64")]
         arch: Arch,
     },
 }
@@ -97,6 +95,11 @@ fn parse_series(name: &str) -> Result<Series, String> {
         let names: Vec<String> = Series::ALL.iter().map(ToString::to_string).collect();
         format!("no such kernel series; use one of {}", names.join(", "))
     })
+}
+
+/// `amd64` or `arm64`.
+fn parse_arch(name: &str) -> Result<Arch, String> {
+    Arch::from_name(name).ok_or_else(|| "no such architecture; use amd64 or arm64".to_owned())
 }
 
 fn main() -> ExitCode {
@@ -168,7 +171,7 @@ fn package(arch: Arch) -> Result<(PathBuf, dist::Dist)> {
 /// The VM harness boots kernels of the architecture `WQFLUSH_ARCH` names.
 fn set_vm_arch(arch: Arch) {
     // SAFETY: xtask is single-threaded here; no thread reads the environment concurrently.
-    unsafe { std::env::set_var("WQFLUSH_ARCH", arch.debian()) };
+    unsafe { std::env::set_var(wqflush_vmtest::arch::ARCH_VAR, arch.debian()) };
 }
 
 fn test(kernel: Option<Series>, arch: Option<Arch>) -> Result<()> {
@@ -204,7 +207,7 @@ impl Artifacts {
 
     fn env(&self) -> [(&str, &str); 4] {
         [
-            ("WQFLUSH_ARCH", self.arch.debian()),
+            (wqflush_vmtest::arch::ARCH_VAR, self.arch.debian()),
             ("WQFLUSH_BIN", &self.bin),
             ("WQFLUSH_DEB", &self.deb),
             ("WQFLUSH_TARBALL", &self.tarball),

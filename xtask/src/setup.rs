@@ -26,6 +26,16 @@ const APT_PACKAGES: &[&str] = &[
     "man-db",
     // `cargo xtask test` checks the guest's shell (tests/guest/*.sh, the bench's scenario.sh).
     "shellcheck",
+    // arm64 guests (WQFLUSH_ARCH=arm64): QEMU, bookworm's cross compiler for the 6.1 and 6.12
+    // test modules, and binutils that read aarch64 modules (7.x's gcc-14 cross compiler goes
+    // into the trixie build chroot, tests/src/module.rs).
+    "qemu-system-arm",
+    "gcc-12-aarch64-linux-gnu",
+    "binutils-aarch64-linux-gnu",
+    // `cargo xtask build --arch arm64`: the cross linker and the arm64 glibc the static
+    // binary links (.cargo/config.toml names the linker).
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
 ];
 
 /// The bpf-linker release known to build here with `--features llvm-22`.
@@ -35,6 +45,7 @@ pub fn all() -> Result<()> {
     apt_lists()?;
     apt_packages()?;
     lint_tools()?;
+    rust_arm64_target()?;
     nightly_rust_src()?;
     bpf_linker()?;
     cargo_fuzz()
@@ -119,6 +130,26 @@ fn lint_tools() -> Result<()> {
     }
     eprintln!("xtask: installing clippy and rustfmt");
     run(Command::new("rustup").args(["component", "add", "clippy", "rustfmt"]))
+}
+
+/// The standard library for `--arch arm64` builds, for the toolchain cargo uses here.
+fn rust_arm64_target() -> Result<()> {
+    const TARGET: &str = "aarch64-unknown-linux-gnu";
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l == TARGET)
+        });
+    if installed {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing Rust's {TARGET} standard library (cargo xtask build --arch arm64)"
+    );
+    run(Command::new("rustup").args(["target", "add", TARGET]))
 }
 
 fn nightly_rust_src() -> Result<()> {

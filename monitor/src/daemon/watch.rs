@@ -19,7 +19,7 @@ use super::state::{State, finish, open_sinks};
 use crate::{
     kernel::{
         kallsyms::Kallsyms,
-        target::{self, Target},
+        target::{self, QueueSource, Target},
     },
     output::{http, metrics},
     probe::{self, Method, Probe},
@@ -160,6 +160,7 @@ fn metrics_info(target: &Target, method: Method) -> metrics::Info {
     metrics::Info {
         attach: method.to_string(),
         kernel: target.release.clone(),
+        matched_by: target.queue_source.matched_by().to_owned(),
         kallsyms_mode: if target.by_name { "name" } else { "address" }.to_owned(),
     }
 }
@@ -170,16 +171,23 @@ fn announce(target: &Target, method: Method, ready_file: Option<&PathBuf>) -> Re
     } else {
         "by address"
     };
+    // From kallsyms is the usual case and goes unsaid; the kernel image is named.
+    let from = match &target.queue_source {
+        QueueSource::KernelImage { path, .. } => {
+            format!(", from the kernel image {}", path.display())
+        }
+        _ => String::new(),
+    };
     eprintln!(
-        "wqflush: attached ({method} on {}; {} system workqueues matched {how})",
+        "wqflush: attached ({method} on {}; {} system workqueues matched {how}{from})",
         target.function,
         target.queues.len()
     );
     if target.by_name {
         eprintln!(
-            "wqflush: note: system queues are recognized by name (no system_*wq variables in \
-             kallsyms, or --match name); a module's own queue named like a system queue would be \
-             reported too"
+            "wqflush: note: system queues are recognized by name ({}); a module's own queue \
+             named like a system queue would be reported too",
+            target.queue_source.describe()
         );
     }
     if let Some(path) = ready_file {

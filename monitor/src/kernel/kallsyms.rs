@@ -39,6 +39,14 @@ fn is_padding(name: &str) -> bool {
     name.starts_with("__pfx_") || name.starts_with("__cfi_")
 }
 
+/// An ELF mapping symbol (`$x` code, `$d` data; `$x.12` in merged sections): arm64 modules'
+/// symbol tables have them, and a module's kallsyms lists them before 6.4 and for its init and
+/// exit sections. They name no function: one at the same address as a function, or between
+/// it and a return address, would name the frame `$x+0x2c` instead of `wqflush_test_exit+0x2c`.
+fn is_mapping_symbol(name: &str) -> bool {
+    name.starts_with('$')
+}
+
 /// The symbols as they are read (file order, one arena for the names), before [`Builder::finish`]
 /// sorts and packs them.
 #[derive(Default)]
@@ -67,7 +75,7 @@ impl Builder {
         let kind = kind.chars().next().unwrap_or('?');
         self.nonzero_addrs |= addr != 0;
         match kind.to_ascii_lowercase() {
-            't' | 'w' if is_padding(name) => {}
+            't' | 'w' if is_padding(name) || is_mapping_symbol(name) => {}
             't' | 'w' => self.add_text(addr, name, module),
             'd' | 'b' | 'r' | 'v' if keep_data(name) => {
                 let module = module.map(str::to_owned);
@@ -403,6 +411,20 @@ ffffffffc0b00000 T e1000_probe\t[e1000]
             ks.kernel_function("__flush_workqueue"),
             Some((0xffffffff810b5e20, 0xffffffff810b6300))
         );
+    }
+
+    #[test]
+    fn mapping_symbols_are_not_functions() {
+        let ks = Kallsyms::parse(
+            "ffff800079a30000 t $x\t[wqflush_test]\n\
+             ffff800079a30000 t wqflush_test_exit\t[wqflush_test]\n\
+             ffff800079a30040 t $x.3\t[wqflush_test]\n",
+            |_| false,
+        )
+        .unwrap();
+        assert_eq!(ks.text_symbol_count(), 1);
+        let loc = ks.locate(0xffff800079a3002c).unwrap();
+        assert_eq!((loc.func.as_str(), loc.offset), ("wqflush_test_exit", 0x2c));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! a `struct workqueue_struct *` variable, so queues added by later kernels (6.9's BH queues,
 //! 6.17's `system_percpu_wq`/`system_dfl_wq`) need no code change. Names are not unique
 //! (`system_percpu_wq` and `system_wq` are both "events" since 6.17; Debian's 6.12 has that too),
-//! so matching is by pointer whenever kallsyms lists data symbols.
+//! so matching is by pointer whenever kallsyms lists data symbols, or else the kernel image's
+//! exported-symbol table gives the variables' addresses (`ksymtab.rs`).
 //! Which queue came in which kernel, and Debian's backports: docs/kernels.md.
 
 use anyhow::{Result, bail};
@@ -72,9 +73,13 @@ impl SystemQueue {
     }
 }
 
-/// Whether a kallsyms data symbol is a system workqueue pointer variable.
+/// How a system workqueue pointer variable's name starts and ends (`system_*wq`).
+pub const QUEUE_VAR_PREFIX: &str = "system_";
+pub const QUEUE_VAR_SUFFIX: &str = "wq";
+
+/// Whether a kallsyms data symbol (or an exported symbol) is a system workqueue pointer variable.
 pub fn is_queue_var(name: &str) -> bool {
-    name.starts_with("system_") && name.ends_with("wq")
+    name.starts_with(QUEUE_VAR_PREFIX) && name.ends_with(QUEUE_VAR_SUFFIX)
 }
 
 /// The name a queue variable's workqueue has on a kernel whose WQ_NAME_LEN is `name_len` (from
@@ -98,14 +103,28 @@ fn known_name(var: &str, name_len: Option<usize>) -> Option<String> {
 
 /// Address mode: one entry per built-in `system_*wq` data symbol, in address order.
 pub fn by_address(ks: &Kallsyms, name_len: Option<usize>) -> Result<Vec<SystemQueue>> {
-    let mut queues: Vec<SystemQueue> = ks
+    let vars = ks
         .data()
         .iter()
         .filter(|d| d.module.is_none() && is_queue_var(&d.name))
-        .map(|d| SystemQueue {
-            var: Some(d.name.clone()),
-            name: known_name(&d.name, name_len),
-            addr: d.addr,
+        .map(|d| (d.name.as_str(), d.addr));
+    from_vars(vars, name_len)
+}
+
+/// Address mode from (variable, run-time address) pairs found elsewhere than in kallsyms (the
+/// kernel image's exported-symbol table, `ksymtab.rs`): those matching the pattern, in address
+/// order.
+pub fn from_vars<'a>(
+    vars: impl IntoIterator<Item = (&'a str, u64)>,
+    name_len: Option<usize>,
+) -> Result<Vec<SystemQueue>> {
+    let mut queues: Vec<SystemQueue> = vars
+        .into_iter()
+        .filter(|(var, _)| is_queue_var(var))
+        .map(|(var, addr)| SystemQueue {
+            var: Some(var.to_owned()),
+            name: known_name(var, name_len),
+            addr,
         })
         .collect();
     queues.sort_by_key(|q| q.addr);

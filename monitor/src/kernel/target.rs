@@ -3,7 +3,10 @@
 //! they are, or why they cannot be. `watch` attaches from a [`Target`] and `doctor` reports on
 //! the same [`Kernel`]: each fact is read once.
 
-use std::cell::{Cell, OnceCell};
+use std::{
+    cell::{Cell, OnceCell},
+    path::PathBuf,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{Btf, EbpfLoader};
@@ -11,14 +14,16 @@ use aya::{Btf, EbpfLoader};
 use crate::kernel::{
     btf::{self, Offsets},
     kallsyms::Kallsyms,
+    ksymtab,
     queues::{self, SystemQueue},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum MatchMode {
-    /// by pointer when kallsyms lists data symbols, else by name
+    /// by pointer when kallsyms or the kernel image gives the system_*wq variables, else by name
     Auto,
-    /// compare the flushed pointer with each system_*wq variable (needs CONFIG_KALLSYMS_ALL)
+    /// compare the flushed pointer with each system_*wq variable (from kallsyms with
+    /// CONFIG_KALLSYMS_ALL, else from the kernel image's exported-symbol table)
     Address,
     /// compare workqueue_struct.name with the system queue names (needs kernel BTF)
     Name,
@@ -36,7 +41,8 @@ impl Kernel {
             loader,
         } = self;
         let ks = kallsyms?;
-        let (queues, by_name) = queues_to_match(&ks, offsets.as_ref(), mode)?;
+        let image = || ksymtab::from_running_kernel(&release, &ks);
+        let (queues, queue_source) = queues_to_match(&ks, offsets.as_ref(), mode, image)?;
         let function = flush_function(&ks)?;
         let target = Target {
             release,
@@ -46,7 +52,8 @@ impl Kernel {
                 .map(|(start, _)| ENTRY_CALL_ENDS.map(|end| start + end))
                 .unwrap_or_default(),
             queues,
-            by_name,
+            by_name: matches!(queue_source, QueueSource::Name { .. }),
+            queue_source,
             offsets: offsets.ok(),
             flush_ranges: FLUSH_FUNCTIONS
                 .iter()
@@ -59,12 +66,68 @@ impl Kernel {
     }
 }
 
-/// The system queues and whether they are matched by name, or why they cannot be matched.
+/// Where the system queues' identities come from: `doctor` prints it, the Prometheus info
+/// metric and the start-up line carry it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueSource {
+    /// kallsyms lists the `system_*wq` variables (CONFIG_KALLSYMS_ALL).
+    Kallsyms,
+    /// The kernel image's exported-symbol table, placed and checked by kallsyms' functions.
+    KernelImage {
+        path: PathBuf,
+        /// What the file was ("raw arm64 Image").
+        format: String,
+        anchor: &'static str,
+        /// Exported functions besides the anchor that agree with kallsyms.
+        agreeing: usize,
+    },
+    /// By name; `why` not by address, unless `--match name` asked for it.
+    Name { why: Option<String> },
+}
+
+impl QueueSource {
+    /// The value of `matched_by` in the Prometheus info metric: "kallsyms", "kernel image" or
+    /// "name".
+    pub fn matched_by(&self) -> &'static str {
+        match self {
+            QueueSource::Kallsyms => "kallsyms",
+            QueueSource::KernelImage { .. } => "kernel image",
+            QueueSource::Name { .. } => "name",
+        }
+    }
+
+    /// Where the queues come from, as doctor and the start-up line say it.
+    pub fn describe(&self) -> String {
+        match self {
+            QueueSource::Kallsyms => "from kallsyms".to_owned(),
+            QueueSource::KernelImage {
+                path,
+                format,
+                anchor,
+                agreeing,
+            } => format!(
+                "from the kernel image {} ({format}; placed by {anchor}, {agreeing} more \
+                 exported functions agree with kallsyms)",
+                path.display()
+            ),
+            QueueSource::Name { why: None } => "as --match name asks".to_owned(),
+            QueueSource::Name { why: Some(why) } => format!(
+                "because kallsyms lists no system_*wq variables (CONFIG_KALLSYMS_ALL is off) and \
+                 the kernel image cannot stand in: {why}"
+            ),
+        }
+    }
+}
+
+/// The system queues and where they come from, or why they cannot be matched: kallsyms' data
+/// symbols, else the kernel image's exported-symbol table (`image` reads it), else names
+/// (`--match` can insist on addresses or on names).
 fn queues_to_match(
     ks: &Kallsyms,
     offsets: std::result::Result<&Offsets, &anyhow::Error>,
     mode: MatchMode,
-) -> Result<(Vec<SystemQueue>, bool)> {
+    image: impl FnOnce() -> Result<ksymtab::FromImage>,
+) -> Result<(Vec<SystemQueue>, QueueSource)> {
     if ks.addresses_hidden() {
         bail!(
             "every address in {} is 0: {}",
@@ -73,28 +136,60 @@ fn queues_to_match(
         );
     }
     let name_len = offsets.ok().map(|o| o.wq_name_len as usize);
+    if mode == MatchMode::Name {
+        return by_name(offsets, QueueSource::Name { why: None });
+    }
     let found = queues::by_address(ks, name_len)?;
-    let by_name = match mode {
-        MatchMode::Auto => found.is_empty(),
-        MatchMode::Address => false,
-        MatchMode::Name => true,
+    if !found.is_empty() {
+        return Ok((found, QueueSource::Kallsyms));
+    }
+    let image = image();
+    crate::timing::mark("kernel image searched for system_*wq variables");
+    let image = image.and_then(|f| {
+        let vars = f.located.vars.iter().map(|(v, a)| (v.as_str(), *a));
+        Ok((queues::from_vars(vars, name_len)?, f))
+    });
+    match image {
+        Ok((queues, f)) => Ok((
+            queues,
+            QueueSource::KernelImage {
+                path: f.path,
+                format: f.format,
+                anchor: f.located.anchor,
+                agreeing: f.located.agreeing,
+            },
+        )),
+        Err(e) if mode == MatchMode::Address => bail!(
+            "kallsyms lists no system_*wq variables (CONFIG_KALLSYMS_ALL is off) and the kernel \
+             image cannot stand in ({e:#}), so they cannot be matched by address; use --match \
+             name (or auto)"
+        ),
+        Err(e) => by_name(
+            offsets,
+            QueueSource::Name {
+                why: Some(format!("{e:#}")),
+            },
+        ),
+    }
+}
+
+/// Name mode, which needs the name's length from BTF.
+fn by_name(
+    offsets: std::result::Result<&Offsets, &anyhow::Error>,
+    source: QueueSource,
+) -> Result<(Vec<SystemQueue>, QueueSource)> {
+    let context = match &source {
+        QueueSource::Name { why: Some(why) } => format!(
+            "kallsyms lists no system_*wq variables (CONFIG_KALLSYMS_ALL is off) and the kernel \
+             image cannot stand in ({why}), so system workqueues can only be matched by name, \
+             and that needs kernel BTF (CONFIG_DEBUG_INFO_BTF)"
+        ),
+        _ => {
+            "matching system workqueues by name needs kernel BTF (CONFIG_DEBUG_INFO_BTF)".to_owned()
+        }
     };
-    let queues = if by_name {
-        let o = offsets.map_err(|e| anyhow!("{e:#}")).context(
-            "kallsyms lists no system_*wq variables (CONFIG_KALLSYMS_ALL is off), so system \
-             workqueues can only be matched by name, and that needs kernel BTF \
-             (CONFIG_DEBUG_INFO_BTF)",
-        )?;
-        queues::by_name(o.wq_name_len as usize)
-    } else if found.is_empty() {
-        bail!(
-            "kallsyms lists no system_*wq variables (CONFIG_KALLSYMS_ALL is off), so they cannot \
-             be matched by address; use --match name (or auto)"
-        );
-    } else {
-        found
-    };
-    Ok((queues, by_name))
+    let o = offsets.map_err(|e| anyhow!("{e:#}")).context(context)?;
+    Ok((queues::by_name(o.wq_name_len as usize), source))
 }
 
 /// What start-up reads from the kernel before it can load the probe, each fact once.
@@ -164,7 +259,10 @@ pub struct Target {
     /// `__flush_workqueue` (5.19+) or `flush_workqueue` (older).
     pub function: &'static str,
     pub queues: Vec<SystemQueue>,
+    /// Whether the probe compares names (else pointers); `queue_source` says why.
     pub by_name: bool,
+    /// Where the queues' addresses (or names) come from.
+    pub queue_source: QueueSource,
     pub offsets: Option<Offsets>,
     /// [start, end) of the flush function and its wrappers, from kallsyms.
     pub flush_ranges: Vec<(u64, u64)>,
@@ -235,4 +333,109 @@ pub fn flush_function(ks: &Kallsyms) -> Result<&'static str> {
         .into_iter()
         .find(|f| ks.has_kernel_function(f))
         .ok_or_else(|| anyhow!("neither __flush_workqueue nor flush_workqueue is in kallsyms"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::ksymtab::{FromImage, Located};
+
+    /// kallsyms of a kernel without CONFIG_KALLSYMS_ALL: functions only.
+    fn functions_only() -> Kallsyms {
+        Kallsyms::parse(
+            "ffff800008000000 T _text\nffff8000080b9c00 T __flush_workqueue\n",
+            queues::is_queue_var,
+        )
+        .unwrap()
+    }
+
+    fn image_with(vars: &[(&str, u64)]) -> Result<FromImage> {
+        Ok(FromImage {
+            path: "/boot/vmlinuz-6.1.0-57-arm64".into(),
+            format: "raw arm64 Image".into(),
+            located: Located {
+                vars: vars.iter().map(|(v, a)| (v.to_string(), *a)).collect(),
+                anchor: "__flush_workqueue",
+                agreeing: 12,
+            },
+        })
+    }
+
+    fn no_btf() -> anyhow::Error {
+        anyhow!("no BTF")
+    }
+
+    #[test]
+    fn without_data_symbols_the_image_gives_the_addresses() {
+        let ks = functions_only();
+        let vars = [("system_long_wq", 0x20), ("system_wq", 0x10)];
+        let btf = no_btf();
+        for mode in [MatchMode::Auto, MatchMode::Address] {
+            let (queues, source) =
+                queues_to_match(&ks, Err(&btf), mode, || image_with(&vars)).unwrap();
+            let got: Vec<_> = queues.iter().map(|q| (q.label(), q.addr)).collect();
+            assert_eq!(got, [("system_wq", 0x10), ("system_long_wq", 0x20)]);
+            assert_eq!(source.matched_by(), "kernel image");
+            let said = source.describe();
+            assert!(
+                said.starts_with("from the kernel image /boot/vmlinuz-6.1.0-57-arm64 (raw")
+                    && said.contains("12 more exported functions agree with kallsyms"),
+                "{said}"
+            );
+        }
+        let err = queues_to_match(&ks, Err(&btf), MatchMode::Name, || -> Result<FromImage> {
+            panic!("--match name reads no image")
+        })
+        .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.starts_with("matching system workqueues by name needs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kallsyms_data_symbols_come_first() {
+        let ks = Kallsyms::parse(
+            "ffffffff810b5e20 T __flush_workqueue\nffffffff82a5e2c0 D system_wq\n",
+            queues::is_queue_var,
+        )
+        .unwrap();
+        let btf = no_btf();
+        let (queues, source) = queues_to_match(&ks, Err(&btf), MatchMode::Auto, || {
+            panic!("the image is not read when kallsyms has the variables")
+        })
+        .unwrap();
+        assert_eq!((queues.len(), source), (1, QueueSource::Kallsyms));
+    }
+
+    #[test]
+    fn why_the_image_could_not_stand_in_is_said() {
+        let ks = functions_only();
+        let btf = no_btf();
+        let rejected = || Err(anyhow!("/boot/vmlinuz-x: it is not the running kernel"));
+        let err = queues_to_match(&ks, Err(&btf), MatchMode::Address, rejected).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("not the running kernel") && err.contains("use --match name"),
+            "{err}"
+        );
+        let err = queues_to_match(&ks, Err(&btf), MatchMode::Auto, rejected).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("not the running kernel") && err.contains("needs kernel BTF"),
+            "{err}"
+        );
+        let btf = Offsets {
+            wq_name_len: 32,
+            ..Offsets::default()
+        };
+        let (queues, source) = queues_to_match(&ks, Ok(&btf), MatchMode::Auto, rejected).unwrap();
+        assert!(queues.iter().all(|q| q.var.is_none()));
+        assert_eq!(source.matched_by(), "name");
+        assert!(
+            source.describe().ends_with("not the running kernel"),
+            "{source:?}"
+        );
+    }
 }

@@ -50,7 +50,9 @@ pub struct Info {
     pub attach: String,
     /// `uname -r`.
     pub kernel: String,
-    /// `address` or `name`.
+    /// Where the system queues come from: `kallsyms`, `kernel image` or `name`.
+    pub matched_by: String,
+    /// `address` or `name` (kept for dashboards written before `matched_by`).
     pub kallsyms_mode: String,
 }
 
@@ -67,6 +69,8 @@ struct SiteLabels {
 struct InfoLabels {
     attach: String,
     kernel: String,
+    // Before kallsyms_mode: `kallsyms_mode="address"} 1` stays a suffix of the line.
+    matched_by: String,
     kallsyms_mode: String,
 }
 
@@ -140,11 +144,12 @@ pub fn render(info: &Info, snap: &Snapshot) -> Result<String> {
     let info_labels = InfoLabels {
         attach: info.attach.clone(),
         kernel: info.kernel.clone(),
+        matched_by: info.matched_by.clone(),
         kallsyms_mode: info.kallsyms_mode.clone(),
     };
     registry.register(
         "wqflush",
-        "How wqflush watches: probe type (kprobe-multi, fentry or kprobe), kernel release, and whether system workqueues are recognized by address or by name",
+        "How wqflush watches: probe type (kprobe-multi, fentry or kprobe), kernel release, where the system workqueues come from (kallsyms, kernel image or name) and whether they are recognized by address or by name",
         InfoMetric::new(info_labels),
     );
     let mut text = String::new();
@@ -286,6 +291,7 @@ pub(crate) mod tests {
         Info {
             attach: "fentry".into(),
             kernel: "6.1.0-56-amd64".into(),
+            matched_by: "kallsyms".into(),
             kallsyms_mode: "address".into(),
         }
     }
@@ -380,7 +386,7 @@ pub(crate) mod tests {
             "# TYPE wqflush_probe_missed_total counter",
             "wqflush_probe_missed_total 3",
             "# TYPE wqflush_info gauge",
-            r#"wqflush_info{attach="fentry",kernel="6.1.0-56-amd64",kallsyms_mode="address"} 1"#,
+            r#"wqflush_info{attach="fentry",kernel="6.1.0-56-amd64",matched_by="kallsyms",kallsyms_mode="address"} 1"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

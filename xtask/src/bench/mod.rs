@@ -19,11 +19,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use wqflush_vmtest::{Guest, Series, VmRun, boot_scenario, cache_dir, host_program};
+use wqflush_vmtest::{Arch, Guest, Series, VmRun, boot_scenario, cache_dir, host_program};
 
 use results::Results;
-
-use crate::build::Arch;
 
 /// The monitors compared, in the order each round runs them.
 const CONFIGS: [&str; 5] = ["none", "kprobe-multi", "fentry", "kprobe", "bpftrace"];

@@ -233,7 +233,7 @@ mod tests {
             flushes: 2,
             sites: 1,
             waits_only: true,
-            arch: crate::build::Arch::Amd64,
+            arch: wqflush_vmtest::Arch::Amd64,
         };
         let g = goals(&r, &opts);
         assert!(g.contains("[met] default (kprobe) with --waits: own-queue flush 1.015x"));
