@@ -3,8 +3,8 @@
 # tracefs's record of the work items and of the flush's caller, then without --waits, then the
 # text output.
 # Sourced by /init after the helpers (helpers.sh, oracle.sh: emit, fire, wqflush_start, ...).
-# KPROBE_MULTI (`yes` where the kernel has fprobe) comes from the line the test puts before
-# this file.
+# KPROBE_MULTI (`yes` where the kernel has fprobe) and FENTRY (`fentry`, or `kprobe` where the
+# kernel cannot attach fentry) come from the lines the test puts before this file.
 
 load_test_module || exit 1
 T=/sys/kernel/tracing
@@ -24,14 +24,16 @@ waits() {
 	wqflush_stop "$_n"
 	emit "$_n.trace" cat $T/trace
 }
-waits fentry wqflush --waits --attach fentry || exit 1
+if [ "$FENTRY" = fentry ]; then
+	waits fentry wqflush --waits --attach fentry || exit 1
+fi
 waits kprobe wqflush --waits --attach kprobe || exit 1
 if [ "$KPROBE_MULTI" = yes ]; then
 	waits multi wqflush --waits --attach kprobe-multi || exit 1
 fi
-waits plain wqflush --attach fentry || exit 1
+waits plain wqflush --attach "$FENTRY" || exit 1
 # Text: the "waited" line and the summary's figures.
-wqflush --waits --attach fentry --duration 6 --ready-file /tmp/text.ready >/tmp/text.out 2>&1 &
+wqflush --waits --attach "$FENTRY" --duration 6 --ready-file /tmp/text.ready >/tmp/text.out 2>&1 &
 echo $! > /tmp/text.pid
 wait_for_file /tmp/text.ready 60 || exit 1
 fire slow 2 || exit 1

@@ -3,7 +3,8 @@
 # each firing its triggers, then `wqflush check`'s exit codes, all under the oracle.
 # Sourced by /init after the helpers (helpers.sh, oracle.sh: emit, fire, wqflush_start, ...).
 # FIRE_FENTRY, FIRE_KPROBE and FIRE_NAME, what each window fires on this kernel
-# ("TRIGGER:COUNT ..."), come from the lines the test puts before this file.
+# ("TRIGGER:COUNT ..."), and FENTRY (`fentry`, or `kprobe` where the kernel cannot attach
+# fentry: Debian's arm64 6.1) come from the lines the test puts before this file.
 
 # fire_all "TRIGGER:COUNT ...": fires each trigger COUNT times, in order.
 fire_all() {
@@ -15,7 +16,7 @@ fire_all() {
 load_test_module || exit 1
 oracle_start || exit 1
 
-wqflush_start fentry wqflush --attach fentry || exit 1
+wqflush_start fentry wqflush --attach "$FENTRY" || exit 1
 fire_all "$FIRE_FENTRY"
 wqflush_stop fentry
 
@@ -23,7 +24,7 @@ wqflush_start kprobe wqflush --attach kprobe || exit 1
 fire_all "$FIRE_KPROBE"
 wqflush_stop kprobe
 
-wqflush_start name wqflush --attach fentry --match name || exit 1
+wqflush_start name wqflush --attach "$FENTRY" --match name || exit 1
 fire_all "$FIRE_NAME"
 wqflush_stop name
 

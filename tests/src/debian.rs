@@ -82,6 +82,26 @@ impl Series {
         }
     }
 
+    /// Whether Debian's build can attach fentry to kernel functions, for the architecture
+    /// `WQFLUSH_ARCH` names: arm64 needs DYNAMIC_FTRACE_WITH_DIRECT_CALLS (6.5+), so not 6.1.
+    pub fn has_fentry(self) -> bool {
+        self.has_fentry_on(Arch::current().unwrap_or(Arch::Amd64))
+    }
+
+    /// [`Series::has_fentry`] for `arch`.
+    pub fn has_fentry_on(self, arch: Arch) -> bool {
+        arch == Arch::Amd64 || self != Series::V6_1
+    }
+
+    /// The method tests use where they do not test one: fentry, else kprobe.
+    pub fn fentry_or_kprobe(self) -> &'static str {
+        if self.has_fentry() {
+            "fentry"
+        } else {
+            "kprobe"
+        }
+    }
+
     /// Whether the kernel counts the runs a kprobe or kprobe-multi program was skipped for
     /// (6.7+).
     pub fn counts_kprobe_misses(self) -> bool {

@@ -56,7 +56,8 @@ pub fn build_initramfs(
 }
 
 /// [`guest::ARCH_PATH`], the modules `/init` loads first, and where kallsyms lacks data symbols
-/// the oracle's system queues from the image's export table ([`oracle::queue_locations`]).
+/// the oracle's system queues from the image's export table ([`oracle::queue_locations`]) and
+/// the image itself at Debian's place, for wqflush.
 fn add_arch_files(cpio: &mut Cpio, kernel: &Kernel) -> Result<()> {
     let mut preload = Vec::new();
     for (i, (name, bytes)) in data_channel_modules(kernel)?.iter().enumerate() {
@@ -76,6 +77,9 @@ fn add_arch_files(cpio: &mut Cpio, kernel: &Kernel) -> Result<()> {
             .and_then(|exports| oracle::queue_locations(&exports, anchor))
             .with_context(|| format!("the system queues exported by {}", image.display()))?;
         cpio.file(oracle::SYSTEM_QUEUES_PATH, exports.as_bytes(), 0o644);
+        // Where Debian installs it: wqflush finds the queues' addresses there without
+        // KALLSYMS_ALL (docs/kernels.md). Only these guests carry it (30+ MB under TCG).
+        cpio.file(&format!("boot/vmlinuz-{}", kernel.release), &bytes, 0o644);
     }
     Ok(())
 }

@@ -169,7 +169,7 @@ fn metrics(series: Series) -> Result<()> {
     let method = if series.has_fprobe() {
         "kprobe-multi"
     } else {
-        "fentry"
+        series.fentry_or_kprobe()
     };
     let attach = format!("wqflush_info{{attach=\"{method}\",kernel=\"");
     ensure!(

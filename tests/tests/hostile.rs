@@ -57,6 +57,12 @@ fn environments(series: Series) -> Result<()> {
     clear_error(series, "kptr_restrict", "kernel.kptr_restrict=2")?;
     clear_error(series, "no_kallsyms", "/proc/kallsyms lists no functions")?;
     clear_error(series, "no_btf_fentry", "fentry needs kernel BTF")?;
+    // A kernel without fentry (Debian's arm64 6.1) says why when it is asked for.
+    if series.has_fentry() {
+        ensure!(run.section_status("fentry_attempt")? == 0, "fentry_attempt");
+    } else {
+        clear_error(series, "fentry_attempt", "cannot attach BPF trampolines")?;
+    }
     clear_error(series, "no_btf_name", "needs kernel BTF")?;
     Ok(())
 }
@@ -93,7 +99,10 @@ fn sigkill_leaves_no_probe(series: Series) -> Result<()> {
             .sum())
     };
     let before = count("probes_before")?;
-    let mut methods = vec!["fentry", "kprobe"];
+    let mut methods = vec!["kprobe"];
+    if series.has_fentry() {
+        methods.insert(0, "fentry");
+    }
     if series.has_fprobe() {
         methods.push("kprobe-multi");
     }
@@ -149,6 +158,10 @@ fn faults(series: Series) -> Result<()> {
 /// Another tracer's kretprobe on the flush function: either the caller is right, or it reads as
 /// the trampoline and wqflush says the caller is hidden (5.10) — never a silent wrong site.
 fn beside_a_kretprobe(series: Series) -> Result<()> {
+    if !series.has_fentry() {
+        eprintln!("{series}: no fentry on this kernel");
+        return Ok(());
+    }
     let run = run(series)?;
     let recs = records::records(run, "kret_b.json")?;
     let first = recs

@@ -19,7 +19,8 @@ const SCENARIO: &str = include_str!("../guest/waits.sh");
 fn run(series: Series) -> Result<&'static VmRun> {
     static RUNS: PerKernel = PerKernel::new();
     let multi = if series.has_fprobe() { "yes" } else { "no" };
-    let script = scenario(&[("KPROBE_MULTI", multi)], SCENARIO);
+    let fentry = series.fentry_or_kprobe();
+    let script = scenario(&[("KPROBE_MULTI", multi), ("FENTRY", fentry)], SCENARIO);
     RUNS.with_wqflush(series, &script, Duration::from_secs(600), None)
 }
 
@@ -167,6 +168,10 @@ fn returned_once(recs: &[Value], max: u64, waited: u64) -> Result<()> {
 }
 
 fn with_fentry(series: Series) -> Result<()> {
+    if !series.has_fentry() {
+        eprintln!("{series}: no fentry on this kernel");
+        return Ok(());
+    }
     check_method(series, "fentry")
 }
 

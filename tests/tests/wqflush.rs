@@ -65,6 +65,7 @@ fn scenario(series: Series) -> String {
     };
     let (fentry, kprobe, name) = (fires("fentry"), fires("kprobe"), fires("name"));
     let vars = [
+        ("FENTRY", series.fentry_or_kprobe()),
         ("FIRE_FENTRY", fentry.as_str()),
         ("FIRE_KPROBE", kprobe.as_str()),
         ("FIRE_NAME", name.as_str()),
@@ -275,6 +276,11 @@ fn method_window(series: Series, method: &str) -> Result<()> {
 }
 
 fn fentry_window(series: Series) -> Result<()> {
+    if !series.has_fentry() {
+        // The window ran kprobe; the clear error of `--attach fentry` is hostile.rs's.
+        eprintln!("{series}: no fentry on this kernel");
+        return Ok(());
+    }
     method_window(series, "fentry")
 }
 

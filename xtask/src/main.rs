@@ -269,6 +269,8 @@ fn vm_tests(artifacts: &Artifacts, kernel: Option<Series>, total: &mut Tally) ->
         "-p",
         "wqflush-vmtest",
         "--tests",
+        // Every test binary runs even when one fails: the tally shows all that fail.
+        "--no-fail-fast",
         "--",
         "--include-ignored",
         "--test-threads=2",
