@@ -18,7 +18,8 @@ fire_stale() {
 triggers() {
 	fire scheduled 2 && fire long 1 && fire slow 2 && fire pointer 2 && fire inline 1 &&
 		fire long 1 && fire worker_other 2 && fire own 3 && fire sites 3 &&
-		fire deprecated 1 && fire slow 1 && fire_stale && fire scheduled 1 || return 1
+		fire deprecated 1 && fire slow 1 && fire_stale && fire pac 2 && fire scheduled 1 ||
+		return 1
 	if grep -q ' system_dfl_long_wq$' /proc/kallsyms; then fire dfl_long 2 || return 1; fi
 	fire long 20 & _a=$!
 	fire pointer 20 & _b=$!

@@ -153,6 +153,27 @@ static noinline void wqflush_test_flush_stale(void)
 #endif /* CONFIG_X86: other architectures have no 'stale' trigger (ENOENT) */
 
 /*
+ * 'pac': a flush from a function that another called, each keeping a frame: on arm64 with
+ * pointer authentication (Debian's kernels, and the test VMs' CPU) both sign the return
+ * address they save (paciasp), so everything past the call site on the stack carries a
+ * signature in its top bits; the call site must still be this inner function and the next
+ * frame the outer one, with addresses stripped of their signatures. The ftrace NOPs come
+ * before paciasp, so the return into the inner function arrives unsigned in x30, as any call
+ * site does. On x86-64 the same nesting, unsigned.
+ */
+static noinline void wqflush_test_flush_pac_inner(struct workqueue_struct *wq)
+{
+	flush_workqueue(wq);
+	barrier();
+}
+
+static noinline void wqflush_test_flush_pac(void)
+{
+	wqflush_test_flush_pac_inner(READ_ONCE(system_highpri_wq));
+	barrier();
+}
+
+/*
  * 'deprecated': flush_workqueue(system_wq) written out. Since 6.18 the macro's compile-time
  * check (and the 6.6 run-time warning) test system_percpu_wq instead, so no kernel check
  * reports this any more; older kernels warn at build time.
@@ -604,6 +625,7 @@ static struct wqflush_test_trigger triggers[] = {
 	{ .name = "slow", .run = wqflush_test_run_slow, .listed_when_fired = true },
 	{ .name = "abba", .run = wqflush_test_run_abba, .listed_when_fired = true },
 	{ .name = "inline", .fire = wqflush_test_flush_inline, .listed_when_fired = true },
+	{ .name = "pac", .fire = wqflush_test_flush_pac, .listed_when_fired = true },
 #ifdef CONFIG_X86
 	{ .name = "stale", .fire = wqflush_test_flush_stale, .listed_when_fired = true },
 #endif

@@ -227,6 +227,43 @@ fn check_first_sightings(recs: &[Value], phase: &str) -> Result<()> {
     Ok(())
 }
 
+/// The `pac` trigger: past its call site the stack holds return addresses its functions saved
+/// (signed on arm64); the frame after the call site is the outer function at the offset the
+/// oracle (the kernel's own unwinder) names.
+fn check_pac(recs: &[Value], oracle: &Oracle) -> Result<()> {
+    let inner = "wqflush_test_flush_pac_inner";
+    let first = records::flushes(recs, inner)
+        .into_iter()
+        .next()
+        .context("no flush record of the pac trigger")?;
+    let stack: Vec<&str> = first["stack"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let at = stack
+        .iter()
+        .position(|f| *f == first["call_site"])
+        .with_context(|| format!("call site not in its stack: {first}"))?;
+    let traced = oracle
+        .from_function(inner)
+        .next()
+        .context("the oracle saw no pac flush")?;
+    let want = traced.stack.get(1).map(|f| site_key(f));
+    let got = stack.get(at + 1).map(|f| site_key(f));
+    ensure!(
+        got.is_some()
+            && got == want
+            && got
+                .as_deref()
+                .is_some_and(|f| f.starts_with("wqflush_test_flush_pac+")),
+        "pac: after {} wqflush has {got:?}, the oracle {want:?}",
+        first["call_site"]
+    );
+    Ok(())
+}
+
 /// The STUCK reports of the last phase: exactly the two deadlocks, each under its own site
 /// and queue; the flushes that returned are never reported.
 fn check_stuck(recs: &[Value]) -> Result<()> {
@@ -255,6 +292,7 @@ fn check(series: Series, method: &str) -> Result<()> {
     let oracle = oracle(run)?;
     for phase in ["plain", "waits"] {
         let recs = check_phase(run, &oracle, phase, &[], &[])?;
+        check_pac(&recs, &oracle)?;
         ensure!(
             !recs.iter().any(|r| r["type"] == "stuck"),
             "{phase}: a stuck record without --stuck-after"
