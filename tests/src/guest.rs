@@ -37,13 +37,14 @@ pub fn helpers() -> String {
     format!("{HELPERS}\n{}", oracle::GUEST_FUNCTIONS)
 }
 
-/// [`ARCH_PATH`]: what `/init` reads, and what every scenario then sees: `ARCH` (`amd64`,
-/// `arm64`), `DATA_TTY` (the data channel's device) and `PRELOAD` (modules to insmod first, in
-/// order).
+/// [`ARCH_PATH`]: what `/init` (and the systemd guest's service) reads, and what every scenario
+/// then sees: `ARCH` (`amd64`, `arm64`), `CONSOLE` (the console's device), `DATA_TTY` (the data
+/// channel's device) and `PRELOAD` (modules to insmod first, in order).
 pub fn arch_vars(arch: Arch, preload: &[String]) -> String {
     scenario(
         &[
             ("ARCH", arch.debian()),
+            ("CONSOLE", &format!("/dev/{}", arch.console())),
             ("DATA_TTY", arch.data_tty()),
             ("PRELOAD", &preload.join(" ")),
         ],
@@ -86,7 +87,7 @@ mod tests {
                 Arch::Arm64,
                 &["/lib/vmtest/modules/a.ko".into(), "/b.ko".into()]
             ),
-            "ARCH='arm64'\nDATA_TTY='/dev/hvc0'\nPRELOAD='/lib/vmtest/modules/a.ko /b.ko'\n"
+            "ARCH='arm64'\nCONSOLE='/dev/ttyAMA0'\nDATA_TTY='/dev/hvc0'\nPRELOAD='/lib/vmtest/modules/a.ko /b.ko'\n"
         );
         assert!(arch_vars(Arch::Amd64, &[]).contains("DATA_TTY='/dev/ttyS1'\n"));
     }

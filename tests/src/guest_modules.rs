@@ -26,8 +26,17 @@ fn data_channel_needs(arch: Arch) -> &'static [(&'static str, &'static str)] {
 
 /// The modules to insmod, dependencies first: (name, contents, decompressed).
 pub(crate) fn data_channel_modules(kernel: &Kernel) -> Result<Vec<(String, Vec<u8>)>> {
+    modules_if_modular(kernel, data_channel_needs(kernel.arch))
+}
+
+/// Of `needs` (config option, module), the modules `kernel` builds as modules, with their
+/// dependencies, dependencies first: (name, contents, decompressed). Built-in ones need none.
+pub(crate) fn modules_if_modular(
+    kernel: &Kernel,
+    needs: &[(&str, &str)],
+) -> Result<Vec<(String, Vec<u8>)>> {
     let mut wanted = Vec::new();
-    for (option, module) in data_channel_needs(kernel.arch) {
+    for (option, module) in needs {
         if kernel.config_option(option)?.as_deref() == Some("m") {
             wanted.push(*module);
         }

@@ -5,6 +5,7 @@ use crate::guest::EXIT_MARKER;
 use crate::initramfs::build_initramfs;
 use crate::util::{tail, unique_dir};
 use anyhow::{Context, Result, bail};
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -172,7 +173,24 @@ pub fn boot_with_memory(
     append: &str,
     memory_mb: u32,
 ) -> Result<VmRun> {
-    let (run, ended) = boot_once(kernel, initramfs, timeout, append, memory_mb)?;
+    let (run, ended) = boot_once(kernel, initramfs, timeout, append, memory_mb, &[])?;
+    ended.into_result(run, timeout)
+}
+
+/// Like [`boot_with_memory`] with `disk` as the guest's raw virtio disk (`/dev/vda`), no retry.
+pub fn boot_with_disk(
+    kernel: &Kernel,
+    initramfs: &Path,
+    timeout: Duration,
+    append: &str,
+    memory_mb: u32,
+    disk: &Path,
+) -> Result<VmRun> {
+    let mut drive = OsString::from("file=");
+    drive.push(disk);
+    drive.push(",format=raw,if=virtio");
+    let extra = [OsString::from("-drive"), drive];
+    let (run, ended) = boot_once(kernel, initramfs, timeout, append, memory_mb, &extra)?;
     ended.into_result(run, timeout)
 }
 
@@ -206,12 +224,14 @@ fn boot_once(
     timeout: Duration,
     append: &str,
     memory_mb: u32,
+    extra: &[OsString],
 ) -> Result<(VmRun, Ended)> {
     // Each boot gets its own directory so tests can boot in parallel.
     let dir = unique_dir(&std::env::temp_dir(), "wqflush-vm")?;
     let (console, data) = (dir.join("console.log"), dir.join("data.log"));
     let (qemu, package) = kernel.arch.qemu_binary();
-    let mut child = qemu_command(kernel, initramfs, &console, &data, append, memory_mb, &dir)?
+    let mut child = qemu_command(kernel, initramfs, append, memory_mb, &dir)?
+        .args(extra)
         .spawn()
         .with_context(|| format!("cannot start {qemu} (apt-get install {package})"))?;
     let outcome = wait(&mut child, timeout);
@@ -278,7 +298,7 @@ pub fn boot_retrying(
 ) -> Result<VmRun> {
     let (mut early_deaths, mut stalls) = (0, 0);
     loop {
-        let (run, ended) = boot_once(kernel, image, timeout, append, memory_mb)?;
+        let (run, ended) = boot_once(kernel, image, timeout, append, memory_mb, &[])?;
         let early_warning = before_scenario(&run.console).and_then(|c| complaint(c, None));
         let why = if !run.console.contains(SCENARIO_MARKER) && early_deaths < 2 {
             early_deaths += 1;
@@ -328,15 +348,15 @@ fn starved(console: &str) -> Option<&'static str> {
     .map(|(_, why)| why)
 }
 
+/// QEMU for one boot; `dir` gets its console.log, data.log and qemu.log.
 fn qemu_command(
     kernel: &Kernel,
     initramfs: &Path,
-    console: &Path,
-    data: &Path,
     append: &str,
     memory_mb: u32,
     dir: &Path,
 ) -> Result<Command> {
+    let (console, data) = (dir.join("console.log"), dir.join("data.log"));
     let log = File::create(dir.join("qemu.log")).context("creating qemu.log")?;
     let arch = kernel.arch;
     let mut cmd = Command::new(arch.qemu_binary().0);
@@ -347,7 +367,7 @@ fn qemu_command(
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
-        .args(arch.data_channel_args(data))
+        .args(arch.data_channel_args(&data))
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
         .arg("-initrd")

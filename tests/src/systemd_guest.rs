@@ -18,7 +18,7 @@ use crate::guest::{self, HELPERS_PATH, RUN_PATH, SCENARIO_PATH};
 use crate::module::{MODULE_GUEST_PATH, build_module};
 use crate::qemu::{VmRun, boot_retrying};
 use crate::util::{lock, run, unique_dir};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -86,10 +86,16 @@ pub struct Rootfs {
     pub image: PathBuf,
 }
 
-/// The bookworm root under `cache/systemd/`, debootstrapped (about 75 s, ~100 MB downloaded)
-/// and packed on first use, or again after [`CUSTOMIZE_REVISION`] or [`PACKAGES`] changed.
+/// The bookworm root of `WQFLUSH_ARCH` under `cache/systemd/` (amd64) or `cache/systemd-arm64/`,
+/// debootstrapped and packed on first use, or again after [`CUSTOMIZE_REVISION`] or
+/// [`PACKAGES`] changed: amd64's natively (about 75 s, ~100 MB downloaded), arm64's second
+/// stage in an arm64 guest ([`crate::systemd_foreign`], minutes under TCG).
 pub fn prepare_rootfs(cache: &Path) -> Result<Rootfs> {
-    let dir = cache.join("systemd");
+    let arch = Arch::current()?;
+    let dir = match arch {
+        Arch::Amd64 => cache.join("systemd"),
+        _ => cache.join(format!("systemd-{arch}")),
+    };
     let name = format!("rootfs-{SUITE}");
     let rootfs = Rootfs {
         tree: dir.join(&name),
@@ -106,7 +112,11 @@ pub fn prepare_rootfs(cache: &Path) -> Result<Rootfs> {
     let _ = fs::remove_file(&complete);
     let bootstrapped = dir.join(format!("{name}.debootstrapped"));
     if fs::read_to_string(&bootstrapped).ok().as_deref() != Some(PACKAGES) {
-        debootstrap(&rootfs.tree)?;
+        debootstrap(
+            &rootfs.tree,
+            arch,
+            &dir.join(format!("{name}.second-stage")),
+        )?;
         fs::write(&bootstrapped, PACKAGES).context("writing the debootstrap marker")?;
     }
     customize(&rootfs.tree).with_context(|| format!("customizing {}", rootfs.tree.display()))?;
@@ -115,10 +125,14 @@ pub fn prepare_rootfs(cache: &Path) -> Result<Rootfs> {
     Ok(rootfs)
 }
 
-fn debootstrap(tree: &Path) -> Result<()> {
+/// Debootstraps the root of `arch` into `tree`; `scratch` is for a foreign second stage.
+fn debootstrap(tree: &Path, arch: Arch, scratch: &Path) -> Result<()> {
     if tree.exists() {
         // A half-made or outdated root: start over rather than trust it.
         fs::remove_dir_all(tree).with_context(|| format!("removing {}", tree.display()))?;
+    }
+    if arch != Arch::Amd64 {
+        return crate::systemd_foreign::debootstrap_foreign(tree, arch, SUITE, PACKAGES, scratch);
     }
     eprintln!(
         "vmtest: debootstrapping {SUITE} into {} (once)",
@@ -221,7 +235,7 @@ fn pack(tree: &Path, image: &Path) -> Result<()> {
 /// Writes the newc cpio of the tree at `dir` to `out`; `extra` are more `cpio` options. Only
 /// the tree's own file system: a mount inside it (a pseudo file system left mounted) is packed
 /// as its empty mount point.
-fn cpio_of(dir: &Path, out: &Path, extra: &[&str]) -> Result<()> {
+pub(crate) fn cpio_of(dir: &Path, out: &Path, extra: &[&str]) -> Result<()> {
     let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let cpio = format!(
         "find . -mindepth 1 -xdev -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet {}",
@@ -251,7 +265,8 @@ ExecStart=/usr/lib/vmtest/run-scenario
 ";
 
 /// The unit's program (`tests/guest/systemd-init.sh`): the busybox guest's `/init` minus the
-/// mounts, which systemd made; the console is ttyS0. It sources [`guest::RUN`] as `/init` does.
+/// mounts, which systemd made; the console and data channel are the architecture's
+/// ([`guest::arch_vars`]). It sources [`guest::RUN`] as `/init` does.
 const RUN_SCENARIO: &str = include_str!("../guest/systemd-init.sh");
 
 /// Lays out the per-boot files under `stage` as the guest sees them.
@@ -264,7 +279,9 @@ fn stage_overlay(
 ) -> Result<()> {
     let release = format!("{}\n", kernel.release);
     let helpers = guest::helpers();
-    let written: [(&str, &[u8], u32); 6] = [
+    let arch = guest::arch_vars(kernel.arch, &[]);
+    let written: [(&str, &[u8], u32); 7] = [
+        (guest::ARCH_PATH, arch.as_bytes(), 0o644),
         (HELPERS_PATH, helpers.as_bytes(), 0o644),
         (RUN_PATH, guest::RUN.as_bytes(), 0o644),
         (SCENARIO_PATH, script.as_bytes(), 0o755),
@@ -347,7 +364,6 @@ pub fn run_systemd_scenario(
     script: &str,
     timeout: Duration,
 ) -> Result<VmRun> {
-    amd64_only(kernel.arch)?;
     let scratch = unique_dir(&std::env::temp_dir(), "wqflush-systemd")?;
     let result = boot_image(kernel, rootfs, files, script, &scratch).and_then(|image| {
         boot_retrying(kernel, &image, timeout, SYSTEMD_MEMORY_MB, SYSTEMD_APPEND)
@@ -364,7 +380,6 @@ pub fn boot_systemd_scenario(
     files: &[(PathBuf, String)],
     timeout: Duration,
 ) -> Result<VmRun> {
-    amd64_only(Arch::current()?)?;
     let cache = cache_dir();
     let t = Instant::now();
     let kernel = prepare_kernel(series, &cache)?;
@@ -391,15 +406,6 @@ pub fn boot_systemd_scenario(
     Ok(run)
 }
 
-/// The root is amd64's (debootstrapped on this machine) and its service's console and data
-/// port are amd64's serial ports: no arm64 systemd guest yet.
-fn amd64_only(arch: Arch) -> Result<()> {
-    if arch != Arch::Amd64 {
-        bail!("the systemd guest is amd64-only (WQFLUSH_ARCH={arch}): no {arch} root yet");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,7 +430,7 @@ mod tests {
     #[test]
     fn the_service_program_runs_the_shared_part() {
         assert!(RUN_SCENARIO.contains(&format!(". {RUN_PATH}\n")));
-        let data = Arch::Amd64.data_tty();
-        assert!(RUN_SCENARIO.contains(&format!("3>{data}\n")));
+        assert!(RUN_SCENARIO.contains(&format!(". {}\n", guest::ARCH_PATH)));
+        assert!(RUN_SCENARIO.contains("3>\"$DATA_TTY\"\n"));
     }
 }
