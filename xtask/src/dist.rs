@@ -121,7 +121,7 @@ fn stage(root: &Path, bins: &Binaries, version: &str) -> Result<()> {
     }
     write(
         &root.join("usr/share/lintian/overrides/wqflush"),
-        LINTIAN_OVERRIDES.as_bytes(),
+        lintian_overrides(bins.arch).as_bytes(),
         0o644,
     )
 }
@@ -133,12 +133,22 @@ const COMPLETIONS: [(&str, &str); 3] = [
     ("fish", "usr/share/fish/vendor_completions.d/wqflush.fish"),
 ];
 
-/// lintian takes a static-pie executable for a shared library without its dependencies.
-const LINTIAN_OVERRIDES: &str = "\
-# A static-pie executable, linked statically on purpose: one binary for every distribution
-# release a fleet runs.
-wqflush: shared-library-lacks-prerequisites [usr/bin/wqflush]
-";
+/// The binary is static on purpose: one binary for every distribution release a fleet runs.
+/// lintian takes amd64's static-pie executable for a shared library without its dependencies,
+/// and flags arm64's (Rust builds a static aarch64 executable without PIE) as static.
+fn lintian_overrides(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => {
+            "# A static-pie executable, linked statically on purpose: one binary for every \
+             distribution\n# release a fleet runs.\n\
+             wqflush: shared-library-lacks-prerequisites [usr/bin/wqflush]\n"
+        }
+        Arch::Arm64 => {
+            "# Linked statically on purpose: one binary for every distribution release a fleet \
+             runs.\nwqflush: statically-linked-binary [usr/bin/wqflush]\n"
+        }
+    }
+}
 
 const COPYRIGHT: &str = "\
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
