@@ -250,7 +250,7 @@ fn check_pac(recs: &[Value], oracle: &Oracle) -> Result<()> {
         .from_function(inner)
         .next()
         .context("the oracle saw no pac flush")?;
-    let want = traced.stack.get(1).map(|f| site_key(f));
+    let want = traced.frames.get(1).map(|f| site_key(f));
     let got = stack.get(at + 1).map(|f| site_key(f));
     ensure!(
         got.is_some()
