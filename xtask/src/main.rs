@@ -60,9 +60,10 @@ enum Cmd {
     },
     /// Benchmark in QEMU: wqflush (fentry, kprobe) against no probe and bpftrace; one table
     Bench {
-        /// Which Debian kernel series to boot
-        #[arg(long, value_parser = parse_series, default_value = "6.1")]
-        kernel: Series,
+        /// Which Debian kernel series to boot (default: 6.1 on amd64, 6.12 on arm64, whose 6.1
+        /// lists no data symbols for bpftrace's kaddr())
+        #[arg(long, value_parser = parse_series)]
+        kernel: Option<Series>,
         /// Interleaved rounds (each runs every configuration once)
         #[arg(long, default_value_t = 5)]
         rounds: u32,
@@ -133,8 +134,12 @@ fn run(cmd: Cmd) -> Result<()> {
             waits_only,
             arch,
         } => {
+            let default = match arch {
+                Arch::Amd64 => Series::V6_1,
+                Arch::Arm64 => Series::V6_12,
+            };
             let opts = bench::Options {
-                series: kernel,
+                series: kernel.unwrap_or(default),
                 rounds,
                 iterations,
                 flushes,
