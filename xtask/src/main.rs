@@ -159,7 +159,7 @@ fn run(cmd: Cmd) -> Result<()> {
 }
 
 /// Builds the binary for `arch` and packages it (the host's build writes the man page).
-fn package(arch: Arch) -> Result<(PathBuf, dist::Dist)> {
+fn package(arch: Arch) -> Result<(PathBuf, PathBuf, dist::Dist)> {
     let host = build::wqflush(Arch::Amd64)?;
     let bin = match arch {
         Arch::Amd64 => host.clone(),
@@ -170,7 +170,7 @@ fn package(arch: Arch) -> Result<(PathBuf, dist::Dist)> {
         bin: &bin,
         host: &host,
     })?;
-    Ok((bin, dist))
+    Ok((bin, host, dist))
 }
 
 /// The VM harness boots kernels of the architecture `WQFLUSH_ARCH` names.
@@ -194,26 +194,31 @@ fn test(kernel: Option<Series>, arch: Option<Arch>) -> Result<()> {
 struct Artifacts {
     arch: Arch,
     bin: String,
+    /// The host's (amd64) binary: `wqflush scan` of the architecture's module files runs here,
+    /// without a guest.
+    host_bin: String,
     deb: String,
     tarball: String,
 }
 
 impl Artifacts {
     fn build(arch: Arch) -> Result<Artifacts> {
-        let (bin, dist) = package(arch)?;
+        let (bin, host_bin, dist) = package(arch)?;
         let text = |p: &std::path::Path| p.to_str().map(str::to_owned).context("non-UTF-8 path");
         Ok(Artifacts {
             arch,
             bin: text(&bin)?,
+            host_bin: text(&host_bin)?,
             deb: text(&dist.deb)?,
             tarball: text(&dist.tarball)?,
         })
     }
 
-    fn env(&self) -> [(&str, &str); 4] {
+    fn env(&self) -> [(&str, &str); 5] {
         [
             (wqflush_vmtest::arch::ARCH_VAR, self.arch.debian()),
             ("WQFLUSH_BIN", &self.bin),
+            ("WQFLUSH_HOST_BIN", &self.host_bin),
             ("WQFLUSH_DEB", &self.deb),
             ("WQFLUSH_TARBALL", &self.tarball),
         ]
