@@ -15,7 +15,7 @@ use crate::scan::{
 pub(crate) const FIRST_ARG: Reg = 7;
 
 /// What a call may overwrite (SysV ABI): rax, rcx, rdx, rsi, rdi, r8-r11.
-const CALLER_SAVED: Regs = 0b1111_0000_1100_0111;
+const CALLER_SAVED: Regs = 0b1111_1100_0111;
 
 /// Decodes `code`, which starts at `start` in its section, with that section's relocations.
 pub(crate) fn decode(code: &[u8], start: u64, relocs: &Relocs) -> Vec<Insn> {
