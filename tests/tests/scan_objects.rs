@@ -246,7 +246,15 @@ fn broken_copies(good: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
         l.symtab_header + 40,
         &0xfe00_u32.to_le_bytes(),
     );
+    // The relocations of the code: without them no call can be resolved, so the file cannot
+    // be called clean.
     patch("rela-text-offset", l.rela_text_header + 24, &far);
+    patch("rela-text-size", l.rela_text_header + 32, &far);
+    patch(
+        "rela-text-symtab",
+        l.rela_text_header + 40,
+        &0xfe00_u32.to_le_bytes(),
+    );
     Ok(copies)
 }
 
