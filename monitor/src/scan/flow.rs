@@ -70,6 +70,13 @@ pub(crate) enum Effect {
         dst: Reg,
         src: Reg,
     },
+    /// `dst` = `src` + `imm`: an address moved along (aarch64 `add x0, x1, #8` after a section
+    /// anchor, x86_64 `lea rax, [rbx + 8]`).
+    AddImm {
+        dst: Reg,
+        src: Reg,
+        imm: i64,
+    },
     Call(Option<Ref>),
     Jump {
         to: Target,
@@ -87,8 +94,6 @@ pub(crate) struct Insn {
     pub(crate) effect: Effect,
     /// Registers it overwrites (a call: the caller-saved ones).
     pub(crate) kills: Regs,
-    /// The relocation it carries, whatever the effect.
-    pub(crate) reloc: Option<Ref>,
 }
 
 /// A register's value.
@@ -133,6 +138,7 @@ pub(crate) fn step(state: &mut State, insn: &Insn) {
         Effect::Load { dst, from } => Some((dst, load(state, from))),
         Effect::AddrOf { dst, of } | Effect::Page { dst, of } => Some((dst, Val::Addr(of))),
         Effect::Copy { dst, src } => Some((dst, state[usize::from(src)])),
+        Effect::AddImm { dst, src, imm } => Some((dst, moved(state[usize::from(src)], imm))),
         _ => None,
     };
     for (r, val) in state.iter_mut().enumerate() {
@@ -142,6 +148,17 @@ pub(crate) fn step(state: &mut State, insn: &Insn) {
     }
     if let Some((dst, val)) = set {
         state[usize::from(dst)] = val;
+    }
+}
+
+/// An address plus a displacement; anything else is no longer known.
+fn moved(val: Val, imm: i64) -> Val {
+    match val {
+        Val::Addr(Ref::Local { section, offset }) => Val::Addr(Ref::Local {
+            section,
+            offset: offset.wrapping_add_signed(imm),
+        }),
+        _ => Val::Unknown,
     }
 }
 
@@ -331,7 +348,6 @@ mod tests {
             offset,
             effect,
             kills,
-            reloc: None,
         }
     }
 
