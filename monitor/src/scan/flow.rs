@@ -1,0 +1,315 @@
+//! The value flow inside one function: which registers hold a `system_*wq` value (or a module
+//! variable's, or a symbol's address) before each instruction. The decoders (x86_64.rs,
+//! aarch64.rs) turn machine code into [`Insn`]s; this file knows no instruction set.
+//!
+//! It is a forward data-flow over basic blocks: a register keeps a value only when every path
+//! into a block agrees on it, so a value is never claimed on a path that could have replaced it.
+//! Code no path reaches (static-key branches patched at run time, switch targets reached
+//! through an indirect jump) is analysed too, starting with nothing known.
+
+use std::collections::{HashMap, VecDeque};
+
+/// A general-purpose register's number (x86_64: rax = 0 ... r15 = 15; aarch64: x0 ... x30, and 31
+/// for sp/xzr).
+pub(crate) type Reg = u8;
+
+/// Registers as a bit set.
+pub(crate) type Regs = u32;
+
+/// What a relocation names: an undefined symbol (by its index in the object's symbol table), or a
+/// byte in one of the object's own sections.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum Ref {
+    Extern(usize),
+    Local { section: usize, offset: u64 },
+}
+
+/// A memory operand the flow can follow.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Mem {
+    /// A relocated address (x86_64 rip-relative, aarch64 `:lo12:`).
+    At(Ref),
+    /// A register plus a displacement: a symbol's address held in `base` (aarch64 `adrp` + `add`).
+    Base { base: Reg, offset: i64 },
+}
+
+/// Where a jump goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Target {
+    /// An offset in the jump's own section.
+    Here(u64),
+    /// Through a relocation: another section (a `.cold` piece) or a symbol (a tail call).
+    At(Ref),
+    Indirect,
+}
+
+/// What an instruction does, as far as the flow cares.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Effect {
+    Other,
+    Load {
+        dst: Reg,
+        from: Mem,
+    },
+    /// `src` None: a constant or a register the flow does not track.
+    Store {
+        src: Option<Reg>,
+        to: Mem,
+    },
+    /// `dst` = the address of `of` (x86_64 `lea`, aarch64 `add :lo12:`): the address escapes.
+    AddrOf {
+        dst: Reg,
+        of: Ref,
+    },
+    /// `dst` = the 4 KiB page of `of` (aarch64 `adrp`), which only a following `:lo12:` access uses.
+    Page {
+        dst: Reg,
+        of: Ref,
+    },
+    Copy {
+        dst: Reg,
+        src: Reg,
+    },
+    Call(Option<Ref>),
+    Jump {
+        to: Target,
+        conditional: bool,
+    },
+    /// Control does not go on to the next instruction (return, trap).
+    Stop,
+}
+
+/// One decoded instruction.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Insn {
+    /// Offset in its section.
+    pub(crate) offset: u64,
+    pub(crate) effect: Effect,
+    /// Registers it overwrites (a call: the caller-saved ones).
+    pub(crate) kills: Regs,
+    /// The relocation it carries, whatever the effect.
+    pub(crate) reloc: Option<Ref>,
+}
+
+/// A register's value.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(crate) enum Val {
+    #[default]
+    Unknown,
+    /// The value stored at `Ref`: a `system_*wq` variable's, or a module variable's.
+    Loaded(Ref),
+    /// The address (or, after `adrp`, the page) of `Ref`.
+    Addr(Ref),
+}
+
+pub(crate) type State = [Val; 32];
+
+/// A contiguous run of instructions of one function: its body, or a `.cold`/`.part` piece.
+pub(crate) struct Piece {
+    pub(crate) section: usize,
+    pub(crate) insns: Vec<Insn>,
+    /// Entered from outside (a function's entry); a `.cold` piece is only jumped to.
+    pub(crate) entry: bool,
+}
+
+/// Runs the flow over `pieces` (one function and its pieces) and calls `visit` with every
+/// instruction, the index of its piece, and the registers' values just before it.
+pub(crate) fn run(pieces: &[Piece], mut visit: impl FnMut(usize, &Insn, &State)) {
+    let graph = Graph::new(pieces);
+    let states = graph.solve();
+    for (b, block) in graph.blocks.iter().enumerate() {
+        let mut state = states[b].unwrap_or_default();
+        for i in block.start..block.end {
+            let insn = &graph.insns[i];
+            visit(graph.piece_of[i], insn, &state);
+            step(&mut state, insn);
+        }
+    }
+}
+
+/// The state after `insn`.
+pub(crate) fn step(state: &mut State, insn: &Insn) {
+    let set = match insn.effect {
+        Effect::Load { dst, from } => Some((dst, load(state, from))),
+        Effect::AddrOf { dst, of } | Effect::Page { dst, of } => Some((dst, Val::Addr(of))),
+        Effect::Copy { dst, src } => Some((dst, state[usize::from(src)])),
+        _ => None,
+    };
+    for (r, val) in state.iter_mut().enumerate() {
+        if insn.kills & (1 << r) != 0 {
+            *val = Val::Unknown;
+        }
+    }
+    if let Some((dst, val)) = set {
+        state[usize::from(dst)] = val;
+    }
+}
+
+/// What a load reads: a relocated place, or one a register holds the address of.
+pub(crate) fn load(state: &State, from: Mem) -> Val {
+    match from {
+        Mem::At(r) => Val::Loaded(r),
+        Mem::Base { base, offset } => match state[usize::from(base)] {
+            Val::Addr(Ref::Local { section, offset: o }) => Val::Loaded(Ref::Local {
+                section,
+                offset: o.wrapping_add_signed(offset),
+            }),
+            Val::Addr(r @ Ref::Extern(_)) if offset == 0 => Val::Loaded(r),
+            _ => Val::Unknown,
+        },
+    }
+}
+
+struct Block {
+    start: usize,
+    end: usize,
+    succ: Vec<usize>,
+}
+
+/// The function's instructions, flattened, cut into basic blocks.
+struct Graph {
+    insns: Vec<Insn>,
+    /// Each instruction's piece.
+    piece_of: Vec<usize>,
+    blocks: Vec<Block>,
+    /// Blocks that start a piece entered from outside.
+    entries: Vec<usize>,
+}
+
+impl Graph {
+    fn new(pieces: &[Piece]) -> Graph {
+        let mut insns = Vec::new();
+        let mut at = HashMap::new();
+        let mut piece_of = Vec::new();
+        for (p, piece) in pieces.iter().enumerate() {
+            for insn in &piece.insns {
+                at.insert((piece.section, insn.offset), insns.len());
+                insns.push(*insn);
+                piece_of.push(p);
+            }
+        }
+        let target = |i: usize| -> Option<usize> {
+            let Effect::Jump { to, .. } = insns[i].effect else {
+                return None;
+            };
+            match to {
+                Target::Here(offset) => at.get(&(pieces[piece_of[i]].section, offset)).copied(),
+                Target::At(Ref::Local { section, offset }) => at.get(&(section, offset)).copied(),
+                _ => None,
+            }
+        };
+        let mut leader = vec![false; insns.len() + 1];
+        for i in 0..insns.len() {
+            if i == 0 || piece_of[i] != piece_of[i - 1] {
+                leader[i] = true;
+            }
+            if let Some(t) = target(i) {
+                leader[t] = true;
+            }
+            if ends_block(&insns[i].effect) {
+                leader[i + 1] = true;
+            }
+        }
+        let mut blocks = Vec::new();
+        let mut block_at = vec![0; insns.len()];
+        let mut entries = Vec::new();
+        let mut start = 0;
+        for i in 1..=insns.len() {
+            if i == insns.len() || leader[i] {
+                if pieces[piece_of[start]].entry
+                    && (start == 0 || piece_of[start] != piece_of[start - 1])
+                {
+                    entries.push(blocks.len());
+                }
+                block_at[start..i].fill(blocks.len());
+                blocks.push(Block {
+                    start,
+                    end: i,
+                    succ: Vec::new(),
+                });
+                start = i;
+            }
+        }
+        for block in &mut blocks {
+            let last = block.end - 1;
+            let effect = insns[last].effect;
+            if let Some(t) = target(last) {
+                block.succ.push(block_at[t]);
+            }
+            let falls = !matches!(
+                effect,
+                Effect::Stop
+                    | Effect::Jump {
+                        conditional: false,
+                        ..
+                    }
+            );
+            if falls && block.end < insns.len() && piece_of[block.end] == piece_of[last] {
+                block.succ.push(block_at[block.end]);
+            }
+        }
+        Graph {
+            insns,
+            piece_of,
+            blocks,
+            entries,
+        }
+    }
+
+    /// Each block's state on entry: the meet over the paths into it, iterated to a fixed point.
+    /// Blocks no path reaches start from nothing known.
+    fn solve(&self) -> Vec<Option<State>> {
+        let mut states: Vec<Option<State>> = vec![None; self.blocks.len()];
+        let mut work: VecDeque<usize> = VecDeque::new();
+        for &e in &self.entries {
+            states[e] = Some(State::default());
+            work.push_back(e);
+        }
+        let mut next_unreached = 0;
+        loop {
+            while let Some(b) = work.pop_front() {
+                let mut state = states[b].unwrap_or_default();
+                for insn in &self.insns[self.blocks[b].start..self.blocks[b].end] {
+                    step(&mut state, insn);
+                }
+                for &s in &self.blocks[b].succ {
+                    if merge(&mut states[s], &state) {
+                        work.push_back(s);
+                    }
+                }
+            }
+            while next_unreached < states.len() && states[next_unreached].is_some() {
+                next_unreached += 1;
+            }
+            if next_unreached == states.len() {
+                return states;
+            }
+            states[next_unreached] = Some(State::default());
+            work.push_back(next_unreached);
+        }
+    }
+}
+
+fn ends_block(effect: &Effect) -> bool {
+    matches!(effect, Effect::Jump { .. } | Effect::Stop)
+}
+
+/// Meets `incoming` into `into`; true when `into` changed.
+fn merge(into: &mut Option<State>, incoming: &State) -> bool {
+    match into {
+        None => {
+            *into = Some(*incoming);
+            true
+        }
+        Some(state) => {
+            let mut changed = false;
+            for (have, new) in state.iter_mut().zip(incoming) {
+                if *have != *new && *have != Val::Unknown {
+                    *have = Val::Unknown;
+                    changed = true;
+                }
+            }
+            changed
+        }
+    }
+}
