@@ -9,9 +9,6 @@ use crate::scan::{
     object::Relocs,
 };
 
-/// x0: the first argument of a call.
-pub(crate) const FIRST_ARG: Reg = 0;
-
 /// What a call may overwrite (AAPCS64): x0-x18 and the link register x30.
 const CALLER_SAVED: Regs = 0x4007_ffff;
 
@@ -31,7 +28,6 @@ pub(crate) fn decode(code: &[u8], start: u64, relocs: &Relocs) -> Vec<Insn> {
             offset,
             effect,
             kills,
-            reloc,
         });
     }
     out
@@ -78,7 +74,15 @@ fn data(ins: &Instruction, reloc: Option<Ref>) -> (Effect, Regs) {
     });
     let effect = match (ins.opcode, x(0), mem) {
         (ADRP, Some(dst), _) => reloc.map_or(Effect::Other, |of| Effect::Page { dst, of }),
-        (ADD, Some(dst), _) => reloc.map_or(Effect::Other, |of| Effect::AddrOf { dst, of }),
+        (ADD, Some(dst), _) => match (reloc, x(1), ops[2]) {
+            (Some(of), _, _) => Effect::AddrOf { dst, of },
+            (None, Some(src), Operand::Immediate(imm)) => Effect::AddImm {
+                dst,
+                src,
+                imm: i64::from(imm),
+            },
+            _ => Effect::Other,
+        },
         (LDR, Some(dst), Some(from)) => Effect::Load { dst, from },
         (STR, src, Some(to)) => Effect::Store {
             src: src.filter(|&r| r != 31),

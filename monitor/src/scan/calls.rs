@@ -102,14 +102,20 @@ impl<'m, 'd> Code<'m, 'd> {
     }
 }
 
+/// The registers that carry a call's arguments: x86_64 rdi, rsi, rdx, rcx, r8, r9; aarch64
+/// x0-x7.
+pub(crate) fn call_args(isa: Isa) -> &'static [u8] {
+    match isa {
+        Isa::X86_64 => &[7, 6, 2, 1, 8, 9],
+        Isa::Aarch64 => &[0, 1, 2, 3, 4, 5, 6, 7],
+    }
+}
+
 /// Every flush call in the module, with what it passes.
 pub(crate) fn flush_calls(code: &mut Code<'_, '_>) -> Result<Vec<FlushCall>> {
     let module = code.module;
     let is_flush = |r: Ref| matches!(r, Ref::Extern(i) if module.flush.contains(&i));
-    let first_arg = match module.isa {
-        Isa::X86_64 => x86_64::FIRST_ARG,
-        Isa::Aarch64 => aarch64::FIRST_ARG,
-    };
+    let first_arg = call_args(module.isa)[0];
     let mut calls = Vec::new();
     for base in code.functions_referring(is_flush)? {
         code.run(&base, |function, insn, state| {

@@ -70,6 +70,13 @@ pub(crate) enum Effect {
         dst: Reg,
         src: Reg,
     },
+    /// `dst` = `src` + `imm`: an address moved along (aarch64 `add x0, x1, #8` after a section
+    /// anchor, x86_64 `lea rax, [rbx + 8]`).
+    AddImm {
+        dst: Reg,
+        src: Reg,
+        imm: i64,
+    },
     Call(Option<Ref>),
     Jump {
         to: Target,
@@ -87,8 +94,6 @@ pub(crate) struct Insn {
     pub(crate) effect: Effect,
     /// Registers it overwrites (a call: the caller-saved ones).
     pub(crate) kills: Regs,
-    /// The relocation it carries, whatever the effect.
-    pub(crate) reloc: Option<Ref>,
 }
 
 /// A register's value.
@@ -133,6 +138,7 @@ pub(crate) fn step(state: &mut State, insn: &Insn) {
         Effect::Load { dst, from } => Some((dst, load(state, from))),
         Effect::AddrOf { dst, of } | Effect::Page { dst, of } => Some((dst, Val::Addr(of))),
         Effect::Copy { dst, src } => Some((dst, state[usize::from(src)])),
+        Effect::AddImm { dst, src, imm } => Some((dst, moved(state[usize::from(src)], imm))),
         _ => None,
     };
     for (r, val) in state.iter_mut().enumerate() {
@@ -142,6 +148,17 @@ pub(crate) fn step(state: &mut State, insn: &Insn) {
     }
     if let Some((dst, val)) = set {
         state[usize::from(dst)] = val;
+    }
+}
+
+/// An address plus a displacement; anything else is no longer known.
+fn moved(val: Val, imm: i64) -> Val {
+    match val {
+        Val::Addr(Ref::Local { section, offset }) => Val::Addr(Ref::Local {
+            section,
+            offset: offset.wrapping_add_signed(imm),
+        }),
+        _ => Val::Unknown,
     }
 }
 
@@ -257,35 +274,39 @@ impl Graph {
     }
 
     /// Each block's state on entry: the meet over the paths into it, iterated to a fixed point.
-    /// Blocks no path reaches start from nothing known.
+    /// Blocks no path reaches start from nothing known, and never change what a path into a
+    /// reached block brings (padding after a jump falls through into a jump target).
     fn solve(&self) -> Vec<Option<State>> {
         let mut states: Vec<Option<State>> = vec![None; self.blocks.len()];
-        let mut work: VecDeque<usize> = VecDeque::new();
         for &e in &self.entries {
             states[e] = Some(State::default());
-            work.push_back(e);
         }
-        let mut next_unreached = 0;
-        loop {
-            while let Some(b) = work.pop_front() {
-                let mut state = states[b].unwrap_or_default();
-                for insn in &self.insns[self.blocks[b].start..self.blocks[b].end] {
-                    step(&mut state, insn);
+        let none = vec![false; self.blocks.len()];
+        self.propagate(&mut states, self.entries.clone(), &none);
+        let reached: Vec<bool> = states.iter().map(Option::is_some).collect();
+        for b in 0..self.blocks.len() {
+            if states[b].is_none() {
+                states[b] = Some(State::default());
+                self.propagate(&mut states, vec![b], &reached);
+            }
+        }
+        states
+    }
+
+    /// Carries states from the `work` blocks along the edges until nothing changes; blocks in
+    /// `frozen` keep theirs.
+    fn propagate(&self, states: &mut [Option<State>], work: Vec<usize>, frozen: &[bool]) {
+        let mut work = VecDeque::from(work);
+        while let Some(b) = work.pop_front() {
+            let mut state = states[b].unwrap_or_default();
+            for insn in &self.insns[self.blocks[b].start..self.blocks[b].end] {
+                step(&mut state, insn);
+            }
+            for &s in &self.blocks[b].succ {
+                if !frozen[s] && merge(&mut states[s], &state) {
+                    work.push_back(s);
                 }
-                for &s in &self.blocks[b].succ {
-                    if merge(&mut states[s], &state) {
-                        work.push_back(s);
-                    }
-                }
             }
-            while next_unreached < states.len() && states[next_unreached].is_some() {
-                next_unreached += 1;
-            }
-            if next_unreached == states.len() {
-                return states;
-            }
-            states[next_unreached] = Some(State::default());
-            work.push_back(next_unreached);
         }
     }
 }
@@ -311,5 +332,168 @@ fn merge(into: &mut Option<State>, incoming: &State) -> bool {
             }
             changed
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WQ: Ref = Ref::Extern(1);
+    const OTHER: Ref = Ref::Extern(2);
+    const FLUSH: Ref = Ref::Extern(3);
+
+    fn insn(offset: u64, effect: Effect, kills: Regs) -> Insn {
+        Insn {
+            offset,
+            effect,
+            kills,
+        }
+    }
+
+    fn load(offset: u64, dst: Reg, what: Ref) -> Insn {
+        insn(
+            offset,
+            Effect::Load {
+                dst,
+                from: Mem::At(what),
+            },
+            1 << dst,
+        )
+    }
+
+    fn jump(offset: u64, to: u64, conditional: bool) -> Insn {
+        let effect = Effect::Jump {
+            to: Target::Here(to),
+            conditional,
+        };
+        insn(offset, effect, 0)
+    }
+
+    fn call(offset: u64) -> Insn {
+        insn(offset, Effect::Call(Some(FLUSH)), 0b1)
+    }
+
+    /// The value register 0 holds at each flush call.
+    fn at_calls(pieces: &[Piece]) -> Vec<Val> {
+        let mut out = Vec::new();
+        run(pieces, |_, i, state| {
+            if i.effect == Effect::Call(Some(FLUSH)) {
+                out.push(state[0]);
+            }
+        });
+        out
+    }
+
+    fn piece(insns: Vec<Insn>) -> Piece {
+        Piece {
+            section: 1,
+            insns,
+            entry: true,
+        }
+    }
+
+    #[test]
+    fn a_value_survives_a_join_only_when_every_path_brings_it() {
+        // 0: r0 = WQ; 1: if .. goto 3; 2: r0 = OTHER; 3: call
+        let differ = piece(vec![
+            load(0, 0, WQ),
+            jump(1, 3, true),
+            load(2, 0, OTHER),
+            call(3),
+        ]);
+        assert_eq!(at_calls(&[differ]), [Val::Unknown]);
+        let agree = piece(vec![
+            load(0, 0, WQ),
+            jump(1, 3, true),
+            load(2, 0, WQ),
+            call(3),
+        ]);
+        assert_eq!(at_calls(&[agree]), [Val::Loaded(WQ)]);
+    }
+
+    #[test]
+    fn calls_and_writes_kill_what_they_overwrite() {
+        let p = piece(vec![
+            load(0, 0, WQ),
+            insn(1, Effect::Copy { dst: 5, src: 0 }, 1 << 5),
+            call(2),
+            call(3),
+            insn(4, Effect::Copy { dst: 0, src: 5 }, 1),
+            call(5),
+        ]);
+        assert_eq!(
+            at_calls(&[p]),
+            [Val::Loaded(WQ), Val::Unknown, Val::Loaded(WQ)]
+        );
+    }
+
+    #[test]
+    fn unreached_padding_does_not_spoil_a_jump_target() {
+        // 0: r0 = WQ; 1: if .. goto 4; 2: stop; 3: (padding, unreached) falls into 4: call
+        let p = piece(vec![
+            load(0, 0, WQ),
+            jump(1, 4, true),
+            insn(2, Effect::Stop, 0),
+            insn(3, Effect::Other, Regs::MAX),
+            call(4),
+        ]);
+        assert_eq!(at_calls(&[p]), [Val::Loaded(WQ)]);
+    }
+
+    #[test]
+    fn a_cold_piece_gets_the_state_of_the_jump_into_it() {
+        let body = piece(vec![
+            load(0, 0, WQ),
+            insn(
+                1,
+                Effect::Jump {
+                    to: Target::At(Ref::Local {
+                        section: 2,
+                        offset: 8,
+                    }),
+                    conditional: true,
+                },
+                0,
+            ),
+            insn(2, Effect::Stop, 0),
+        ]);
+        let cold = Piece {
+            section: 2,
+            insns: vec![call(8)],
+            entry: false,
+        };
+        assert_eq!(at_calls(&[body, cold]), [Val::Loaded(WQ)]);
+    }
+
+    #[test]
+    fn a_register_holding_an_address_loads_the_place_it_points_at() {
+        let var = Ref::Local {
+            section: 4,
+            offset: 16,
+        };
+        let p = piece(vec![
+            insn(
+                0,
+                Effect::Page {
+                    dst: 1,
+                    of: Ref::Local {
+                        section: 4,
+                        offset: 8,
+                    },
+                },
+                1 << 1,
+            ),
+            insn(
+                1,
+                Effect::Load {
+                    dst: 0,
+                    from: Mem::Base { base: 1, offset: 8 },
+                },
+                1,
+            ),
+            call(2),
+        ]);
+        assert_eq!(at_calls(&[p]), [Val::Loaded(var)]);
     }
 }

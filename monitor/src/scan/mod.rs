@@ -12,6 +12,7 @@ mod aarch64;
 mod calls;
 pub mod files;
 mod flow;
+pub mod loaded;
 mod object;
 mod variables;
 mod x86_64;
@@ -91,6 +92,14 @@ pub struct StaticSite {
     pub calls: u32,
 }
 
+/// A static site and whether the run flushed a system queue from it (`--scan`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Reached {
+    #[serde(flatten)]
+    pub site: StaticSite,
+    pub seen: bool,
+}
+
 /// What a scan found.
 #[derive(Debug, Default)]
 pub struct Scan {
@@ -156,6 +165,18 @@ pub fn module_file(path: &Path) -> Result<Vec<StaticSite>> {
     };
     let found = sites_of(&module, path)?;
     Ok(with_sources(&file, &module, found))
+}
+
+/// The sites of a module file's bytes (decompressed), without source lines: what the fuzz
+/// target drives.
+pub fn sites_in(data: &[u8], path: &Path) -> Result<Vec<StaticSite>> {
+    let Some(module) = Module::parse(data)? else {
+        return Ok(Vec::new());
+    };
+    Ok(sites_of(&module, path)?
+        .into_iter()
+        .map(|f| f.site)
+        .collect())
 }
 
 /// Each site with the source line of its first call, from the module's own DWARF.

@@ -1,14 +1,19 @@
 //! Module variables that stand for a system queue: a flush of `my_wq` is a flush of
 //! `system_unbound_wq` when every store to `my_wq` in the module stores that queue's value and its
-//! address never escapes (no `lea`, no pointer to it in data, no export).
+//! address never escapes: no pointer to it in data (a struct, the export table), none passed to
+//! a call or stored anywhere.
+//!
+//! A store is found by the place it writes, however the code addresses it: a relocation naming
+//! the variable (x86_64 rip-relative, aarch64 `:lo12:`), or a register holding the address of a
+//! section anchor plus an offset (gcc on aarch64 addresses `.bss` variables from `.bss` itself).
 
 use std::collections::{BTreeSet, HashMap};
 
 use anyhow::Result;
 
 use crate::scan::{
-    calls::Code,
-    flow::{Effect, Mem, Ref, Val},
+    calls::{Code, call_args},
+    flow::{self, Effect, Ref, State, Val},
 };
 
 /// For each of `vars` that only ever receives system queues: their names.
@@ -25,6 +30,14 @@ pub(crate) fn system_queues_in(
     Ok(out)
 }
 
+/// What the stores to one variable put there.
+#[derive(Default)]
+struct Stores {
+    queues: BTreeSet<String>,
+    /// Something else is stored, or its address escapes.
+    other: bool,
+}
+
 /// The queues stored in the variable at `offset` of `section`; None when anything else may be.
 fn assigned(
     code: &mut Code<'_, '_>,
@@ -36,33 +49,53 @@ fn assigned(
     if escapes_in_data(code, var)? {
         return Ok(None);
     }
+    let args = call_args(module.isa);
     let near = |r: Ref| matches!(r, Ref::Local { section: s, .. } if s == section);
-    let mut queues = BTreeSet::new();
-    let mut only_queues = true;
+    let mut stores = Stores::default();
     for base in code.functions_referring(near)? {
         code.run(&base, |_, insn, state| {
-            if insn.reloc != Some(var) {
-                return;
-            }
-            match insn.effect {
-                Effect::Load {
-                    from: Mem::At(_), ..
-                }
-                | Effect::Page { .. } => {}
-                Effect::Store {
-                    src: Some(src),
-                    to: Mem::At(_),
-                } => match state[usize::from(src)] {
-                    Val::Loaded(Ref::Extern(q)) if module.queues.contains_key(&q) => {
-                        queues.insert(module.queues[&q].clone());
-                    }
-                    _ => only_queues = false,
-                },
-                _ => only_queues = false,
-            }
+            let queue = |r: Ref| match r {
+                Ref::Extern(q) => module.queues.get(&q).cloned(),
+                Ref::Local { .. } => None,
+            };
+            visit(&mut stores, var, args, insn.effect, state, queue);
         })?;
     }
-    Ok((only_queues && !queues.is_empty()).then_some(queues))
+    let Stores { queues, other } = stores;
+    Ok((!other && !queues.is_empty()).then_some(queues))
+}
+
+/// One instruction's part: a store to the variable, or its address passed on.
+fn visit(
+    stores: &mut Stores,
+    var: Ref,
+    args: &[u8],
+    effect: Effect,
+    state: &State,
+    queue: impl Fn(Ref) -> Option<String>,
+) {
+    let holds_address = |r: u8| state[usize::from(r)] == Val::Addr(var);
+    match effect {
+        Effect::Store { src, to } => {
+            if src.is_some_and(holds_address) {
+                stores.other = true;
+            }
+            if flow::load(state, to) != Val::Loaded(var) {
+                return;
+            }
+            let value = src.map(|r| state[usize::from(r)]);
+            match value {
+                Some(Val::Loaded(r)) if queue(r).is_some() => {
+                    stores.queues.extend(queue(r));
+                }
+                _ => stores.other = true,
+            }
+        }
+        Effect::Call(_) | Effect::Jump { .. } if args.iter().any(|&r| holds_address(r)) => {
+            stores.other = true;
+        }
+        _ => {}
+    }
 }
 
 /// Whether data (a pointer in a struct, the export table) or code outside any function refers

@@ -11,11 +11,8 @@ use crate::scan::{
     object::Relocs,
 };
 
-/// rdi: the first argument of a call.
-pub(crate) const FIRST_ARG: Reg = 7;
-
 /// What a call may overwrite (SysV ABI): rax, rcx, rdx, rsi, rdi, r8-r11.
-const CALLER_SAVED: Regs = 0b1111_0000_1100_0111;
+const CALLER_SAVED: Regs = 0b1111_1100_0111;
 
 /// Decodes `code`, which starts at `start` in its section, with that section's relocations.
 pub(crate) fn decode(code: &[u8], start: u64, relocs: &Relocs) -> Vec<Insn> {
@@ -36,7 +33,6 @@ pub(crate) fn decode(code: &[u8], start: u64, relocs: &Relocs) -> Vec<Insn> {
             offset: ins.ip(),
             effect,
             kills: extra | written(&mut info, &ins),
-            reloc,
         });
     }
     out
@@ -88,12 +84,15 @@ fn data(ins: &Instruction, reloc: Option<crate::scan::flow::Ref>) -> Effect {
             },
             _ => Effect::Other,
         },
-        (Mnemonic::Lea, OpKind::Register, OpKind::Memory) => {
-            match (reg(0), reloc, ins.memory_base()) {
-                (Some(dst), Some(of), Register::RIP) => Effect::AddrOf { dst, of },
-                _ => Effect::Other,
-            }
-        }
+        (Mnemonic::Lea, OpKind::Register, OpKind::Memory) => match (reg(0), reloc, mem()) {
+            (Some(dst), Some(of), Some(Mem::At(_))) => Effect::AddrOf { dst, of },
+            (Some(dst), None, Some(Mem::Base { base, offset })) => Effect::AddImm {
+                dst,
+                src: base,
+                imm: offset,
+            },
+            _ => Effect::Other,
+        },
         _ => Effect::Other,
     }
 }
