@@ -78,6 +78,26 @@ mod programs {
         )
     }
 
+    /// `--waits` through a kprobe session (6.10+): one program on one kprobe-multi link, run at
+    /// the flush's entry and, only where the entry run returned 0, again at its return. The
+    /// entry run asks for the return run only for a flush it tracks (an offending one), so every
+    /// other flush costs what it costs without `--waits`; the verifier holds a session program
+    /// to 0 or 1. See `waits::tracked_here` for how the return run is told apart.
+    #[kprobe]
+    pub fn flush_session(ctx: ProbeContext) -> u32 {
+        if waits::tracked_here() {
+            on_flush_exit();
+            return 0;
+        }
+        let regs = ctx.regs.cast_const();
+        on_flush(
+            &ctx,
+            ctx.arg::<u64>(0).unwrap_or(0),
+            Entry::Registers { regs },
+        );
+        u32::from(!waits::tracked_here())
+    }
+
     /// `module:module_load` fires once the module is in kallsyms, before its init runs.
     #[raw_tracepoint(tracepoint = "module_load")]
     pub fn module_load(_ctx: RawTracePointContext) -> i32 {

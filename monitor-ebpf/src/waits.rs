@@ -125,6 +125,22 @@ pub(crate) fn on_flush_exit() {
     }
 }
 
+/// Whether the current thread has an offending flush in flight. In a kprobe session this tells
+/// the return run from an entry run without the `bpf_session_is_return` kfunc (aya-ebpf 0.2
+/// cannot call kfuncs): the entry run returns 0, asking for a return run, only once it has
+/// created this thread's INFLIGHT entry, and only that return run removes it. A flush cannot
+/// start on a thread still inside one, and a session's return run follows every entry run
+/// that returned 0. The global counter makes it one load for a flush while none is in flight.
+#[inline(always)]
+pub(crate) fn tracked_here() -> bool {
+    if in_flight() == 0 {
+        return false;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: only whether the entry exists is read.
+    unsafe { INFLIGHT.get(&tid) }.is_some()
+}
+
 /// Adds one wait to its call site's figures.
 #[inline(always)]
 pub(crate) fn record_wait(key: &CountKey, wait_ns: u64) {

@@ -48,11 +48,12 @@ fn report(out: &mut impl Write, debuginfo: Vec<PathBuf>) -> Result<bool> {
     let fentry_risk = preemption::fentry_can_miss(counters);
     let mut working = Vec::new();
     for &method in probe::Attach::Auto.methods() {
-        match probe::attach_with(&target, method, false) {
+        match probe::attach_with(&target, method, probe::Waits::Off) {
             Ok(_probe) => {
                 let note = method_note(method, &counters, fentry_risk.as_deref());
                 writeln!(out, "  {method}: available; {note}")?;
                 writeln!(out, "    call site: {}", call_site_note(method))?;
+                writeln!(out, "    waits: {}", waits_note(&target, method))?;
                 working.push(method.to_string());
             }
             Err(e) => writeln!(out, "  {method}: unavailable: {e:#}")?,
@@ -123,6 +124,21 @@ fn method_note(method: Method, counters: &btf::MissCounters, fentry_risk: Option
             }
             None => "cannot miss flushes (before 5.12 a trampoline never skips a run)".to_owned(),
         },
+    }
+}
+
+/// How `method` tracks waits here, and whether by default (a trial attach decides: see
+/// `probe::session`).
+fn waits_note(target: &Target, method: Method) -> &'static str {
+    match probe::WaitsVia::choose(target, method, probe::Waits::Auto) {
+        Some(probe::WaitsVia::Session) => {
+            "through a kprobe session, on by default (--no-waits turns it off): the return is \
+             probed only for offending flushes, so any other flush pays nothing for it"
+        }
+        _ => {
+            "by an exit program on every flush's return, which about doubles what any flush \
+             costs, so only with --waits (this kernel has no kprobe session for this method)"
+        }
     }
 }
 

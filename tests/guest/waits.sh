@@ -1,7 +1,8 @@
 # shellcheck shell=sh
 # tests/tests/waits.rs's scenario: `slow 3` under `wqflush --waits` with each method, under
 # tracefs's record of the work items and of the flush's caller, then without --waits, then the
-# text output.
+# text output. With kprobe-multi also without the flag (a session: waits by default) and with
+# --no-waits.
 # Sourced by /init after the helpers (helpers.sh, oracle.sh: emit, fire, wqflush_start, ...).
 # KPROBE_MULTI (`yes` where the kernel has fprobe) and FENTRY (`fentry`, or `kprobe` where the
 # kernel cannot attach fentry) come from the lines the test puts before this file.
@@ -30,6 +31,9 @@ fi
 waits kprobe wqflush --waits --attach kprobe || exit 1
 if [ "$KPROBE_MULTI" = yes ]; then
 	waits multi wqflush --waits --attach kprobe-multi || exit 1
+	# Every kernel here with fprobe has kprobe sessions (6.10+): waits by default, and an opt-out.
+	waits default wqflush --attach kprobe-multi || exit 1
+	waits nowaits wqflush --no-waits --attach kprobe-multi || exit 1
 fi
 waits plain wqflush --attach "$FENTRY" || exit 1
 # Text: the "waited" line and the summary's figures.

@@ -187,18 +187,45 @@ fn with_kprobe_multi(series: Series) -> Result<()> {
     check_method(series, "multi")
 }
 
-/// Without `--waits` the fields are absent and no "waited" record is written.
+/// Waits without the flag where the kernel has kprobe sessions (every kernel here with fprobe:
+/// 6.12 and 7.x), told by the same tracefs oracle as with it.
+fn by_default_with_a_session(series: Series) -> Result<()> {
+    if !series.has_fprobe() {
+        eprintln!("{series}: no fprobe, no kprobe session");
+        return Ok(());
+    }
+    check_method(series, "default")
+}
+
+/// `--no-waits` where waits would be the default.
+fn opted_out(series: Series) -> Result<()> {
+    if !series.has_fprobe() {
+        eprintln!("{series}: no fprobe, no kprobe session");
+        return Ok(());
+    }
+    absent_in(series, "nowaits")
+}
+
+/// Without `--waits`, with fentry or a kprobe, the fields are absent and no "waited" record
+/// is written.
 fn absent_without_the_flag(series: Series) -> Result<()> {
+    absent_in(series, "plain")
+}
+
+fn absent_in(series: Series, phase: &str) -> Result<()> {
     let run = run(series)?;
     ensure!(
-        run.section_status("plain.status")? == 0,
+        run.section_status(&format!("{phase}.status"))? == 0,
         "{}",
-        run.section("plain.err")?
+        run.section(&format!("{phase}.err"))?
     );
-    let recs = records::records(run, "plain.json")?;
+    let recs = records::records(run, &format!("{phase}.json"))?;
     let site = slow_site(records::summary(&recs)?)?;
     for field in ["waits", "wait_ns_total", "wait_ns_max", "waited_for"] {
-        ensure!(site.get(field).is_none(), "{field} without --waits: {site}");
+        ensure!(
+            site.get(field).is_none(),
+            "{phase}: {field} without waits: {site}"
+        );
     }
     ensure!(!recs.iter().any(|r| r["type"] == "waited"));
     ensure!(records::summary(&recs)?.get("waits_lost").is_none());
@@ -228,5 +255,7 @@ wqflush_vmtest::per_kernel_tests! {
     waits_with_kprobe => with_kprobe,
     waits_with_kprobe_multi => with_kprobe_multi,
     waits_absent_without_the_flag => absent_without_the_flag,
+    waits_by_default_with_a_session => by_default_with_a_session,
+    waits_opted_out => opted_out,
     waits_in_text => text_output,
 }

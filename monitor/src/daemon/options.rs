@@ -5,7 +5,11 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::{kernel::target::MatchMode, output::metrics, probe::Attach};
+use crate::{
+    kernel::target::MatchMode,
+    output::metrics,
+    probe::{Attach, Waits},
+};
 
 #[derive(Args, Clone)]
 pub struct Options {
@@ -33,15 +37,19 @@ pub struct Options {
     /// Serve Prometheus metrics on [ADDR:]PORT (a bare port binds 127.0.0.1)
     #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_metrics_addr)]
     pub metrics: Option<std::net::SocketAddr>,
-    /// Also time each offending flush until it returns and name the work items it waited for
-    /// and report a flush that never returns (adds a probe on every flush's return and on every
-    /// work item's end)
-    #[arg(long)]
+    /// Time each offending flush until it returns, name the work items it waited for, and
+    /// report a flush that never returns. The default where the kernel has kprobe sessions
+    /// (6.10+ with kprobe-multi: only offending flushes pay for it); elsewhere it adds a probe
+    /// on every flush's return and is on only with this flag (`wqflush doctor` says which)
+    #[arg(long, conflicts_with = "no_waits")]
     pub waits: bool,
-    /// With --waits: report a flush still waiting after this long as STUCK (10s, 500ms, 2m)
+    /// Do not track waits, even where a kprobe session makes it cheap
+    #[arg(long)]
+    pub no_waits: bool,
+    /// With waits tracked: report a flush still waiting after this long as STUCK (10s, 500ms, 2m)
     #[arg(
         long,
-        requires = "waits",
+        conflicts_with = "no_waits",
         value_parser = parse_duration,
         default_value = "10s",
         value_name = "DURATION"
@@ -61,6 +69,25 @@ pub struct DebugInfoArgs {
     /// places; a file is used only when its build-id is the running one's (repeatable)
     #[arg(long = "debuginfo", value_name = "DIR")]
     pub dirs: Vec<PathBuf>,
+}
+
+impl Options {
+    /// What was asked of waits tracking; the probe decides, for `Auto`, by the kernel.
+    pub fn waits_asked(&self) -> Waits {
+        match (self.waits, self.no_waits) {
+            (true, _) => Waits::On,
+            (_, true) => Waits::Off,
+            _ => Waits::Auto,
+        }
+    }
+
+    /// These options with `waits` as the attached probe tracks them.
+    pub fn with_waits(&self, waits: bool) -> Options {
+        Options {
+            waits,
+            ..self.clone()
+        }
+    }
 }
 
 fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {

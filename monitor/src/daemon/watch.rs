@@ -54,6 +54,8 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     let mut sinks = open_sinks(opts).await?;
     let listener = sinks.metrics.take();
     let (ks, target, mut probe) = attach(opts)?;
+    // Waits are tracked by default where the kernel makes it cheap: from here on, as attached.
+    let opts = &opts.with_waits(probe.waits);
     let (mut ring, mut loads) = rings(&mut probe.ebpf)?;
     let mut returns = returns_ring(&mut probe, opts.waits)?;
     crate::timing::mark("ring buffers and module_load tracepoint ready");
@@ -110,7 +112,7 @@ type Ring = AsyncFd<RingBuf<MapData>>;
 fn attach(opts: &Options) -> Result<(Kallsyms, Target, Probe)> {
     let kernel = target::read(opts.attach.methods() == [Method::Fentry]);
     let (ks, mut target) = kernel.target(opts.match_mode)?;
-    let probe = probe::attach(&target, opts.attach, opts.waits)?;
+    let probe = probe::attach(&target, opts.attach, opts.waits_asked())?;
     target.forget_btf();
     crate::timing::mark("probe attached");
     Ok((ks, target, probe))

@@ -1,5 +1,6 @@
-//! The few `bpf(2)` commands aya 0.14 does not wrap: loading a program for a kprobe-multi link,
-//! creating that link, and reading the kernel's own counters of a program or link.
+//! The few `bpf(2)` commands aya 0.14 does not wrap: loading a program for a kprobe-multi link
+//! or a kprobe session, creating that link, and reading the kernel's own counters of a program
+//! or link.
 //!
 //! The attribute layouts are aya-obj's bindings of the kernel UAPI (`linux/bpf.h`), so nothing
 //! here restates the ABI by hand. A zeroed attribute union is passed whole: the kernel accepts
@@ -86,26 +87,42 @@ pub fn prog_load(p: &ProgLoad<'_>) -> Result<OwnedFd, (io::Error, String)> {
     }
 }
 
-/// A kprobe-multi link of `prog` on the functions named in `symbols` (`return_probe`: on their
-/// return instead).
+/// A kprobe-multi link of `prog` on the functions named in `symbols`: `attach_type` is the one
+/// the program was loaded for (kprobe-multi or kprobe session), `flags` the link's (e.g.
+/// BPF_F_KPROBE_MULTI_RETURN).
 pub fn kprobe_multi_link(
     prog: BorrowedFd<'_>,
     symbols: &[&std::ffi::CStr],
-    return_probe: bool,
+    attach_type: u32,
+    flags: u32,
 ) -> io::Result<OwnedFd> {
     let syms: Vec<*const libc::c_char> = symbols.iter().map(|s| s.as_ptr()).collect();
+    // SAFETY: `syms` holds as many pointers to live C strings as it says.
+    unsafe { kprobe_multi_link_raw(prog, &syms, syms.len() as u32, attach_type, flags) }
+}
+
+/// BPF_LINK_CREATE of a kprobe-multi link with `cnt` symbols at `syms`.
+///
+/// # Safety
+/// The kernel reads `cnt` pointers from `syms` and the strings they point to, unless it refuses
+/// the attribute first (`session::available` relies on E2BIG coming before that read).
+pub unsafe fn kprobe_multi_link_raw(
+    prog: BorrowedFd<'_>,
+    syms: &[*const libc::c_char],
+    cnt: u32,
+    attach_type: u32,
+    flags: u32,
+) -> io::Result<OwnedFd> {
     let mut attr = zeroed_attr();
     // SAFETY: writing plain integers into the union's BPF_LINK_CREATE member.
     let l = unsafe { &mut attr.link_create };
     l.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
-    l.attach_type = aya_obj::generated::bpf_attach_type::BPF_TRACE_KPROBE_MULTI as u32;
+    l.attach_type = attach_type;
     // SAFETY: as above.
     let k = unsafe { &mut l.__bindgen_anon_3.kprobe_multi };
-    k.cnt = syms.len() as u32;
+    k.cnt = cnt;
     k.syms = syms.as_ptr() as u64;
-    if return_probe {
-        k.flags = aya_obj::generated::BPF_F_KPROBE_MULTI_RETURN;
-    }
+    k.flags = flags;
     bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(owned)
 }
 

@@ -22,6 +22,22 @@ use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 
 use crate::probe::bpf_syscall;
 
+/// `BPF_TRACE_KPROBE_SESSION` in the kernel's `enum bpf_attach_type` (6.10+), right after
+/// `BPF_NETKIT_PEER` (55), the last value aya-obj 0.3's bindings know.
+pub const BPF_TRACE_KPROBE_SESSION: u32 = 56;
+
+/// When the link runs the program.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    /// At the function's entry.
+    Entry,
+    /// At its return (BPF_F_KPROBE_MULTI_RETURN).
+    Return,
+    /// A kprobe session (6.10+): at the entry, and at the return of each call whose entry run
+    /// returned 0.
+    Session,
+}
+
 /// A live kprobe-multi attachment; dropping it detaches.
 pub struct MultiLink {
     pub prog: OwnedFd,
@@ -29,19 +45,26 @@ pub struct MultiLink {
 }
 
 /// Loads `program` of `object` (already loaded by aya as `ebpf`, for its maps) and attaches it
-/// to `function` with a kprobe-multi link.
-/// With `return_probe`, the link runs it when `function` returns (BPF_F_KPROBE_MULTI_RETURN).
+/// to `function` with a kprobe-multi link that runs it as `run` says.
 pub fn attach(
     ebpf: &Ebpf,
     object: &[u8],
     program: &str,
     function: &str,
-    return_probe: bool,
+    run: Run,
 ) -> Result<MultiLink> {
     let (insns, license) = linked_program(ebpf, object, program)?;
+    let attach_type = match run {
+        Run::Session => BPF_TRACE_KPROBE_SESSION,
+        Run::Entry | Run::Return => bpf_attach_type::BPF_TRACE_KPROBE_MULTI as u32,
+    };
+    let flags = match run {
+        Run::Return => aya_obj::generated::BPF_F_KPROBE_MULTI_RETURN,
+        Run::Entry | Run::Session => 0,
+    };
     let load = bpf_syscall::ProgLoad {
         prog_type: bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32,
-        expected_attach_type: bpf_attach_type::BPF_TRACE_KPROBE_MULTI as u32,
+        expected_attach_type: attach_type,
         insns: &insns,
         license: &license,
         name: program,
@@ -60,17 +83,21 @@ pub fn attach(
         anyhow!("loading failed: {err}{hint}{log}")
     })?;
     let name = CString::new(function).context("function name")?;
-    let link =
-        bpf_syscall::kprobe_multi_link(prog.as_fd(), &[&name], return_probe).map_err(|e| {
-            let hint = match e.raw_os_error() {
-                Some(libc::EOPNOTSUPP) | Some(524) => " (the kernel has no fprobe: CONFIG_FPROBE)",
-                Some(libc::EINVAL) => " (kprobe-multi links need 5.18+)",
-                Some(libc::ESRCH) | Some(libc::ENOENT) => " (no such function to probe)",
-                _ => "",
-            };
-            anyhow!("attaching failed: {e}{hint}")
-        })?;
+    let link = bpf_syscall::kprobe_multi_link(prog.as_fd(), &[&name], attach_type, flags)
+        .map_err(|e| anyhow!("attaching failed: {e}{}", link_hint(&e, run)))?;
     Ok(MultiLink { prog, link })
+}
+
+/// What a refused link most likely means.
+fn link_hint(e: &std::io::Error, run: Run) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(524) => " (the kernel has no fprobe: CONFIG_FPROBE)",
+        // Before 6.10 the kernel knows no kprobe session; it checks only at the link.
+        Some(libc::EINVAL) if run == Run::Session => " (kprobe sessions need 6.10+)",
+        Some(libc::EINVAL) => " (kprobe-multi links need 5.18+)",
+        Some(libc::ESRCH) | Some(libc::ENOENT) => " (no such function to probe)",
+        _ => "",
+    }
 }
 
 /// `program`'s instructions with its map references and calls resolved, as aya resolves them

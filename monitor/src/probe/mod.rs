@@ -22,6 +22,7 @@ pub mod bpf_syscall;
 pub mod errors;
 pub mod kprobe_multi;
 pub mod maps;
+pub mod session;
 pub mod unpreempted;
 
 use std::fmt;
@@ -84,6 +85,38 @@ impl Attach {
     }
 }
 
+/// Whether to track waits: `--waits` (On), `--no-waits` (Off), neither (Auto: where a kprobe
+/// session makes it free for a non-offending flush).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waits {
+    Off,
+    Auto,
+    On,
+}
+
+/// How waits are tracked on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitsVia {
+    /// The entry program's kprobe session asks for a return run for offending flushes only.
+    Session,
+    /// An exit program (fexit, kretprobe, kprobe-multi return) runs on every flush's return.
+    ExitProgram,
+}
+
+impl WaitsVia {
+    /// How `method` would track waits here, if `waits` asks for them.
+    pub fn choose(target: &Target, method: Method, waits: Waits) -> Option<WaitsVia> {
+        match waits {
+            Waits::Off => None,
+            _ if method == Method::KprobeMulti && session::available(target.function) => {
+                Some(WaitsVia::Session)
+            }
+            Waits::On => Some(WaitsVia::ExitProgram),
+            Waits::Auto => None,
+        }
+    }
+}
+
 /// A live probe: dropping it detaches and unloads everything.
 pub struct Probe {
     pub ebpf: Ebpf,
@@ -92,12 +125,14 @@ pub struct Probe {
     multi: Option<kprobe_multi::MultiLink>,
     /// `--waits` with kprobe-multi: the return program's link.
     _multi_exit: Option<kprobe_multi::MultiLink>,
-    /// `--waits`: the exit program and the work-item tracepoint are attached.
+    /// `--waits`: the exit program (or session) and the work-item tracepoint are attached.
     pub waits: bool,
+    /// How, when `waits`.
+    pub waits_via: Option<WaitsVia>,
 }
 
 /// Attaches with the first method that works; the error lists every method's reason.
-pub fn attach(target: &Target, attach: Attach, waits: bool) -> Result<Probe> {
+pub fn attach(target: &Target, attach: Attach, waits: Waits) -> Result<Probe> {
     let mut reasons = Vec::new();
     for &method in attach.methods() {
         if attach == Attach::Auto
@@ -125,27 +160,31 @@ pub fn attach(target: &Target, attach: Attach, waits: bool) -> Result<Probe> {
 }
 
 /// Loads and attaches one method in a fresh object, so a failed method leaves nothing behind.
-/// With `waits`, the exit program and the work-item tracepoint go first, so no flush the entry
-/// program tracks can return unseen.
-pub fn attach_with(target: &Target, method: Method, waits: bool) -> Result<Probe> {
-    let mut ebpf = load(target, waits)?;
+/// With waits, the exit program and the work-item tracepoint go first, so no flush the entry
+/// program tracks can return unseen (a session's return run comes with its entry).
+pub fn attach_with(target: &Target, method: Method, waits: Waits) -> Result<Probe> {
+    let via = WaitsVia::choose(target, method, waits);
+    let mut ebpf = load(target, via.is_some())?;
     crate::timing::mark("eBPF object parsed, maps created");
-    let multi_exit = if waits {
-        attach_waits(&mut ebpf, target, method)?
-    } else {
-        None
+    let multi_exit = match via {
+        Some(via) => attach_waits(&mut ebpf, target, method, via)?,
+        None => None,
     };
     let mut multi = None;
     match method {
         Method::Fentry => attach_fentry(&mut ebpf, target)?,
         Method::Kprobe => attach_kprobe(&mut ebpf, target.function)?,
         Method::KprobeMulti => {
+            let (program, run) = match via {
+                Some(WaitsVia::Session) => ("flush_session", kprobe_multi::Run::Session),
+                _ => ("flush_kprobe", kprobe_multi::Run::Entry),
+            };
             multi = Some(kprobe_multi::attach(
                 &ebpf,
                 EBPF_OBJECT,
-                "flush_kprobe",
+                program,
                 target.function,
-                false,
+                run,
             )?);
         }
     }
@@ -154,19 +193,24 @@ pub fn attach_with(target: &Target, method: Method, waits: bool) -> Result<Probe
         method,
         multi,
         _multi_exit: multi_exit,
-        waits,
+        waits: via.is_some(),
+        waits_via: via,
     })
 }
 
-/// `--waits`: the flush function's exit program for `method`, the work-item tracepoint, and
-/// the task iterator (loaded now, run only for a stuck flush). Loaded only then: the verifier's
-/// work is start-up time.
+/// Waits: the flush function's exit program for `method` (none for a session), the work-item
+/// tracepoint, and the task iterator (loaded now, run only for a stuck flush). Loaded only
+/// then: the verifier's work is start-up time.
 fn attach_waits(
     ebpf: &mut Ebpf,
     target: &Target,
     method: Method,
+    via: WaitsVia,
 ) -> Result<Option<kprobe_multi::MultiLink>> {
-    let multi = attach_exit(ebpf, target, method)?;
+    let multi = match via {
+        WaitsVia::ExitProgram => attach_exit(ebpf, target, method)?,
+        WaitsVia::Session => None,
+    };
     let prog: &mut Iter = program(ebpf, "running_work")?;
     prog.load("task", kernel_btf(target, "--waits' task iterator")?)
         .map_err(|e| explain(e, "loading the task iterator (5.8+)"))?;
@@ -207,7 +251,7 @@ fn attach_exit(
                 EBPF_OBJECT,
                 "flush_kretprobe",
                 target.function,
-                true,
+                kprobe_multi::Run::Return,
             )?));
         }
     }

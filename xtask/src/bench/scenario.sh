@@ -50,11 +50,11 @@ start() {
 			wqflush --json --attach "$1" --ready-file /tmp/ready >/tmp/out 2>/tmp/err &
 		PID=$! ;;
 	default|default-waits)
-		_waits=
+		# Waits are the default where the kernel has kprobe sessions: "without" says so.
+		_waits=--no-waits
 		[ "$1" = default-waits ] && _waits=--waits
-		# shellcheck disable=SC2086 # no argument at all without --waits
 		benchrun /tmp/attach_ns file /tmp/ready -- \
-			wqflush --json --attach auto $_waits --ready-file /tmp/ready >/tmp/out 2>/tmp/err &
+			wqflush --json --attach auto "$_waits" --ready-file /tmp/ready >/tmp/out 2>/tmp/err &
 		PID=$! ;;
 	bpftrace|empty-*)
 		_prog=/tmp/wqflush.bt
