@@ -82,13 +82,17 @@ mod programs {
     /// the flush's entry and, only where the entry run returned 0, again at its return. The
     /// entry run asks for the return run only for a flush it tracks (an offending one), so every
     /// other flush costs what it costs without `--waits`; the verifier holds a session program
-    /// to 0 or 1. See `waits::tracked_here` for how the return run is told apart.
-    #[kprobe]
-    pub fn flush_session(ctx: ProbeContext) -> u32 {
+    /// to 0 or 1. See `waits::tracked_here` for how the return run is told apart. Not through
+    /// `#[kprobe]`: that macro's wrapper returns 0 whatever the function returns, which would
+    /// ask for a return run on every flush.
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "kprobe")]
+    pub fn flush_session(ctx: *mut core::ffi::c_void) -> u32 {
         if waits::tracked_here() {
             on_flush_exit();
             return 0;
         }
+        let ctx = ProbeContext::new(ctx);
         let regs = ctx.regs.cast_const();
         on_flush(
             &ctx,
