@@ -57,7 +57,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     let (mut ring, mut loads) = rings(&mut probe.ebpf)?;
     let mut returns = returns_ring(&mut probe, opts.waits)?;
     crate::timing::mark("ring buffers and module_load tracepoint ready");
-    let mut state = State::new(opts, &target, Symbolizer::new(ks), sinks);
+    let mut state = State::new(opts, &target, Symbolizer::new(ks), sinks)?;
     let shared = metrics::Shared::default();
     let server = listener.map(|listener| {
         let info = metrics_info(&target, probe.method);
@@ -227,7 +227,7 @@ struct Loop<'a> {
 impl Loop<'_> {
     /// Streams events until a signal, the deadline or the command's exit; keeps the metrics
     /// snapshot current once a second.
-    async fn run<W: Write>(
+    async fn run<W: Write + Send + 'static>(
         &mut self,
         ring: &mut Ring,
         loads: &mut Option<Ring>,

@@ -230,7 +230,14 @@ fn start_and_memory(t: &mut Table, r: &Results, opts: &Options) {
         &format!("RSS MB after {} call sites, one every ~1 ms", opts.sites),
         monitors_only(stat(r, "rss_paced_kb", 1024.0, 1)),
     );
-    t.row("  first sightings streamed live / lost", paced_streamed(r));
+    t.row(
+        "  first sightings streamed live / lost",
+        paced_streamed(r, "paced"),
+    );
+    t.row(
+        "  the same while a 300 MB debug file loads: live / lost",
+        paced_streamed(r, "stalled"),
+    );
 }
 
 fn sites_reported(r: &Results) -> Vec<String> {
@@ -255,12 +262,16 @@ fn sites_reported(r: &Results) -> Vec<String> {
         .collect()
 }
 
-fn paced_streamed(r: &Results) -> Vec<String> {
+/// `phase`: `paced`, or `stalled` (the first source-line lookup waits for a debug file).
+fn paced_streamed(r: &Results, phase: &str) -> Vec<String> {
     CONFIGS
         .iter()
         .map(|c| {
-            let live: Vec<f64> = r.nums("paced_records", c).into_values().collect();
-            let lost: Vec<f64> = r.nums("paced_lost", c).into_values().collect();
+            let live: Vec<f64> = r
+                .nums(&format!("{phase}_records"), c)
+                .into_values()
+                .collect();
+            let lost: Vec<f64> = r.nums(&format!("{phase}_lost"), c).into_values().collect();
             if live.is_empty() {
                 return "-".into();
             }
@@ -423,6 +434,16 @@ impl Goals<'_> {
             if let Some(mb) = median(r.nums(m, c).values().map(|x| x / 1024.0).collect()) {
                 self.line(mb <= 10.0, format!("RSS {what} {mb:.1} MB (goal <= 10 MB)"));
             }
+        }
+        let lost: Vec<f64> = r.nums("stalled_lost", c).into_values().collect();
+        if let Some(most) = lost.iter().copied().reduce(f64::max) {
+            self.line(
+                most == 0.0,
+                format!(
+                    "first sightings lost while a 300 MB debug file loads: {most:.0} at most \
+                     (goal 0)"
+                ),
+            );
         }
     }
 }

@@ -342,6 +342,22 @@ while [ $ROUND -lt "$ROUNDS" ]; do
 		rec paced_lost "$ROUND" "$c" $(summary | grep -o '"lost":[0-9]*' | tail -n 1 | cut -d: -f2)
 		log "round $ROUND $c: paced sites done"
 	done
+	# The same while vmlinux's debug info loads: the first source-line lookup waits on a FIFO
+	# where a -dbg vmlinux would be, until a 300 MB stand-in is fed to it after the last site.
+	dbg="/usr/lib/debug/boot/vmlinux-$(uname -r)"
+	for c in $CONFIGS; do
+		case $c in none|bpftrace) continue ;; esac
+		{ mkdir -p "${dbg%/*}" && mkfifo "$dbg"; } || fail "mkfifo"
+		start "$c"
+		fire sites_paced "$SITES" || fail "sites_paced trigger"
+		timeout 120 sh -c "head -c 300000000 /dev/zero >'$dbg'" 2>/dev/null
+		sleep 2
+		rec stalled_records "$ROUND" "$c" $(grep -c '"type":"flush"' /tmp/out)
+		stop "$c"
+		rm -f "$dbg"
+		rec stalled_lost "$ROUND" "$c" $(summary | grep -o '"lost":[0-9]*' | tail -n 1 | cut -d: -f2)
+		log "round $ROUND $c: paced sites behind a loading debug file done"
+	done
 done
 emit log cat $L
 emit results cat $R
