@@ -258,8 +258,12 @@ while [ $ROUND -lt "$ROUNDS" ]; do
 		# Only a method that went live this round (start fails the bench otherwise).
 		grep -q "^attach_ns $ROUND $c " $R || continue
 		t0=$(benchrun now)
-		wqflush check --attach "$c" -- true >/tmp/out 2>/tmp/err || fail "$c: check -- true"
-		rec check_ns "$ROUND" "$c" $(( $(benchrun now) - t0 ))
+		wqflush check --attach "$c" -- true >/tmp/out 2>/tmp/err
+		_rc=$?
+		t1=$(benchrun now)
+		# 3: something in the guest flushed a system queue meanwhile; still a whole run.
+		[ $_rc = 0 ] || [ $_rc = 3 ] || fail "$c: check -- true exited $_rc"
+		rec check_ns "$ROUND" "$c" $((t1 - t0))
 	done
 	# Offending path: flush_workqueue(system_wq) from both CPUs at once.
 	for c in $CONFIGS; do
