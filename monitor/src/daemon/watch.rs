@@ -108,7 +108,11 @@ type Ring = AsyncFd<RingBuf<MapData>>;
 /// Reads what the probe needs of the kernel and attaches it; the symbol table comes back for the
 /// reports, and aya's parsed BTF is dropped.
 fn attach(opts: &Options) -> Result<(Kallsyms, Target, Probe)> {
-    let kernel = target::read(opts.attach.methods() == [Method::Fentry]);
+    let ahead = target::Ahead {
+        fentry_only: opts.attach.methods() == [Method::Fentry],
+        lacks_fprobe: (opts.attach == probe::Attach::Auto).then_some(probe::lacks_fprobe),
+    };
+    let kernel = target::read(ahead);
     let (ks, mut target) = kernel.target(opts.match_mode)?;
     let probe = probe::attach(&target, opts.attach, opts.waits)?;
     target.forget_btf();
