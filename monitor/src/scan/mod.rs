@@ -154,8 +154,12 @@ impl Scan {
     }
 }
 
-/// Most threads a scan reads files on: each holds one decompressed module (amdgpu's is 29 MB).
+/// Most threads a scan reads files on: each holds one decompressed module.
 const MAX_THREADS: usize = 4;
+
+/// A module larger than this, decompressed, is read while no other is (amdgpu's is 29 MB in
+/// 6.12); the peak is then about the largest module, or `MAX_THREADS` smaller ones.
+const LARGE: u64 = 8 << 20;
 
 /// Each file's sites, scanned on a thread per CPU (decompressing xz is most of the time a
 /// compressed tree takes), in the files' order.
@@ -168,6 +172,7 @@ pub(crate) fn scan_files(list: &[PathBuf]) -> Vec<Result<Vec<StaticSite>>> {
         .map_or(1, usize::from)
         .clamp(1, MAX_THREADS);
     let next = AtomicUsize::new(0);
+    let big = std::sync::RwLock::new(());
     let results: Mutex<Vec<Option<Result<Vec<StaticSite>>>>> =
         Mutex::new((0..list.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
@@ -176,7 +181,15 @@ pub(crate) fn scan_files(list: &[PathBuf]) -> Vec<Result<Vec<StaticSite>>> {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(file) = list.get(i) else { break };
-                    let result = module_file(file);
+                    let result = {
+                        // A large module is read alone: two amdgpu-sized ones at once would
+                        // double the peak memory.
+                        let large = files::decompressed_size(file) > LARGE;
+                        let _alone = large.then(|| big.write().unwrap_or_else(|e| e.into_inner()));
+                        let _shared =
+                            (!large).then(|| big.read().unwrap_or_else(|e| e.into_inner()));
+                        module_file(file)
+                    };
                     results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(result);
                 }
             });
