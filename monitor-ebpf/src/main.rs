@@ -81,7 +81,7 @@ mod programs {
     /// `--waits` through a kprobe session (6.10+): one program on one kprobe-multi link, run at
     /// the flush's entry and, only where the entry run returned 0, again at its return. The
     /// entry run asks for the return run only for a flush it tracks (an offending one), so every
-    /// other flush costs what it costs without `--waits`; the verifier holds a session program
+    /// other flush runs it once, as without `--waits`; the verifier holds a session program
     /// to 0 or 1. See `waits::tracked_here` for how the return run is told apart. Not through
     /// `#[kprobe]`: that macro's wrapper returns 0 whatever the function returns, which would
     /// ask for a return run on every flush.
