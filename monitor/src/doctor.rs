@@ -130,11 +130,11 @@ fn method_note(method: Method, counters: &btf::MissCounters, fentry_risk: Option
 /// How `method` tracks waits here, and whether by default (a trial attach decides: see
 /// `probe::session`).
 fn waits_note(target: &Target, method: Method) -> &'static str {
-    match probe::WaitsVia::choose(target, method, probe::Waits::Auto) {
+    match probe::WaitsVia::choose(target, method, probe::Waits::On) {
         Some(probe::WaitsVia::Session) => {
-            "through a kprobe session, on by default (--no-waits turns it off): the return is \
-             probed only for offending flushes (any other flush still pays the session's \
-             kernel-side entry: 1.2-1.3x its cost without, in the bench on 7.3)"
+            "with --waits, through a kprobe session: the return is probed only for offending \
+             flushes (any other flush still pays the session's kernel-side entry: 1.2-1.3x its \
+             cost without, in the bench on 7.3, so waits stay opt-in)"
         }
         _ => {
             "by an exit program on every flush's return, which about doubles what any flush \

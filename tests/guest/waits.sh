@@ -1,7 +1,7 @@
 # shellcheck shell=sh
 # tests/tests/waits.rs's scenario: `slow 3` under `wqflush --waits` with each method, under
 # tracefs's record of the work items and of the flush's caller, then without --waits, then the
-# text output. With kprobe-multi also without the flag (a session: waits by default) and with
+# text output. With kprobe-multi also without the flag (a session, still opt-in) and with
 # --no-waits.
 # Sourced by /init after the helpers (helpers.sh, oracle.sh: emit, fire, wqflush_start, ...).
 # KPROBE_MULTI (`yes` where the kernel has fprobe) and FENTRY (`fentry`, or `kprobe` where the
@@ -31,7 +31,7 @@ fi
 waits kprobe wqflush --waits --attach kprobe || exit 1
 if [ "$KPROBE_MULTI" = yes ]; then
 	waits multi wqflush --waits --attach kprobe-multi || exit 1
-	# Every kernel here with fprobe has kprobe sessions (6.10+): waits by default, and an opt-out.
+	# Every kernel here with fprobe has kprobe sessions (6.10+): still no waits without the flag.
 	waits default wqflush --attach kprobe-multi || exit 1
 	waits nowaits wqflush --no-waits --attach kprobe-multi || exit 1
 fi

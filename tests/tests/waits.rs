@@ -187,14 +187,14 @@ fn with_kprobe_multi(series: Series) -> Result<()> {
     check_method(series, "multi")
 }
 
-/// Waits without the flag where the kernel has kprobe sessions (every kernel here with fprobe:
-/// 6.12 and 7.x), told by the same tracefs oracle as with it.
-fn by_default_with_a_session(series: Series) -> Result<()> {
+/// Waits stay opt-in where the kernel has kprobe sessions (every kernel here with fprobe: 6.12
+/// and 7.x): without the flag, no waits.
+fn opt_in_with_a_session(series: Series) -> Result<()> {
     if !series.has_fprobe() {
         eprintln!("{series}: no fprobe, no kprobe session");
         return Ok(());
     }
-    check_method(series, "default")
+    absent_in(series, "default")
 }
 
 /// `--no-waits` where waits would be the default.
@@ -255,7 +255,7 @@ wqflush_vmtest::per_kernel_tests! {
     waits_with_kprobe => with_kprobe,
     waits_with_kprobe_multi => with_kprobe_multi,
     waits_absent_without_the_flag => absent_without_the_flag,
-    waits_by_default_with_a_session => by_default_with_a_session,
+    waits_opt_in_with_a_session => opt_in_with_a_session,
     waits_opted_out => opted_out,
     waits_in_text => text_output,
 }

@@ -38,12 +38,12 @@ pub struct Options {
     #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_metrics_addr)]
     pub metrics: Option<std::net::SocketAddr>,
     /// Time each offending flush until it returns, name the work items it waited for, and
-    /// report a flush that never returns. The default where the kernel has kprobe sessions
-    /// (6.10+ with kprobe-multi: only offending flushes pay for it); elsewhere it adds a probe
-    /// on every flush's return and is on only with this flag (`wqflush doctor` says which)
+    /// report a flush that never returns. Where the kernel has kprobe sessions (6.10+ with
+    /// kprobe-multi) only offending flushes get a return probe; elsewhere every flush's return
+    /// is probed (`wqflush doctor` says which)
     #[arg(long, conflicts_with = "no_waits")]
     pub waits: bool,
-    /// Do not track waits, even where a kprobe session makes it cheap
+    /// Do not track waits (the default)
     #[arg(long)]
     pub no_waits: bool,
     /// With waits tracked: report a flush still waiting after this long as STUCK (10s, 500ms, 2m)
