@@ -18,6 +18,8 @@ const APT_PACKAGES: &[&str] = &[
     "debootstrap",
     "dwarves",
     "xz-utils",
+    // The scan tests decompress Debian's `.ko.xz` (xz-utils) and other `.ko.zst` module files.
+    "zstd",
     "gcc",
     "make",
     // `cargo xtask dist` (strip) and the package test (lintian, readelf, man).
