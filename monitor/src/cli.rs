@@ -10,14 +10,15 @@ use crate::{
         watch::{self, End},
     },
     doctor,
-    output::text,
+    output::{static_sites, text},
 };
 
 /// Exit codes; documented in README.md ("Exit codes").
 pub mod exit {
     /// wqflush itself failed (cannot read kallsyms, cannot attach, ...).
     pub const ERROR: u8 = 1;
-    /// `check`: a system workqueue was flushed while the command ran.
+    /// `check`: a system workqueue was flushed while the command ran; `scan`: a function that
+    /// flushes one was found.
     pub const FLUSHED: u8 = 3;
     /// `check`: the command failed (non-zero exit, signal) and nothing was flushed.
     pub const COMMAND_FAILED: u8 = 4;
@@ -51,6 +52,17 @@ pub enum Cmd {
         )]
         command: Vec<OsString>,
     },
+    /// List the functions in module files that flush a system workqueue, before any runs: exit
+    /// 0 if none, 3 if some, 1 if a file could not be read
+    Scan {
+        /// One JSON object per site and a summary (docs/json.md)
+        #[arg(long)]
+        json: bool,
+        /// Module files (.ko, .ko.xz, .ko.zst, .ko.gz) and directories to search; default: the
+        /// running kernel's modules, /lib/modules/$(uname -r)
+        #[arg(value_name = "PATH")]
+        paths: Vec<std::path::PathBuf>,
+    },
     /// Tell which attach methods, symbols, BTF and debug info this kernel offers
     Doctor {
         #[command(flatten)]
@@ -72,6 +84,7 @@ pub fn run(cli: Cli, stdout_closed: bool) -> ExitCode {
     match cli.command {
         Some(Cmd::Completions { shell }) => return print_completions(shell),
         Some(Cmd::Manpage) => return print_manpage(),
+        Some(Cmd::Scan { json, paths }) => return scan(json, &paths),
         _ => {}
     }
     if stdout_closed {
@@ -100,9 +113,32 @@ pub fn run(cli: Cli, stdout_closed: bool) -> ExitCode {
                     ExitCode::from(exit::ERROR)
                 }
             }),
-        Some(Cmd::Completions { .. } | Cmd::Manpage) => unreachable!("handled above"),
+        Some(Cmd::Completions { .. } | Cmd::Manpage | Cmd::Scan { .. }) => {
+            unreachable!("handled above")
+        }
     };
     result.unwrap_or_else(fail)
+}
+
+/// `wqflush scan`: needs no runtime, no root and no BPF.
+fn scan(json: bool, paths: &[std::path::PathBuf]) -> ExitCode {
+    let found = crate::scan::scan(paths);
+    for error in &found.errors {
+        eprintln!("wqflush: error: {error}");
+    }
+    let out = if json {
+        static_sites::json(&found)
+    } else {
+        static_sites::text(&found)
+    };
+    let written = write_stdout(out.as_bytes());
+    if written != ExitCode::SUCCESS || !found.errors.is_empty() {
+        ExitCode::from(exit::ERROR)
+    } else if found.sites.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::FLUSHED)
+    }
 }
 
 fn print_completions(shell: clap_complete::Shell) -> ExitCode {

@@ -16,6 +16,7 @@ pub mod interned;
 pub mod kernel;
 pub mod output;
 pub mod probe;
+pub mod scan;
 pub mod sites;
 pub mod sources;
 pub mod symbols;

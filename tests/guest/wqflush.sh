@@ -1,6 +1,7 @@
 # shellcheck shell=sh
 # tests/tests/wqflush.rs's scenario: three watch windows (fentry, kprobe, matching by name),
-# each firing its triggers, then `wqflush check`'s exit codes, all under the oracle.
+# each firing its triggers, then `wqflush check`'s exit codes and `--scan`'s list of the test
+# module's static sites, all under the oracle.
 # Sourced by /init after the helpers (helpers.sh, oracle.sh: emit, fire, wqflush_start, ...).
 # FIRE_FENTRY, FIRE_KPROBE and FIRE_NAME, what each window fires on this kernel
 # ("TRIGGER:COUNT ..."), and FENTRY (`fentry`, or `kprobe` where the kernel cannot attach
@@ -28,7 +29,10 @@ wqflush_start name wqflush --attach "$FENTRY" --match name || exit 1
 fire_all "$FIRE_NAME"
 wqflush_stop name
 
-emit check_flush wqflush check --json -- sh -c 'echo "long 1" > /proc/wqflush_test'
+# --scan finds a loaded module's file in the module tree, where `make modules_install` puts it.
+mkdir -p "/lib/modules/$(uname -r)/extra" && cp /lib/wqflush_test.ko "/lib/modules/$(uname -r)/extra/"
+emit check_flush wqflush check --scan --json -- sh -c 'echo "long 1" > /proc/wqflush_test'
+emit check_scan_text wqflush check --scan -- true
 emit check_clean wqflush check -- sh -c 'echo "own 2" > /proc/wqflush_test'
 emit check_failed wqflush check -- false
 emit check_missing wqflush check -- /no/such/command

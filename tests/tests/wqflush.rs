@@ -216,6 +216,53 @@ fn check_codes(series: Series) -> Result<()> {
     Ok(())
 }
 
+/// `check --scan`: the loaded test module's static sites, from its source
+/// (tests/module/wqflush_test.c), each marked with whether it flushed while the command ran;
+/// only `long` fired. Without a flush, the text summary lists them all as not reached.
+fn check_scan_marks_what_was_reached(series: Series) -> Result<()> {
+    let run = run(series)?;
+    let recs = records::json_lines(run.section("check_flush")?);
+    let summary = records::summary(&recs)?;
+    let statics = summary["static_sites"].as_array().context("static_sites")?;
+    let ours: Vec<&Value> = statics
+        .iter()
+        .filter(|s| s["module"] == "wqflush_test")
+        .collect();
+    for (trigger, seen) in [("long", true), ("deprecated", false), ("scheduled", false)] {
+        let caller = format!("wqflush_test_flush_{trigger}");
+        let site = ours
+            .iter()
+            .find(|s| s["caller"] == caller.as_str())
+            .with_context(|| format!("{caller} not among the static sites {ours:?}"))?;
+        // The flush call's line: in 5.10 flush_scheduled_work() is an inline function of
+        // include/linux/workqueue.h, and the line is the helper's, as at run time.
+        let source = site["source"].as_str().unwrap_or_default();
+        let file = if trigger == "scheduled" && series == Series::V5_10 {
+            "include/linux/workqueue.h:"
+        } else {
+            "wqflush_test.c:"
+        };
+        ensure!(
+            site["wq"] == expected_wq(series, trigger)
+                && site["seen"] == seen
+                && source.starts_with(file),
+            "{site}"
+        );
+    }
+    let seen: Vec<_> = ours.iter().filter(|s| s["seen"] == true).collect();
+    ensure!(seen.len() == 1, "only flush_long flushed: {seen:?}");
+    ensure!(run.section_status("check_scan_text")? == 0, "check -- true");
+    let text = run.section("check_scan_text")?;
+    ensure!(
+        text.contains("not reached:")
+            && text
+                .lines()
+                .any(|l| l.contains("wqflush_test_flush_long [wqflush_test]")),
+        "{text}"
+    );
+    Ok(())
+}
+
 /// The module's own counters and an independent tracefs kprobe agree with what was fired.
 fn check_oracle(series: Series) -> Result<()> {
     let run = run(series)?;
@@ -329,6 +376,7 @@ wqflush_vmtest::per_kernel_tests! {
     kprobe_reports_each_call_site_once_with_exact_counts => kprobe_window,
     name_mode_matches_by_name_and_says_so => name_window,
     check_returns_its_documented_exit_codes => check_codes,
+    check_scan_marks_which_static_sites_flushed => check_scan_marks_what_was_reached,
     module_and_oracle_agree_with_what_was_fired => check_oracle,
     kernel_checks_miss_what_wqflush_reports => kernel_checks_miss_what_wqflush_reports,
 }

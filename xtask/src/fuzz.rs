@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::Tally;
 
-pub const TARGETS: &[&str] = &["kallsyms", "event", "ignore"];
+pub const TARGETS: &[&str] = &["kallsyms", "event", "ignore", "scan"];
 
 /// cargo fuzz has no `--locked`: the fuzz workspace's lock is checked on its own first, so a
 /// stale one fails instead of being rewritten by the run.

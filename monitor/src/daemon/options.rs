@@ -47,6 +47,10 @@ pub struct Options {
         value_name = "DURATION"
     )]
     pub stuck_after: Duration,
+    /// Also scan the loaded modules' code for functions that flush a system workqueue, and at
+    /// the end list those that did not flush during the run (`wqflush scan` does it for files)
+    #[arg(long)]
+    pub scan: bool,
     #[command(flatten)]
     pub debuginfo: DebugInfoArgs,
 }

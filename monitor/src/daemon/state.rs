@@ -9,6 +9,7 @@ use aya::maps::{MapData, RingBuf};
 
 use super::options::Options;
 use crate::{
+    daemon::coverage::Coverage,
     daemon::stuck::{self, StuckTracker},
     kernel::btf,
     kernel::queues,
@@ -47,6 +48,8 @@ pub(super) struct State<W: Write> {
     pub(super) flights: Vec<(u32, monitor_ebpf::InFlight)>,
     /// Whether the hidden-caller warning was printed (once is enough).
     pub(super) warned_trampoline: bool,
+    /// `--scan`: the loaded modules' static sites.
+    pub(super) coverage: Option<Coverage>,
 }
 
 impl State<std::io::Stdout> {
@@ -66,6 +69,7 @@ impl State<std::io::Stdout> {
             stuck: opts.waits.then(|| StuckTracker::new(opts.stuck_after)),
             flights: Vec::new(),
             warned_trampoline: false,
+            coverage: opts.scan.then(Coverage::start),
         }
     }
 }
@@ -255,7 +259,7 @@ impl<W: Write> State<W> {
             .sum()
     }
 
-    pub(super) fn snapshot(&self, lost: Lost) -> metrics::Snapshot {
+    pub(super) fn snapshot(&mut self, lost: Lost) -> metrics::Snapshot {
         let sites = self.sites.by_count().into_iter().map(|s| {
             let q = &self.queues[s.queue()];
             let caller = s.caller();
@@ -274,10 +278,22 @@ impl<W: Write> State<W> {
                 stuck: self.stuck.as_ref().map(|_| u64::from(s.stuck)),
             }
         });
+        let sites = sites.collect();
+        let static_sites = self.coverage.as_mut().map(|c| {
+            c.sites()
+                .iter()
+                .map(|s| metrics::StaticSiteMetric {
+                    wq: s.wq.clone(),
+                    caller: s.caller.clone(),
+                    module: s.module.clone(),
+                })
+                .collect()
+        });
         metrics::Snapshot {
-            sites: sites.collect(),
+            sites,
             lost: lost.events,
             missed: lost.missed,
+            static_sites,
         }
     }
 }
@@ -347,6 +363,10 @@ pub(super) fn reporter(opts: &Options, target: &Target, sinks: Sinks) -> Reporte
 pub(super) fn finish<W: Write>(state: &mut State<W>, probe: &Probe) -> Result<()> {
     let lost = state.refresh_counts(probe)?;
     state.lost = lost;
+    if let Some(coverage) = &mut state.coverage {
+        let reached = coverage.finish(&state.sites, &state.queues);
+        state.reporter.set_reached(reached);
+    }
     state.reporter.summary(&state.sites, lost)?;
     let suppressed = state.reporter.kmsg_suppressed();
     if suppressed > 0 {

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, anyhow};
 use prometheus_client::encoding::{EncodeLabelSet, prometheus_text};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::info::Info as InfoMetric;
 use prometheus_client::registry::Registry;
 
@@ -41,6 +41,16 @@ pub struct Snapshot {
     pub lost: u64,
     /// Flushes the kernel did not run the probe for; None where it keeps no such count.
     pub missed: Option<u64>,
+    /// `--scan`: the loaded modules' functions that flush a system queue (None without it).
+    pub static_sites: Option<Vec<StaticSiteMetric>>,
+}
+
+/// A function in a loaded module that flushes a system workqueue (`--scan`).
+#[derive(Clone, Debug, Default)]
+pub struct StaticSiteMetric {
+    pub wq: String,
+    pub caller: String,
+    pub module: String,
 }
 
 /// Facts fixed for the life of the process, exported as `wqflush_info`.
@@ -139,6 +149,13 @@ pub fn render(info: &Info, snap: &Snapshot) -> Result<String> {
             "wqflush_probe_missed",
             "Flushes the kernel did not run the probe for, by its own counters (recursion_misses, kprobe missed); absent where this kernel keeps no such count",
             ConstCounter::new(missed),
+        );
+    }
+    if let Some(statics) = &snap.static_sites {
+        registry.register(
+            "wqflush_static_sites",
+            "Functions in the loaded modules whose code flushes a system workqueue (wqflush --scan), by workqueue, function and module, whether or not they have run",
+            static_sites(statics),
         );
     }
     let info_labels = InfoLabels {
@@ -275,6 +292,19 @@ fn escape(value: &str) -> String {
 
 /// One counter per label set. Sites that differ only in what the labels leave out (the offset
 /// within the caller, the stack) become one series, so their counts add up.
+fn static_sites(statics: &[StaticSiteMetric]) -> Family<SiteLabels, Gauge> {
+    let family = Family::<SiteLabels, Gauge>::default();
+    for s in statics {
+        let labels = SiteLabels {
+            wq: s.wq.clone(),
+            caller: s.caller.clone(),
+            module: s.module.clone(),
+        };
+        family.get_or_create(&labels).set(1);
+    }
+    family
+}
+
 fn flushes(snap: &Snapshot) -> Family<SiteLabels, Counter> {
     let family = Family::<SiteLabels, Counter>::default();
     for site in &snap.sites {
@@ -332,6 +362,7 @@ pub(crate) mod tests {
             ],
             lost: 7,
             missed: Some(3),
+            static_sites: None,
         }
     }
 
@@ -415,6 +446,7 @@ pub(crate) mod tests {
             sites: vec![s],
             lost: 0,
             missed: None,
+            static_sites: None,
         };
         let text = render(&info(), &snap).expect("render");
         let labels = r#"wq="system_wq",caller="slow_flush",module="foo""#;
@@ -451,6 +483,7 @@ pub(crate) mod tests {
             sites: vec![stuck(1), stuck(2), other],
             lost: 0,
             missed: None,
+            static_sites: None,
         };
         let text = render(&info(), &snap).expect("render");
         for line in [
@@ -468,11 +501,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn static_sites_are_a_gauge_per_site_with_scan_only() {
+        let text = render(&info(), &sample()).expect("render");
+        assert!(!text.contains("wqflush_static_sites"), "{text}");
+        let mut snap = sample();
+        snap.static_sites = Some(vec![StaticSiteMetric {
+            wq: "system_wq".into(),
+            caller: "foo_exit".into(),
+            module: "foo".into(),
+        }]);
+        let text = render(&info(), &snap).expect("render");
+        for line in [
+            "# TYPE wqflush_static_sites gauge",
+            r#"wqflush_static_sites{wq="system_wq",caller="foo_exit",module="foo"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+    }
+
+    #[test]
     fn render_escapes_label_values_and_handles_no_sites() {
         let snap = Snapshot {
             sites: vec![site("system_wq", "odd\"name\\", "", 1)],
             lost: 0,
             missed: None,
+            static_sites: None,
         };
         let text = render(&info(), &snap).expect("render");
         assert!(text.contains(r#"caller="odd\"name\\""#), "{text}");

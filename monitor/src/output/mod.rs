@@ -8,4 +8,5 @@ pub mod kmsg;
 pub mod metrics;
 pub mod records;
 pub mod report;
+pub mod static_sites;
 pub mod text;

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::{
     kernel::{module_versions::Versions, queues::SystemQueue},
     output::text::FIX_HINT,
+    scan::Reached,
     sites::{Site, SiteWaits},
     sources::frames::SourceEntry,
     symbols::Frame,
@@ -168,6 +169,9 @@ pub(crate) struct SummaryRecord<'a> {
     /// not run the exit probe for them); never reported as stuck.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) exits_missed: Option<u64>,
+    /// `--scan` only: the loaded modules' static sites, each with whether it flushed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) static_sites: Option<&'a [Reached]>,
 }
 
 pub(crate) fn record<'a>(

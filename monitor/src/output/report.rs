@@ -16,6 +16,7 @@ use crate::{
         },
         text::{duration_text, kernel_warning, missed_line, queue_label, waited_text, warning},
     },
+    scan::Reached,
     sites::{Lost, Site, Sites},
     sources::frames::{self, FrameLines, FrameSources},
     symbols::Frame,
@@ -34,6 +35,8 @@ pub struct Reporter<W: Write> {
     waits: bool,
     /// Source lines where debug info has them (None in unit tests: nothing of this system).
     sources: Option<FrameSources>,
+    /// `--scan`: the loaded modules' static sites and whether each flushed, for the summary.
+    reached: Option<Vec<Reached>>,
 }
 
 /// What a stuck report is about (see [`Reporter::stuck`]).
@@ -70,6 +73,7 @@ impl<W: Write> Reporter<W> {
             modules: ModuleVersions::default(),
             waits: false,
             sources: None,
+            reached: None,
         }
     }
 
@@ -266,6 +270,11 @@ impl<W: Write> Reporter<W> {
         self.out.flush().context("writing the report")
     }
 
+    /// `--scan`: the summary lists the static sites, each with whether it flushed.
+    pub fn set_reached(&mut self, reached: Vec<Reached>) {
+        self.reached = Some(reached);
+    }
+
     /// Reports every site, highest count first, and the totals.
     pub fn summary(&mut self, sites: &Sites, lost: Lost) -> Result<()> {
         let text = if self.json {
@@ -303,6 +312,7 @@ impl<W: Write> Reporter<W> {
             missed: lost.missed,
             waits_lost: self.waits.then_some(lost.waits),
             exits_missed: self.waits.then_some(lost.exits_missed),
+            static_sites: self.reached.as_deref(),
         };
         Ok(serde_json::to_string(&summary)? + "\n")
     }
@@ -327,6 +337,9 @@ impl<W: Write> Reporter<W> {
         }
         for site in sites.by_count() {
             text.push_str(&self.table_row(site));
+        }
+        if let Some(reached) = &self.reached {
+            text.push_str(&not_reached_text(reached));
         }
         text
     }
@@ -381,6 +394,42 @@ impl<W: Write> Reporter<W> {
         }
         text
     }
+}
+
+/// `--scan`: how many static sites flushed, and the ones that did not, one per line.
+fn not_reached_text(reached: &[Reached]) -> String {
+    let missing: Vec<&Reached> = reached.iter().filter(|r| !r.seen).collect();
+    let mut text = format!(
+        "wqflush: --scan: {} of {} function(s) in the loaded modules that flush a system \
+         workqueue flushed during the run\n",
+        reached.len() - missing.len(),
+        reached.len()
+    );
+    if !missing.is_empty() {
+        text.push_str("not reached:\n");
+    }
+    for r in missing {
+        let s = &r.site;
+        let via = s
+            .via
+            .as_ref()
+            .map(|v| format!(" via {v}"))
+            .unwrap_or_default();
+        let at = s
+            .source
+            .as_ref()
+            .map(|l| format!("  {l}"))
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "{:>10}  {:<40}  {} [{}] ({}){at}\n",
+            "",
+            format!("{}{via}", s.wq),
+            s.caller,
+            s.module,
+            s.section
+        ));
+    }
+    text
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use anyhow::Result;
 use gimli::Reader as _;
 
 use crate::{
+    sources::debug_file::DebugFile,
     sources::debug_object::{DebugObject, Reader},
     sources::debuginfo::{DebugInfoSearch, DebugStatus, module_name},
 };
@@ -180,6 +181,22 @@ impl SourceResolver {
         self.objects
             .insert(module.clone(), Object { build_id, state });
     }
+}
+
+/// `file:line` of each place (a function symbol and an offset in it) in a module file's own
+/// DWARF (`wqflush scan`); all None when the file has none.
+pub fn places_in_file(file: &DebugFile, places: &[(&str, u64)]) -> Vec<Option<String>> {
+    let object = match debug_object::inspect(file) {
+        Ok(found) if found.has_dwarf => DebugObject::load(file).ok(),
+        _ => None,
+    };
+    places
+        .iter()
+        .map(|&(function, offset)| {
+            let lines = lines_of(object.as_ref()?, function, offset, false)?;
+            frames::location(Some(&lines))
+        })
+        .collect()
 }
 
 /// The lines of `function+offset`. When several functions have that name (static functions of
