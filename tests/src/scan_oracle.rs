@@ -12,11 +12,12 @@
 
 mod isa;
 mod listing;
+mod tables;
 mod via;
 
 use crate::arch::Arch;
 use anyhow::{Context, Result, bail};
-use listing::{Function, Listing};
+use listing::Function;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -270,18 +271,23 @@ fn parallel<T: Sync, R: Send>(
 /// What one module holds: its sites (with the section label of each call) and its look-alikes.
 type ModuleSites = (Vec<(SiteKey, String)>, BTreeSet<(String, String)>);
 
-/// Disassembles one candidate and follows the argument of each of its flush calls.
+/// Disassembles the functions of one candidate that call a flush function (found from its
+/// relocations) and follows the argument of each call.
 fn scan_module(arch: Arch, module: &str, path: &Path) -> Result<ModuleSites> {
-    let text = Listing::disassemble(arch, path)?;
-    let chunks = listing::chunks(&text);
-    let listing = Listing::parse(arch, &chunks, |c| c.body.contains("flush_workqueue"));
-    let symbols = via::Symbols::read(arch, path)?;
-    let mut vars = via::Variables::new(arch, path, &chunks, &symbols);
+    let tables = tables::Tables::read(arch, path)?;
+    let flush_at: Vec<(&str, i64)> = tables
+        .relocs
+        .iter()
+        .filter(|r| tables.code.contains(&r.section) && is_flush_function(&r.target.symbol))
+        .map(|r| (r.section.as_str(), r.at))
+        .collect();
+    let functions = listing::disassemble(arch, path, &tables.functions_containing(&flush_at))?;
+    let mut vars = via::Variables::new(arch, path, &tables);
     let mut sites = Vec::new();
     let mut co_occurring = BTreeSet::new();
-    for function in &listing.functions {
+    for function in &functions {
         let calls = flush_calls(arch, function);
-        let name = fold_function_name(real_name(function, &symbols));
+        let name = fold_function_name(&function.name);
         let loads_wq = function
             .insns
             .iter()
@@ -332,27 +338,6 @@ fn call_queues(
         }
     }
     Ok(queues)
-}
-
-/// The function's own name where objdump shows the alias `module_init()`/`module_exit()` make
-/// (`cleanup_module` for `ib_core_cleanup`): the other function symbol at its address.
-fn real_name<'s>(function: &'s Function, symbols: &'s via::Symbols) -> &'s str {
-    if !matches!(function.name.as_str(), "init_module" | "cleanup_module") {
-        return &function.name;
-    }
-    let Some(start) = function.insns.first().map(|i| i.addr as i64) else {
-        return &function.name;
-    };
-    symbols
-        .list
-        .iter()
-        .find(|s| {
-            s.function
-                && s.section == function.section
-                && s.value == start
-                && s.name != function.name
-        })
-        .map_or(&function.name, |s| &s.name)
 }
 
 /// Indices of the calls and tail jumps in `function` whose relocation names a flush function.

@@ -4,7 +4,7 @@
 use super::is_system_wq;
 use super::listing::{Function, Insn, Reloc};
 use crate::arch::Arch;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 /// Where a value in a register came from.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -24,6 +24,15 @@ pub struct Target {
     pub offset: i64,
 }
 
+impl Target {
+    pub fn plus(&self, delta: i64) -> Target {
+        Target {
+            symbol: self.symbol.clone(),
+            offset: self.offset + delta,
+        }
+    }
+}
+
 /// What an instruction does to the followed register.
 #[derive(Debug, PartialEq, Eq)]
 enum Effect {
@@ -31,10 +40,23 @@ enum Effect {
     None,
     /// Copies another register into it (follow that one instead).
     Copy(String),
+    /// Sets it to another register plus a constant (`add x0, x19, #0x38`, `lea 0x8(%rax),%rdi`).
+    Offset(String, i64),
     /// Loads it from memory a relocation names.
     Load(Source),
+    /// Loads it from a base register plus a displacement, no relocation (`ldr x0, [x19, #56]`).
+    LoadVia(String, i64),
+    /// Sets it to an address a relocation names (`add x0, x0, :lo12:.bss`, `lea`, `mov $sym`).
+    Address(Target),
     /// Writes something else into it.
     Clobber,
+}
+
+/// What the walk looks for: the value a register holds, or the address it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Mode {
+    Value,
+    Address,
 }
 
 /// The register that holds a call's first argument.
@@ -75,26 +97,40 @@ impl<'a> Walker<'a> {
 
     /// Every source of `reg`'s value at instruction `at` (before it runs), over every path
     /// that reaches it: along the fall-through unless the instruction before ends its block
-    /// (a jump, a return), and along each local branch that jumps to an instruction.
+    /// (a jump, a return), and along each local branch that jumps to an instruction. A load
+    /// through a base register is followed to the address in that register, so a load from a
+    /// section anchor plus an offset (gcc on arm64) counts as a load from that location.
     pub fn sources(&self, at: usize, reg: &str) -> BTreeSet<Source> {
+        self.walk(at, reg, Mode::Value)
+    }
+
+    /// Every address `reg` can hold at `at`, as `Memory(target)`; `Unknown` for anything else.
+    pub fn address_sources(&self, at: usize, reg: &str) -> BTreeSet<Source> {
+        self.walk(at, reg, Mode::Address)
+    }
+
+    fn walk(&self, at: usize, reg: &str, mode: Mode) -> BTreeSet<Source> {
         let mut out = BTreeSet::new();
-        let mut seen = HashSet::new();
-        let mut work = vec![(at, reg.to_string(), true)];
-        while let Some((i, reg, skip)) = work.pop() {
-            if !seen.insert((i, reg.clone(), skip)) {
-                continue;
+        let mut seen = HashMap::new();
+        // (instruction, register, its offset from what is looked for, skip the instruction)
+        let mut work = vec![(at, reg.to_string(), 0i64, true)];
+        while let Some((i, reg, delta, skip)) = work.pop() {
+            // A register met again with another offset is a pointer moving in a loop.
+            match seen.insert((i, reg.clone(), skip), delta) {
+                None => {}
+                Some(before) if before == delta => continue,
+                Some(_) => {
+                    out.insert(Source::Unknown);
+                    continue;
+                }
             }
-            let mut reg = reg;
+            let (mut reg, mut delta) = (reg, delta);
             if !skip {
-                match self.effect(i, &reg) {
-                    Effect::None => {}
-                    Effect::Copy(from) => reg = from,
-                    Effect::Load(source) => {
-                        out.insert(source);
-                        continue;
-                    }
-                    Effect::Clobber => {
-                        out.insert(Source::Unknown);
+                match self.step(i, &reg, mode) {
+                    Step::Continue => {}
+                    Step::Follow(from, plus) => (reg, delta) = (from, delta + plus),
+                    Step::Found(sources) => {
+                        out.extend(sources.into_iter().map(|s| shift(s, delta)));
                         continue;
                     }
                 }
@@ -106,13 +142,34 @@ impl<'a> Walker<'a> {
                 out.insert(Source::Unknown);
             }
             if falls_in {
-                work.push((i - 1, reg.clone(), false));
+                work.push((i - 1, reg.clone(), delta, false));
             }
             for &from in jumps.into_iter().flatten() {
-                work.push((from, reg.clone(), false));
+                work.push((from, reg.clone(), delta, false));
             }
         }
         out
+    }
+
+    /// What instruction `i` means for the walk looking for `reg` in `mode`.
+    fn step(&self, i: usize, reg: &str, mode: Mode) -> Step {
+        let unknown = || Step::Found(BTreeSet::from([Source::Unknown]));
+        match (self.effect(i, reg), mode) {
+            (Effect::None, _) => Step::Continue,
+            (Effect::Copy(from), _) => Step::Follow(from, 0),
+            (Effect::Offset(from, plus), Mode::Address) => Step::Follow(from, plus),
+            (Effect::Load(source), Mode::Value) => Step::Found(BTreeSet::from([source])),
+            (Effect::LoadVia(base, disp), Mode::Value) => Step::Found(
+                self.address_sources(i, &base)
+                    .into_iter()
+                    .map(|a| loaded_from(a, disp))
+                    .collect(),
+            ),
+            (Effect::Address(target), Mode::Address) => {
+                Step::Found(BTreeSet::from([Source::Memory(target)]))
+            }
+            _ => unknown(),
+        }
     }
 
     /// The sources of the first argument of the call at `call`.
@@ -125,6 +182,33 @@ impl<'a> Walker<'a> {
             Arch::Amd64 => x86_effect(self.f, i, reg),
             Arch::Arm64 => arm64_effect(self.f, i, reg),
         }
+    }
+}
+
+/// What the walk does at one instruction.
+enum Step {
+    Continue,
+    /// Follow another register from here, which differs by a constant.
+    Follow(String, i64),
+    Found(BTreeSet<Source>),
+}
+
+/// `Memory(target)` moved by `delta`: the address in a register `delta` past the one found.
+fn shift(source: Source, delta: i64) -> Source {
+    match source {
+        Source::Memory(t) if delta != 0 => Source::Memory(t.plus(delta)),
+        other => other,
+    }
+}
+
+/// The value loaded from `address` plus `disp`: a system queue's own variable, or a location.
+fn loaded_from(address: Source, disp: i64) -> Source {
+    match address {
+        Source::Memory(t) if disp + t.offset == 0 && is_system_wq(&t.symbol) => {
+            Source::Wq(t.symbol)
+        }
+        Source::Memory(t) => Source::Memory(t.plus(disp)),
+        _ => Source::Unknown,
     }
 }
 
@@ -265,21 +349,99 @@ fn x86_effect(f: &Function, i: usize, reg: &str) -> Effect {
     if dest.0 != reg {
         return Effect::None;
     }
-    if !(matches!(m, "mov" | "movq") && ops.len() == 2 && dest.1) {
+    if ops.len() != 2 || !dest.1 {
         return Effect::Clobber;
     }
-    let src = ops[0];
-    if let Some((from, full)) = x86_reg(src) {
-        return if full {
-            Effect::Copy(from)
-        } else {
-            Effect::Clobber
-        };
+    x86_write(f, i, ops[0])
+}
+
+/// What the two-operand instruction `i` writes into its 64-bit destination register.
+fn x86_write(f: &Function, i: usize, src: &str) -> Effect {
+    let insn = &f.insns[i];
+    let reloc = insn.relocs.first();
+    let imm = || parse_imm(src.strip_prefix('$')?);
+    let dest = insn
+        .operand_list()
+        .last()
+        .and_then(|d| x86_reg(d))
+        .map(|d| d.0);
+    match (insn.mnemonic.as_str(), x86_reg(src)) {
+        ("mov" | "movq", Some((from, true))) => Effect::Copy(from),
+        ("mov" | "movq", _) if src.starts_with('$') => match reloc {
+            Some(r) => Effect::Address(reloc_target(Arch::Amd64, f, i, r)),
+            None => Effect::Clobber,
+        },
+        ("mov" | "movq", None) if reloc.is_some() => load_from(Arch::Amd64, f, i),
+        ("mov" | "movq", None) => match x86_base(src) {
+            Some((base, disp)) => Effect::LoadVia(base, disp),
+            None => Effect::Clobber,
+        },
+        ("lea" | "leaq", None) => match (reloc, x86_base(src)) {
+            (Some(r), _) => Effect::Address(reloc_target(Arch::Amd64, f, i, r)),
+            (None, Some((base, disp))) => Effect::Offset(base, disp),
+            _ => Effect::Clobber,
+        },
+        ("add" | "addq", None) if reloc.is_none() => match (dest, imm()) {
+            (Some(d), Some(n)) => Effect::Offset(d, n),
+            _ => Effect::Clobber,
+        },
+        ("sub" | "subq", None) if reloc.is_none() => match (dest, imm()) {
+            (Some(d), Some(n)) => Effect::Offset(d, -n),
+            _ => Effect::Clobber,
+        },
+        _ => Effect::Clobber,
     }
-    if src.starts_with('$') {
-        return Effect::Clobber;
+}
+
+/// `0x38`, `-0x8`, `56` -> the number.
+fn parse_imm(text: &str) -> Option<i64> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let n = match digits.strip_prefix("0x") {
+        Some(hex) => i64::from_str_radix(hex, 16).ok()?,
+        None => digits.parse().ok()?,
+    };
+    Some(if negative { -n } else { n })
+}
+
+/// An x86 memory operand with a base register and no index (`0x38(%rax)`, `(%rbx)`): the base
+/// and the displacement; `None` for `%rip`, `%rsp` (the stack) and indexed forms.
+pub(super) fn x86_base(op: &str) -> Option<(String, i64)> {
+    let (disp, rest) = op.split_once('(')?;
+    let inner = rest.strip_suffix(')')?;
+    if inner.contains(',') {
+        return None;
     }
-    load_from(Arch::Amd64, f, i)
+    let (base, full) = x86_reg(inner)?;
+    if !full || base == "rsp" {
+        return None;
+    }
+    let disp = if disp.is_empty() { 0 } else { parse_imm(disp)? };
+    Some((base, disp))
+}
+
+/// An arm64 address without index or write-back (`[x19, #56]`, `[x0]`): the base and the
+/// offset; `None` for the stack pointer.
+pub(super) fn arm64_base(op: &str) -> Option<(String, i64)> {
+    let inner = op.strip_prefix('[')?.strip_suffix(']')?;
+    let mut parts = inner.split(',').map(str::trim);
+    let (base, full) = arm64_reg(parts.next()?)?;
+    let offset = match parts.next() {
+        None => 0,
+        Some(imm) => parse_imm(imm.strip_prefix('#')?)?,
+    };
+    (full && parts.next().is_none()).then_some((base, offset))
+}
+
+/// `#0x38` or `#0x1, lsl #12` -> the number.
+fn arm64_imm(ops: &[&str]) -> Option<i64> {
+    let n = parse_imm(ops.first()?.strip_prefix('#')?)?;
+    match ops.get(1) {
+        None => Some(n),
+        Some(shift) => Some(n << shift.strip_prefix("lsl #")?.parse::<u32>().ok()?),
+    }
 }
 
 /// The source a memory load at `i` reads, from its relocation; `Clobber` when none names it.
@@ -427,24 +589,52 @@ fn arm64_effect(f: &Function, i: usize, reg: &str) -> Effect {
         return Effect::None;
     };
     let full = arm64_reg(ops[hit]).is_some_and(|(_, full)| full);
-    match m {
-        "mov" if ops.len() == 2 && full => match arm64_reg(ops[1]) {
-            Some((from, true)) => Effect::Copy(from),
-            _ => Effect::Clobber,
+    if hit != 0 || !full || writeback_base(&ops).is_some() {
+        return Effect::Clobber;
+    }
+    arm64_write(f, i, &ops)
+}
+
+/// What instruction `i` writes into its first operand, a 64-bit register.
+fn arm64_write(f: &Function, i: usize, ops: &[&str]) -> Effect {
+    let insn = &f.insns[i];
+    let reloc = insn.relocs.first();
+    let from = ops.get(1).and_then(|op| arm64_reg(op));
+    match (insn.mnemonic.as_str(), from) {
+        ("mov", Some((from, true))) if ops.len() == 2 => Effect::Copy(from),
+        ("ldr", _) if ops.len() == 2 && reloc.is_some() => load_from(Arch::Arm64, f, i),
+        ("ldr", _) if ops.len() == 2 => match arm64_base(ops[1]) {
+            Some((base, offset)) => Effect::LoadVia(base, offset),
+            None => Effect::Clobber,
         },
-        "ldr" if writes == 1 && full => load_from(Arch::Arm64, f, i),
+        ("add", Some((_, true))) if reloc.is_some_and(|r| r.kind.contains("ADD_ABS_LO12")) => {
+            Effect::Address(reloc_target(
+                Arch::Arm64,
+                f,
+                i,
+                reloc.unwrap_or_else(|| unreachable!()),
+            ))
+        }
+        ("add", Some((from, true))) if reloc.is_none() => match arm64_imm(&ops[2..]) {
+            Some(n) => Effect::Offset(from, n),
+            None => Effect::Clobber,
+        },
+        ("sub", Some((from, true))) if reloc.is_none() => match arm64_imm(&ops[2..]) {
+            Some(n) => Effect::Offset(from, -n),
+            None => Effect::Clobber,
+        },
         _ => Effect::Clobber,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::listing::Listing;
+    use super::super::listing::parse_all;
     use super::*;
 
     fn sources(arch: Arch, text: &str) -> BTreeSet<Source> {
-        let l = Listing::parse(arch, &super::super::listing::chunks(text), |_| true);
-        let f = &l.functions[0];
+        let l = parse_all(arch, text);
+        let f = &l[0];
         let call = f
             .insns
             .iter()

@@ -1,6 +1,7 @@
 //! `objdump -dr --no-show-raw-insn` of a module, parsed into functions of instructions, each with
 //! the relocations that fall inside it.
 
+use super::tables::Symbol;
 use crate::arch::Arch;
 use anyhow::Result;
 use std::path::Path;
@@ -61,38 +62,59 @@ pub struct Function {
     pub insns: Vec<Insn>,
 }
 
-/// A module's disassembly.
-#[derive(Debug, Default)]
-pub struct Listing {
-    pub functions: Vec<Function>,
+/// How many functions of one file are disassembled one objdump each; past that, the whole
+/// file at once.
+const RANGES_MAX: usize = 24;
+
+/// Disassembles the functions `wanted` of `path` (`objdump -dr` of their address ranges, or of
+/// the whole file when there are many) and parses them, each named as its symbol.
+pub fn disassemble(arch: Arch, path: &Path, wanted: &[&Symbol]) -> Result<Vec<Function>> {
+    let objdump = || {
+        let mut cmd = Command::new(arch.binutil("objdump"));
+        cmd.args(["-dr", "--no-show-raw-insn"]).arg(path);
+        cmd
+    };
+    let mut texts = Vec::new();
+    if wanted.len() > RANGES_MAX {
+        texts.push(crate::util::run_stdout(&mut objdump())?);
+    } else {
+        for s in wanted {
+            texts.push(crate::util::run_stdout(
+                objdump()
+                    .arg(format!("--section={}", s.section))
+                    .arg(format!("--start-address={:#x}", s.value))
+                    .arg(format!("--stop-address={:#x}", s.value + s.size)),
+            )?);
+        }
+    }
+    let mut functions = Vec::new();
+    for text in &texts {
+        for chunk in chunks(text) {
+            let symbol = wanted
+                .iter()
+                .find(|s| s.section == chunk.section && s.value == chunk.start as i64);
+            if let Some(symbol) = symbol {
+                let mut f = chunk.parse(arch);
+                f.name = symbol.name.clone();
+                functions.push(f);
+            }
+        }
+    }
+    Ok(functions)
 }
 
-impl Listing {
-    /// `objdump -dr` of `path`, as text.
-    pub fn disassemble(arch: Arch, path: &Path) -> Result<String> {
-        crate::util::run_stdout(
-            Command::new(arch.binutil("objdump"))
-                .args(["-dr", "--no-show-raw-insn"])
-                .arg(path),
-        )
-    }
-
-    /// Parses the functions of `chunks` that `keep` accepts (most of a listing is of no
-    /// interest, and parsing it is most of the oracle's own time).
-    pub fn parse(arch: Arch, chunks: &[Chunk<'_>], keep: impl Fn(&Chunk<'_>) -> bool) -> Listing {
-        let functions = chunks
-            .iter()
-            .filter(|c| keep(c))
-            .map(|c| c.parse(arch))
-            .collect();
-        Listing { functions }
-    }
+/// Every function of a listing's text, parsed (for tests).
+#[cfg(test)]
+pub fn parse_all(arch: Arch, text: &str) -> Vec<Function> {
+    chunks(text).iter().map(|c| c.parse(arch)).collect()
 }
 
 /// One `<symbol>:` of a listing, unparsed: its name, its section, the text up to the next one.
 #[derive(Debug, Clone, Copy)]
 pub struct Chunk<'t> {
     pub name: &'t str,
+    /// The symbol's address in its section.
+    pub start: u64,
     pub section: &'t str,
     pub body: &'t str,
 }
@@ -105,21 +127,14 @@ impl Chunk<'_> {
             insns: parse_body(arch, self.body),
         }
     }
-
-    /// The relocations in the chunk, without parsing its instructions.
-    pub fn relocs(&self) -> impl Iterator<Item = Reloc> + '_ {
-        self.body
-            .lines()
-            .filter(|l| l.starts_with("\t\t\t"))
-            .filter_map(reloc_line)
-    }
 }
 
 /// objdump's text cut at its section and `<symbol>:` headers.
 pub fn chunks(text: &str) -> Vec<Chunk<'_>> {
     let mut out = Vec::new();
     let mut section = "";
-    let mut open: Option<(&str, &str, usize)> = None;
+    // The open chunk: its symbol, address, section and where its body starts.
+    let mut open: Option<((u64, &str), &str, usize)> = None;
     let mut pos = 0;
     for line in text.split_inclusive('\n') {
         let start = pos;
@@ -129,12 +144,13 @@ pub fn chunks(text: &str) -> Vec<Chunk<'_>> {
             .strip_prefix("Disassembly of section ")
             .map(|s| (None, Some(s)));
         let header = header.or_else(|| symbol_header(line).map(|n| (Some(n), None)));
-        let Some((name, new_section)) = header else {
+        let Some((symbol, new_section)) = header else {
             continue;
         };
-        if let Some((name, section, from)) = open.take() {
+        if let Some(((addr, name), section, from)) = open.take() {
             out.push(Chunk {
                 name,
+                start: addr,
                 section,
                 body: &text[from..start],
             });
@@ -142,11 +158,12 @@ pub fn chunks(text: &str) -> Vec<Chunk<'_>> {
         if let Some(s) = new_section {
             section = s.trim_end_matches(':');
         }
-        open = name.map(|n| (n, section, pos));
+        open = symbol.map(|n| (n, section, pos));
     }
-    if let Some((name, section, from)) = open {
+    if let Some(((addr, name), section, from)) = open {
         out.push(Chunk {
             name,
+            start: addr,
             section,
             body: &text[from..],
         });
@@ -169,13 +186,11 @@ fn parse_body(arch: Arch, body: &str) -> Vec<Insn> {
     insns
 }
 
-/// `0000000000005240 <aoedev_exit>:` -> `aoedev_exit`.
-fn symbol_header(line: &str) -> Option<&str> {
+/// `0000000000005240 <aoedev_exit>:` -> (0x5240, `aoedev_exit`).
+fn symbol_header(line: &str) -> Option<(u64, &str)> {
     let (addr, rest) = line.split_once(' ')?;
-    if addr.is_empty() || !addr.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    rest.strip_prefix('<')?.strip_suffix(">:")
+    let addr = u64::from_str_radix(addr, 16).ok()?;
+    Some((addr, rest.strip_prefix('<')?.strip_suffix(">:")?))
 }
 
 /// `\t\t\t5248: R_X86_64_PC32\tsystem_wq-0x4` -> the relocation.
@@ -258,9 +273,9 @@ Disassembly of section .text:
 
     #[test]
     fn parses_x86() {
-        let l = Listing::parse(Arch::Amd64, &chunks(X86), |_| true);
-        assert_eq!(l.functions.len(), 1);
-        let f = &l.functions[0];
+        let l = parse_all(Arch::Amd64, X86);
+        assert_eq!(l.len(), 1);
+        let f = &l[0];
         assert_eq!(
             (f.name.as_str(), f.section.as_str()),
             ("aoedev_exit", ".text")
@@ -287,8 +302,8 @@ Disassembly of section .exit.text:
    8:\tbl\t0 <__flush_workqueue>
 \t\t\t8: R_AARCH64_CALL26\t__flush_workqueue
 ";
-        let l = Listing::parse(Arch::Arm64, &chunks(text), |_| true);
-        let f = &l.functions[0];
+        let l = parse_all(Arch::Arm64, text);
+        let f = &l[0];
         assert_eq!(f.section, ".exit.text");
         assert_eq!(f.insns[0].operand_list(), ["w21", "#0xffffffa1"]);
         assert_eq!(f.insns[1].operand_list(), ["x0", "[x1, #8]"]);
