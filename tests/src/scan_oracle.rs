@@ -275,10 +275,10 @@ type ModuleSites = (Vec<(SiteKey, String)>, BTreeSet<(String, String)>);
 /// relocations) and follows the argument of each call.
 fn scan_module(arch: Arch, module: &str, path: &Path) -> Result<ModuleSites> {
     let tables = tables::Tables::read(arch, path)?;
-    let flush_at: Vec<(&str, i64)> = tables
-        .relocs
+    let flush_relocs = tables.relocs_naming(&["__flush_workqueue", "flush_workqueue"]);
+    let flush_at: Vec<(&str, i64)> = flush_relocs
         .iter()
-        .filter(|r| tables.code.contains(&r.section) && is_flush_function(&r.target.symbol))
+        .filter(|r| tables.code.contains(&r.section))
         .map(|r| (r.section.as_str(), r.at))
         .collect();
     let functions = listing::disassemble(arch, path, &tables.functions_containing(&flush_at))?;

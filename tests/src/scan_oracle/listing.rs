@@ -28,30 +28,39 @@ pub struct Insn {
     pub mnemonic: String,
     pub operands: String,
     pub relocs: Vec<Reloc>,
+    /// Where each operand lies in `operands` (split once: the walks ask again and again).
+    split: Vec<(usize, usize)>,
 }
 
 impl Insn {
     /// The operands split at the commas outside brackets and parentheses.
     pub fn operand_list(&self) -> Vec<&str> {
-        let mut out = Vec::new();
-        let (mut depth, mut start) = (0i32, 0);
-        for (i, c) in self.operands.char_indices() {
-            match c {
-                '(' | '[' | '{' => depth += 1,
-                ')' | ']' | '}' => depth -= 1,
-                ',' if depth == 0 => {
-                    out.push(self.operands[start..i].trim());
-                    start = i + 1;
-                }
-                _ => {}
-            }
-        }
-        let last = self.operands[start..].trim();
-        if !last.is_empty() {
-            out.push(last);
-        }
-        out
+        self.split
+            .iter()
+            .map(|&(a, b)| self.operands[a..b].trim())
+            .collect()
     }
+}
+
+/// The byte ranges of the operands in `text`.
+fn split_operands(text: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in text.bytes().enumerate() {
+        match c {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth -= 1,
+            b',' if depth == 0 => {
+                out.push((start, i));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if !text[start..].trim().is_empty() {
+        out.push((start, text.len()));
+    }
+    out
 }
 
 /// A symbol's code as objdump lists it under `<name>:` in a section.
@@ -249,6 +258,7 @@ fn insn_line(arch: Arch, line: &str) -> Option<Insn> {
         addr,
         prefix,
         mnemonic,
+        split: split_operands(&operands),
         operands,
         relocs: Vec::new(),
     })

@@ -5,7 +5,7 @@
 use super::isa::Target;
 use crate::arch::Arch;
 use anyhow::Result;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::process::Command;
 
@@ -29,10 +29,11 @@ pub struct SectionReloc {
     pub target: Target,
 }
 
-/// The tables of one module file, indexed.
+/// The tables of one module file, indexed; relocations kept as text per section and parsed
+/// when asked for (a large module has a quarter of a million, and few matter).
 pub struct Tables {
     pub symbols: Vec<Symbol>,
-    pub relocs: Vec<SectionReloc>,
+    relocs: Vec<(String, String)>,
     /// Sections of machine code (objdump's `CODE` flag).
     pub code: HashSet<String>,
     sections: HashSet<String>,
@@ -50,8 +51,8 @@ impl Tables {
     }
 
     fn parse(text: &str) -> Tables {
-        let (mut symbols, mut relocs, mut code, mut sections) =
-            (Vec::new(), Vec::new(), HashSet::new(), HashSet::new());
+        let (mut symbols, mut code, mut sections) = (Vec::new(), HashSet::new(), HashSet::new());
+        let mut relocs: Vec<(String, String)> = Vec::new();
         let mut part = "";
         let mut last_section = String::new();
         for line in text.lines() {
@@ -59,7 +60,7 @@ impl Tables {
                 part = line;
             } else if let Some(rest) = line.strip_prefix("RELOCATION RECORDS FOR [") {
                 part = "RELOCATION";
-                last_section = rest.trim_end_matches("]:").to_string();
+                relocs.push((rest.trim_end_matches("]:").to_string(), String::new()));
             } else if part == "Sections:" {
                 let words: Vec<&str> = line.split_whitespace().collect();
                 if words.first().is_some_and(|w| w.parse::<u32>().is_ok()) && words.len() > 1 {
@@ -70,8 +71,11 @@ impl Tables {
                 }
             } else if part == "SYMBOL TABLE:" {
                 symbols.extend(symbol_line(line));
-            } else if part == "RELOCATION" {
-                relocs.extend(reloc_line(&last_section, line));
+            } else if part == "RELOCATION"
+                && let Some((_, block)) = relocs.last_mut()
+            {
+                block.push_str(line);
+                block.push('\n');
             }
         }
         let by_name = symbols
@@ -86,6 +90,32 @@ impl Tables {
             sections,
             by_name,
         }
+    }
+
+    /// The relocations that name one of `symbols` (a symbol or a section), anywhere.
+    pub fn relocs_naming(&self, symbols: &[&str]) -> Vec<SectionReloc> {
+        let mut out = Vec::new();
+        for (section, block) in &self.relocs {
+            for line in block
+                .lines()
+                .filter(|l| symbols.iter().any(|s| l.contains(s)))
+            {
+                out.extend(
+                    reloc_line(section, line)
+                        .filter(|r| symbols.contains(&r.target.symbol.as_str())),
+                );
+            }
+        }
+        out
+    }
+
+    /// The relocations that patch `section`.
+    pub fn relocs_in(&self, section: &str) -> Vec<SectionReloc> {
+        self.relocs
+            .iter()
+            .filter(|(s, _)| s == section)
+            .flat_map(|(s, block)| block.lines().filter_map(|l| reloc_line(s, l)))
+            .collect()
     }
 
     /// A target as (section, offset in it): a named symbol's own section and value added.
@@ -110,9 +140,12 @@ impl Tables {
     /// (`module_init()`/`module_exit()` alias theirs as `init_module`/`cleanup_module`; the
     /// function's own name is kept).
     pub fn functions_containing(&self, at: &[(&str, i64)]) -> Vec<&Symbol> {
+        let places: BTreeSet<(&str, i64)> = at.iter().copied().collect();
         let mut found: BTreeMap<(&str, i64), &Symbol> = BTreeMap::new();
         for s in self.symbols.iter().filter(|s| s.function && s.size > 0) {
-            if !at.iter().any(|(section, off)| is_in(s, section, *off)) {
+            let section = s.section.as_str();
+            let inside = (section, s.value)..(section, s.value + s.size);
+            if places.range(inside).next().is_none() {
                 continue;
             }
             let alias = matches!(s.name.as_str(), "init_module" | "cleanup_module");
@@ -209,9 +242,11 @@ OFFSET           TYPE              VALUE
         let t = Tables::parse(TEXT);
         assert!(t.code.contains(".text") && !t.code.contains(".bss"));
         assert_eq!(t.symbols.len(), 5);
-        assert_eq!(t.relocs[0].target.offset, 0xc);
-        assert_eq!(t.relocs[1].target.symbol, "__flush_workqueue");
-        assert_eq!(t.relocs[1].target.offset, -4);
+        let relocs = t.relocs_in(".text");
+        assert_eq!(relocs[0].target.offset, 0xc);
+        assert_eq!(relocs[1].target.symbol, "__flush_workqueue");
+        assert_eq!(relocs[1].target.offset, -4);
+        assert_eq!(t.relocs_naming(&[".bss"]), relocs[..1]);
         let storm = Target {
             symbol: ".bss".into(),
             offset: 0x10,

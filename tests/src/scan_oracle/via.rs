@@ -8,7 +8,7 @@
 use super::is_system_wq;
 use super::isa::{Source, Target, Walker, arm64_base, reloc_target, x86_base, x86_reg};
 use super::listing::{Function, Insn, Reloc, disassemble};
-use super::tables::{Symbol, Tables, is_in};
+use super::tables::{SectionReloc, Symbol, Tables, is_in};
 use crate::arch::Arch;
 use anyhow::Result;
 use std::collections::{BTreeSet, HashMap};
@@ -66,20 +66,27 @@ impl<'a> Variables<'a> {
         Ok(verdict.map(|wq| (slot.name, wq)))
     }
 
-    /// Whether a relocation outside code and debug info points into `var` (its address is in
-    /// some table) or initialises it.
-    fn escapes_in_data(&self, var: &Symbol) -> bool {
+    /// Whether a relocation outside code and debug info points into `object` (its address is
+    /// in some table) or initialises it.
+    fn escapes_in_data(&self, object: &Symbol) -> bool {
         let tables = self.tables;
-        tables
-            .relocs
+        let data = |r: &SectionReloc| {
+            !tables.code.contains(&r.section) && !r.section.starts_with(".debug")
+        };
+        let points_in = tables
+            .relocs_naming(&[&object.section, &object.name])
             .iter()
-            .filter(|r| !tables.code.contains(&r.section) && !r.section.starts_with(".debug"))
+            .filter(|r| data(r))
             .any(|r| {
-                is_in(var, &r.section, r.at)
-                    || tables
-                        .locate(&r.target)
-                        .is_some_and(|(s, off)| is_in(var, s, off))
-            })
+                tables
+                    .locate(&r.target)
+                    .is_some_and(|(s, off)| is_in(object, s, off))
+            });
+        let initialises = tables
+            .relocs_in(&object.section)
+            .iter()
+            .any(|r| is_in(object, &r.section, r.at));
+        points_in || initialises
     }
 
     /// The functions with a relocation in code that may designate `var`: naming it, or its
@@ -88,8 +95,8 @@ impl<'a> Variables<'a> {
     fn referring_functions(&self, var: &Symbol) -> Vec<&'a Symbol> {
         let tables = self.tables;
         let near = |addend: i64| (var.value - 16..var.value + var.size + 16).contains(&addend);
-        let places: Vec<(&str, i64)> = tables
-            .relocs
+        let relocs = tables.relocs_naming(&[&var.section, &var.name]);
+        let places: Vec<(&str, i64)> = relocs
             .iter()
             .filter(|r| tables.code.contains(&r.section))
             .filter(|r| {
