@@ -26,7 +26,7 @@ pub fn run(debuginfo: Vec<PathBuf>) -> Result<bool> {
 }
 
 fn report(out: &mut impl Write, debuginfo: Vec<PathBuf>) -> Result<bool> {
-    let kernel = target::read(false);
+    let kernel = target::read(target::Ahead::default());
     writeln!(out, "kernel:           {}", kernel.release)?;
     print_privileges(out)?;
     print_btf(out, &kernel.offsets)?;

@@ -18,6 +18,7 @@ pub mod module;
 pub mod oracle;
 pub mod qemu;
 pub mod records;
+pub mod scan_objects;
 pub mod scan_oracle;
 pub mod scenario;
 mod systemd_foreign;

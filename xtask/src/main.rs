@@ -84,7 +84,16 @@ enum Cmd {
         /// quick loop; the other phases and bpftrace are skipped
         #[arg(long)]
         waits_only: bool,
-        /// The guest's architecture: arm64 boots Debian's arm64 kernel with its arm64 bpftrace
+        /// Run only the scan phase: the host's `wqflush scan` of a Debian module tree beside
+        /// `objdump -dr` over the same files, on this machine (no guest, no root)
+        #[arg(long, conflicts_with_all = ["waits_only", "replay"])]
+        scan_only: bool,
+        /// The Debian series whose module tree the scan phase reads (6.1: plain .ko files, which
+        /// objdump reads as they are; 6.12's .ko.xz are decompressed for objdump, untimed)
+        #[arg(long, value_parser = parse_series, default_value = "6.1")]
+        scan_kernel: Series,
+        /// The guest's architecture: arm64 boots Debian's arm64 kernel with its arm64 bpftrace,
+        /// and the scan phase reads arm64's module tree (with aarch64-linux-gnu-objdump)
         #[arg(long, value_parser = parse_arch, default_value = "amd64")]
         arch: Arch,
     },
@@ -132,6 +141,8 @@ fn run(cmd: Cmd) -> Result<()> {
             sites,
             replay,
             waits_only,
+            scan_only,
+            scan_kernel,
             arch,
         } => {
             let default = match arch {
@@ -145,17 +156,30 @@ fn run(cmd: Cmd) -> Result<()> {
                 flushes,
                 sites,
                 waits_only,
+                scan_only,
+                scan_series: scan_kernel,
                 arch,
             };
-            match replay {
-                Some(dir) => bench::replay(&opts, &dir),
-                None => {
-                    set_vm_arch(arch);
-                    bench::run(&opts, &build::wqflush(arch)?)
-                }
-            }
+            run_bench(&opts, replay)
         }
     }
+}
+
+/// The scan phase on this machine (the host's binary, whatever the guest's architecture), then
+/// the guest's part; a replay prints the guest's table of a kept boot only.
+fn run_bench(opts: &bench::Options, replay: Option<PathBuf>) -> Result<()> {
+    if let Some(dir) = replay {
+        return bench::replay(opts, &dir);
+    }
+    set_vm_arch(opts.arch);
+    bench::check(opts)?;
+    if !opts.waits_only {
+        bench::scan::run(opts, &build::wqflush(Arch::Amd64)?)?;
+    }
+    if !opts.scan_only {
+        bench::run(opts, &build::wqflush(opts.arch)?)?;
+    }
+    Ok(())
 }
 
 /// Builds the binary for `arch` and packages it (the host's build writes the man page).

@@ -38,6 +38,9 @@ const APT_PACKAGES: &[&str] = &[
     // binary links (.cargo/config.toml names the linker).
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
+    // The scan tests compress fixtures the way modules are installed (.ko.zst; xz and gzip
+    // come with the base system and xz-utils).
+    "zstd",
 ];
 
 /// The bpf-linker release known to build here with `--features llvm-22`.

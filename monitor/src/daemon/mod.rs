@@ -6,3 +6,4 @@ pub mod options;
 pub mod state;
 pub mod stuck;
 pub mod watch;
+mod writer;

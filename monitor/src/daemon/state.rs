@@ -8,6 +8,7 @@ use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 
 use super::options::Options;
+use super::writer::Writer;
 use crate::{
     daemon::coverage::Coverage,
     daemon::stuck::{self, StuckTracker},
@@ -17,6 +18,7 @@ use crate::{
     output::ignore::IgnoreList,
     output::kmsg::Kmsg,
     output::report::Reporter,
+    output::report::SharedVersions,
     output::{http, metrics},
     probe::unpreempted::Unpreempted,
     probe::{self, Probe},
@@ -26,7 +28,7 @@ use crate::{
     symbols::{self, Symbolizer},
 };
 
-pub(super) struct State<W: Write> {
+pub(super) struct State<W: Write + Send + 'static> {
     /// Ring buffer records handled so far.
     pub(super) records: u64,
     /// The kernel's counters, read once a second into the same buffer (a fresh one each time
@@ -34,7 +36,13 @@ pub(super) struct State<W: Write> {
     pub(super) counts: Vec<(monitor_ebpf::CountKey, u64)>,
     pub(super) sym: Symbolizer,
     pub(super) sites: Sites,
-    pub(super) reporter: Reporter<W>,
+    /// Writes the reports on a thread of its own (writer.rs).
+    pub(super) writer: Writer<W>,
+    /// The reporter's ignore list, for the loop's own checks.
+    pub(super) ignore: IgnoreList,
+    /// The reporter's module versions: read here at a first sighting, while the module is
+    /// loaded.
+    pub(super) versions: SharedVersions,
     pub(super) queues: Vec<queues::SystemQueue>,
     /// Which miss counters the kernel keeps, once known.
     pub(super) miss_counters: Option<btf::MissCounters>,
@@ -53,14 +61,24 @@ pub(super) struct State<W: Write> {
 }
 
 impl State<std::io::Stdout> {
-    /// Nothing seen yet; reports go to stdout and the sinks.
-    pub(super) fn new(opts: &Options, target: &Target, sym: Symbolizer, sinks: Sinks) -> Self {
-        State {
+    /// Nothing seen yet; reports go to stdout and the sinks, from the report thread.
+    pub(super) fn new(
+        opts: &Options,
+        target: &Target,
+        sym: Symbolizer,
+        sinks: Sinks,
+    ) -> Result<Self> {
+        let reporter = reporter(opts, target, sinks);
+        let ignore = reporter.ignore_list().clone();
+        let versions = reporter.versions();
+        Ok(State {
             records: 0,
             counts: Vec::new(),
             sym,
             sites: Sites::default(),
-            reporter: reporter(opts, target, sinks),
+            writer: Writer::spawn(reporter)?,
+            ignore,
+            versions,
             queues: target.queues.clone(),
             miss_counters: None,
             lost: Lost::default(),
@@ -70,11 +88,11 @@ impl State<std::io::Stdout> {
             flights: Vec::new(),
             warned_trampoline: false,
             coverage: opts.scan.then(Coverage::start),
-        }
+        })
     }
 }
 
-impl<W: Write> State<W> {
+impl<W: Write + Send + 'static> State<W> {
     pub(super) fn on_flush(&mut self, bytes: &[u8]) -> Result<()> {
         self.records += 1;
         let flush = decode(bytes, self.queues.len())?;
@@ -91,7 +109,16 @@ impl<W: Write> State<W> {
         }
         if let Some((site, frames)) = self.sites.record(flush, frames) {
             warn_hidden_caller(site.caller(), &mut self.warned_trampoline);
-            self.reporter.first_sighting(site, frames)?;
+            if !self.ignore.covers(site) {
+                let module = site.caller().and_then(|c| c.module.clone());
+                self.versions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(module.as_deref());
+                let (site, frames) = (site.clone(), frames.to_vec());
+                self.writer
+                    .submit(Box::new(move |r| r.first_sighting(&site, &frames)))?;
+            }
         }
         self.sites.forget_stacks();
         Ok(())
@@ -172,22 +199,30 @@ impl<W: Write> State<W> {
         let comm = c_string(&flight.comm);
         self.sites.add_stuck(&flight.key);
         let site = self.sites.by_key(&flight.key);
-        if site.is_some_and(|s| self.reporter.is_ignored(s)) {
+        if site.is_some_and(|s| self.ignore.covers(s)) {
             return Ok(());
         }
         let wq_name = site
             .and_then(|s| s.first.as_ref())
             .and_then(|f| f.wq_name.as_deref());
         let caller = site.and_then(|s| s.caller()).or(Some(&caller));
-        self.reporter.stuck(&crate::output::report::StuckFlush {
-            queue: flight.key.queue as usize,
-            wq_name,
-            caller,
-            pid: tid,
-            comm: &comm,
-            waiting_ns: now.saturating_sub(flight.start_ns),
-            running: &running,
-        })
+        let (queue, wq_name, caller) = (
+            flight.key.queue as usize,
+            wq_name.map(str::to_owned),
+            caller.cloned(),
+        );
+        let waiting_ns = now.saturating_sub(flight.start_ns);
+        self.writer.submit(Box::new(move |r| {
+            r.stuck(&crate::output::report::StuckFlush {
+                queue,
+                wq_name: wq_name.as_deref(),
+                caller: caller.as_ref(),
+                pid: tid,
+                comm: &comm,
+                waiting_ns,
+                running: &running,
+            })
+        }))
     }
 
     /// `--waits`: the kernel's wait figures, onto the sites.
@@ -243,7 +278,9 @@ impl<W: Write> State<W> {
         self.refresh_waits(probe)?;
         for r in got {
             if let Some(site) = self.sites.by_key(&r.key) {
-                self.reporter.returned(site, r.tid, r.wait_ns)?;
+                let site = site.clone();
+                self.writer
+                    .submit(Box::new(move |rep| rep.returned(&site, r.tid, r.wait_ns)))?;
             }
         }
         Ok(())
@@ -254,7 +291,7 @@ impl<W: Write> State<W> {
         let sites = self.sites.by_count();
         sites
             .iter()
-            .filter(|s| !self.reporter.is_ignored(s))
+            .filter(|s| !self.ignore.covers(s))
             .map(|s| s.count)
             .sum()
     }
@@ -360,15 +397,16 @@ pub(super) fn reporter(opts: &Options, target: &Target, sinks: Sinks) -> Reporte
 }
 
 /// The exact counts, the summary, and what the kernel log did not get.
-pub(super) fn finish<W: Write>(state: &mut State<W>, probe: &Probe) -> Result<()> {
+pub(super) fn finish<W: Write + Send + 'static>(state: &mut State<W>, probe: &Probe) -> Result<()> {
     let lost = state.refresh_counts(probe)?;
     state.lost = lost;
+    let mut reporter = state.writer.finish()?;
     if let Some(coverage) = &mut state.coverage {
         let reached = coverage.finish(&state.sites, &state.queues);
-        state.reporter.set_reached(reached);
+        reporter.set_reached(reached);
     }
-    state.reporter.summary(&state.sites, lost)?;
-    let suppressed = state.reporter.kmsg_suppressed();
+    reporter.summary(&state.sites, lost)?;
+    let suppressed = reporter.kmsg_suppressed();
     if suppressed > 0 {
         eprintln!(
             "wqflush: --kmsg: {suppressed} warning(s) not written to the kernel log (rate limit)"

@@ -57,7 +57,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     let (mut ring, mut loads) = rings(&mut probe.ebpf)?;
     let mut returns = returns_ring(&mut probe, opts.waits)?;
     crate::timing::mark("ring buffers and module_load tracepoint ready");
-    let mut state = State::new(opts, &target, Symbolizer::new(ks), sinks);
+    let mut state = State::new(opts, &target, Symbolizer::new(ks), sinks)?;
     let shared = metrics::Shared::default();
     let server = listener.map(|listener| {
         let info = metrics_info(&target, probe.method);
@@ -108,7 +108,11 @@ type Ring = AsyncFd<RingBuf<MapData>>;
 /// Reads what the probe needs of the kernel and attaches it; the symbol table comes back for the
 /// reports, and aya's parsed BTF is dropped.
 fn attach(opts: &Options) -> Result<(Kallsyms, Target, Probe)> {
-    let kernel = target::read(opts.attach.methods() == [Method::Fentry]);
+    let ahead = target::Ahead {
+        fentry_only: opts.attach.methods() == [Method::Fentry],
+        lacks_fprobe: (opts.attach == probe::Attach::Auto).then_some(probe::lacks_fprobe),
+    };
+    let kernel = target::read(ahead);
     let (ks, mut target) = kernel.target(opts.match_mode)?;
     let probe = probe::attach(&target, opts.attach, opts.waits)?;
     target.forget_btf();
@@ -223,7 +227,7 @@ struct Loop<'a> {
 impl Loop<'_> {
     /// Streams events until a signal, the deadline or the command's exit; keeps the metrics
     /// snapshot current once a second.
-    async fn run<W: Write>(
+    async fn run<W: Write + Send + 'static>(
         &mut self,
         ring: &mut Ring,
         loads: &mut Option<Ring>,

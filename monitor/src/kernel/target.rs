@@ -39,6 +39,7 @@ impl Kernel {
             offsets,
             kernel_btf,
             loader,
+            lacks_fprobe,
         } = self;
         let ks = kallsyms?;
         let image = || ksymtab::from_running_kernel(&release, &ks);
@@ -61,6 +62,7 @@ impl Kernel {
                 .collect(),
             kernel_btf: kernel_btf.map(OnceCell::from).unwrap_or_default(),
             loader: loader.into(),
+            lacks_fprobe,
         };
         Ok((ks, target))
     }
@@ -202,13 +204,25 @@ pub struct Kernel {
     pub offsets: Result<Offsets>,
     kernel_btf: Option<Result<Btf, String>>,
     loader: Option<EbpfLoader<'static>>,
+    lacks_fprobe: bool,
+}
+
+/// What start-up should know before it attaches, besides what every start-up reads.
+#[derive(Clone, Copy, Default)]
+pub struct Ahead {
+    /// Only fentry will be tried: parse the BTF it needs now, in parallel.
+    pub fentry_only: bool,
+    /// `--attach auto`'s feature probe for kprobe-multi links (`probe::lacks_fprobe`), run in
+    /// parallel: where the kernel has none, fentry's BTF is parsed in parallel too, and
+    /// kprobe-multi is not loaded only to be refused at the link.
+    pub lacks_fprobe: Option<fn() -> bool>,
 }
 
 /// Reads kallsyms, the struct offsets and aya's BTF in three threads. Each takes 0.1-0.4 s under
 /// emulation and most of it is CPU (the kernel formatting kallsyms, then parsing): in parallel
-/// they share both CPUs. `fentry_only`: parse the BTF fentry needs now, in parallel, instead of
-/// when fentry is first tried (`--attach auto` starts with kprobe-multi, which needs none).
-pub fn read(fentry_only: bool) -> Kernel {
+/// they share both CPUs. `ahead` says what else to find out meanwhile (fentry starts without
+/// its BTF otherwise: `--attach auto` starts with kprobe-multi, which needs none).
+pub fn read(ahead: Ahead) -> Kernel {
     std::thread::scope(|s| {
         let offsets = s.spawn(|| {
             let offsets = btf::read_offsets();
@@ -218,11 +232,16 @@ pub fn read(fentry_only: bool) -> Kernel {
         let aya = s.spawn(|| {
             // EbpfLoader::new() parses the BTF for relocations, and fentry needs a parse of its
             // own; aya also probes the kernel's BPF features once.
+            let lacks_fprobe = ahead.lacks_fprobe.is_some_and(|probe| probe());
+            if ahead.lacks_fprobe.is_some() {
+                crate::timing::mark(&format!("fprobe feature-probed (lacking: {lacks_fprobe})"));
+            }
             let loader = EbpfLoader::new();
             aya::features();
-            let kernel_btf = fentry_only.then(|| Btf::from_sys_fs().map_err(|e| format!("{e}")));
+            let fentry = ahead.fentry_only || lacks_fprobe;
+            let kernel_btf = fentry.then(|| Btf::from_sys_fs().map_err(|e| format!("{e}")));
             crate::timing::mark("BTF parsed by aya, loader ready");
-            (kernel_btf, Some(loader))
+            (kernel_btf, Some(loader), lacks_fprobe)
         });
         let kallsyms = Kallsyms::load(queues::is_queue_var);
         crate::timing::mark("kallsyms read and parsed");
@@ -230,7 +249,7 @@ pub fn read(fentry_only: bool) -> Kernel {
         let offsets = offsets.join().unwrap_or_else(|_| Err(panicked()));
         let aya = aya
             .join()
-            .unwrap_or_else(|_| (Some(Err(panicked().to_string())), None));
+            .unwrap_or_else(|_| (Some(Err(panicked().to_string())), None, false));
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         Kernel {
             release: release.trim().to_owned(),
@@ -238,6 +257,7 @@ pub fn read(fentry_only: bool) -> Kernel {
             offsets,
             kernel_btf: aya.0,
             loader: aya.1,
+            lacks_fprobe: aya.2,
         }
     })
 }
@@ -275,6 +295,8 @@ pub struct Target {
     pub kernel_btf: OnceCell<Result<Btf, String>>,
     /// A loader made ahead of time, for the first method tried.
     pub loader: Cell<Option<EbpfLoader<'static>>>,
+    /// This kernel has no fprobe for kprobe-multi links, by the probe [`Ahead`] asked for.
+    pub lacks_fprobe: bool,
 }
 
 impl Target {

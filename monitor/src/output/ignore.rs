@@ -87,6 +87,13 @@ impl IgnoreList {
         })
     }
 
+    /// Whether the list covers a call site (by its caller).
+    pub fn covers(&self, site: &crate::sites::Site) -> bool {
+        site.caller()
+            .and_then(|c| Some((c.module.as_deref(), c.func.as_deref()?)))
+            .is_some_and(|(module, func)| self.matches(module, func))
+    }
+
     /// Whether a call site is ignored. `module` is None for built-in code; `caller` is the
     /// kallsyms function name, possibly with a gcc suffix like `.isra.0`, `.constprop.0`, `.cold`.
     pub fn matches(&self, module: Option<&str>, caller: &str) -> bool {

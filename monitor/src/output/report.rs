@@ -2,7 +2,10 @@
 //! text or as JSON lines (one object per line; the contract is in docs/json.md), and optionally the
 //! same warning in the kernel log.
 
-use std::{io::Write, sync::Arc};
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Context as _, Result};
 
@@ -22,6 +25,9 @@ use crate::{
     symbols::Frame,
 };
 
+/// Module versions, read by the event loop and the report thread.
+pub type SharedVersions = Arc<Mutex<ModuleVersions>>;
+
 pub struct Reporter<W: Write> {
     out: W,
     json: bool,
@@ -30,7 +36,9 @@ pub struct Reporter<W: Write> {
     kmsg: Option<Kmsg>,
     /// The running kernel's release, on every JSON record.
     kernel: Arc<str>,
-    modules: ModuleVersions,
+    /// Shared with the event loop, which reads a module's versions at its first sighting, while
+    /// it is still loaded; the report thread then finds them kept.
+    modules: SharedVersions,
     /// `--waits`: sites carry wait figures.
     waits: bool,
     /// Source lines where debug info has them (None in unit tests: nothing of this system).
@@ -70,7 +78,7 @@ impl<W: Write> Reporter<W> {
             ignore: IgnoreList::default(),
             kmsg: None,
             kernel: "".into(),
-            modules: ModuleVersions::default(),
+            modules: SharedVersions::default(),
             waits: false,
             sources: None,
             reached: None,
@@ -226,9 +234,17 @@ impl<W: Write> Reporter<W> {
     }
 
     pub fn is_ignored(&self, site: &Site) -> bool {
-        site.caller()
-            .and_then(|c| Some((c.module.as_deref(), c.func.as_deref()?)))
-            .is_some_and(|(module, func)| self.ignore.matches(module, func))
+        self.ignore.covers(site)
+    }
+
+    /// The ignore list, for the event loop's own checks.
+    pub fn ignore_list(&self) -> &IgnoreList {
+        &self.ignore
+    }
+
+    /// The module versions, shared with the event loop.
+    pub fn versions(&self) -> SharedVersions {
+        self.modules.clone()
     }
 
     /// Warns about a call site the first time it flushes, unless the ignore list covers it.
@@ -249,6 +265,8 @@ impl<W: Write> Reporter<W> {
         }
         let versions = self
             .modules
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(site.caller().and_then(|c| c.module.as_deref()));
         if self.json {
             let mut rec = record(
@@ -295,6 +313,8 @@ impl<W: Write> Reporter<W> {
         for s in sites.by_count() {
             let versions = self
                 .modules
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .get(s.caller().and_then(|c| c.module.as_deref()));
             let mut rec = record(&self.queues, s, None, None, self.is_ignored(s), versions);
             if let Some(sources) = &mut self.sources {

@@ -109,6 +109,31 @@ pub fn kprobe_multi_link(
     bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(owned)
 }
 
+/// Why the kernel refuses a kprobe-multi link of `prog` with flags it does not know (a feature
+/// probe: it checks them before looking up any function, so nothing is attached or searched).
+pub fn kprobe_multi_link_refusal(prog: BorrowedFd<'_>) -> io::Error {
+    let name = c"wqflush_feature_probe";
+    let syms = [name.as_ptr()];
+    let mut attr = zeroed_attr();
+    // SAFETY: writing plain integers into the union's BPF_LINK_CREATE member.
+    let l = unsafe { &mut attr.link_create };
+    l.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+    l.attach_type = aya_obj::generated::bpf_attach_type::BPF_TRACE_KPROBE_MULTI as u32;
+    // SAFETY: as above.
+    let k = unsafe { &mut l.__bindgen_anon_3.kprobe_multi };
+    k.cnt = 1;
+    k.syms = syms.as_ptr() as u64;
+    k.flags = 1 << 31;
+    match bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr) {
+        // Refused after all: no link can have come of it, but close it if one did.
+        Ok(fd) => {
+            drop(owned(fd));
+            io::Error::other("a kprobe-multi link with unknown flags was accepted")
+        }
+        Err(e) => e,
+    }
+}
+
 /// BPF_OBJ_GET_INFO_BY_FD into `info`. Older kernels fill a shorter prefix; whether a field is
 /// reported at all is for the caller to know (`btf::Counters`), not guessed from the length.
 fn obj_info<T>(fd: BorrowedFd<'_>, info: &mut T) -> io::Result<()> {

@@ -99,6 +99,9 @@ pub struct Probe {
 /// Attaches with the first method that works; the error lists every method's reason.
 pub fn attach(target: &Target, attach: Attach, waits: bool) -> Result<Probe> {
     let mut reasons = Vec::new();
+    // Without `--waits` a method that fails attaches nothing, so the next one reuses its object:
+    // one load, one set of maps (Debian's 6.1 refuses kprobe-multi only at the link).
+    let mut spare = None;
     for &method in attach.methods() {
         if attach == Attach::Auto
             && method == Method::Fentry
@@ -111,7 +114,19 @@ pub fn attach(target: &Target, attach: Attach, waits: bool) -> Result<Probe> {
             ));
             continue;
         }
-        match attach_with(target, method, waits) {
+        if attach == Attach::Auto && method == Method::KprobeMulti && target.lacks_fprobe {
+            reasons.push(
+                "  kprobe-multi: not available: this kernel has no fprobe (CONFIG_FPROBE: a \
+                 feature probe's kprobe-multi link was refused as unsupported)"
+                    .to_owned(),
+            );
+            continue;
+        }
+        let attached = match waits {
+            true => attach_with(target, method, waits),
+            false => attach_reusing(target, method, &mut spare),
+        };
+        match attached {
             Ok(probe) => return Ok(probe),
             Err(err) => reasons.push(format!("  {method}: {err:#}")),
         }
@@ -135,26 +150,59 @@ pub fn attach_with(target: &Target, method: Method, waits: bool) -> Result<Probe
     } else {
         None
     };
-    let mut multi = None;
-    match method {
-        Method::Fentry => attach_fentry(&mut ebpf, target)?,
-        Method::Kprobe => attach_kprobe(&mut ebpf, target.function)?,
-        Method::KprobeMulti => {
-            multi = Some(kprobe_multi::attach(
-                &ebpf,
-                EBPF_OBJECT,
-                "flush_kprobe",
-                target.function,
-                false,
-            )?);
-        }
-    }
+    let multi = attach_entry(&mut ebpf, target, method)?;
     Ok(Probe {
         ebpf,
         method,
         multi,
         _multi_exit: multi_exit,
         waits,
+    })
+}
+
+/// Attaches one method without `--waits`, in `spare` (the object a failed method left, with
+/// nothing attached) or a fresh object; on failure the object goes back to `spare`.
+fn attach_reusing(target: &Target, method: Method, spare: &mut Option<Ebpf>) -> Result<Probe> {
+    let mut ebpf = match spare.take() {
+        Some(ebpf) => ebpf,
+        None => {
+            let ebpf = load(target, false)?;
+            crate::timing::mark("eBPF object parsed, maps created");
+            ebpf
+        }
+    };
+    match attach_entry(&mut ebpf, target, method) {
+        Ok(multi) => Ok(Probe {
+            ebpf,
+            method,
+            multi,
+            _multi_exit: None,
+            waits: false,
+        }),
+        Err(e) => {
+            crate::timing::mark(&format!("{method} failed"));
+            *spare = Some(ebpf);
+            Err(e)
+        }
+    }
+}
+
+/// The entry program of `method`; a kprobe-multi link (which aya does not hold) is returned.
+fn attach_entry(
+    ebpf: &mut Ebpf,
+    target: &Target,
+    method: Method,
+) -> Result<Option<kprobe_multi::MultiLink>> {
+    Ok(match method {
+        Method::Fentry => attach_fentry(ebpf, target).map(|()| None)?,
+        Method::Kprobe => attach_kprobe(ebpf, target.function).map(|()| None)?,
+        Method::KprobeMulti => Some(kprobe_multi::attach(
+            ebpf,
+            EBPF_OBJECT,
+            "flush_kprobe",
+            target.function,
+            false,
+        )?),
     })
 }
 
@@ -269,8 +317,9 @@ fn load(target: &Target, waits: bool) -> Result<Ebpf> {
     let offsets = target.offsets.unwrap_or_default();
     let (nr, by_name) = (n as u32, u32::from(target.by_name));
     let waits = u32::from(waits);
-    // EbpfLoader::new() parses the kernel's BTF itself; `prepare` made one in parallel with
-    // reading kallsyms. A second method (the kprobe fallback) pays for its own.
+    // EbpfLoader::new() parses the kernel's BTF itself; `target::read` made one in parallel
+    // with reading kallsyms. It borrows these globals, so it cannot be kept for a second load
+    // (a second method under `--waits`, doctor's every method): that one pays for its own.
     let mut loader = target.loader.take().unwrap_or_default();
     loader
         .override_global("NR_QUEUES", &nr, true)
@@ -329,6 +378,34 @@ fn attach_kprobe(ebpf: &mut Ebpf, function: &str) -> Result<()> {
         _ => explain(e, "attaching"),
     })?;
     Ok(())
+}
+
+/// Whether this kernel lacks fprobe, so that it can make no kprobe-multi link, asked without
+/// loading the probe: a two-instruction kprobe-multi program linked with flags no kernel knows.
+/// A kernel with fprobe checks them first and answers EINVAL, as does one before 5.18; one
+/// built without fprobe answers EOPNOTSUPP whatever the request. Nothing is attached or looked
+/// up, so it costs a program load. False unless that answer is certain.
+pub fn lacks_fprobe() -> bool {
+    use aya_obj::generated::{
+        BPF_ALU64, BPF_EXIT, BPF_JMP, BPF_K, BPF_MOV, bpf_attach_type, bpf_insn, bpf_prog_type,
+    };
+    // SAFETY: bpf_insn is plain integers; all-zero is `r0 = r0 + 0` until the codes are set.
+    let mut insns: [bpf_insn; 2] = unsafe { std::mem::zeroed() };
+    // r0 = 0; exit
+    insns[0].code = (BPF_ALU64 | BPF_MOV | BPF_K) as u8;
+    insns[1].code = (BPF_JMP | BPF_EXIT) as u8;
+    let load = bpf_syscall::ProgLoad {
+        prog_type: bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32,
+        expected_attach_type: bpf_attach_type::BPF_TRACE_KPROBE_MULTI as u32,
+        insns: &insns,
+        license: c"GPL",
+        name: "wqflush_probe",
+    };
+    let Ok(prog) = bpf_syscall::prog_load(&load) else {
+        return false;
+    };
+    let refusal = bpf_syscall::kprobe_multi_link_refusal(prog.as_fd());
+    matches!(refusal.raw_os_error(), Some(libc::EOPNOTSUPP | ENOTSUPP))
 }
 
 /// `kernel.perf_event_paranoid`; Debian's kernels add level 3 (perf events for CAP_SYS_ADMIN

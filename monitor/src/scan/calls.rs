@@ -1,14 +1,14 @@
 //! The flush calls of one module and the value each passes as the queue: the flow run over every
 //! function (with its pieces) that calls or tail-calls a flush function.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use anyhow::Result;
 
 use crate::scan::{
     aarch64,
     flow::{self, Effect, Insn, Piece, Ref, State, Target, Val},
-    object::{Isa, Module, Relocs},
+    object::{Isa, Module},
     x86_64,
 };
 
@@ -23,26 +23,14 @@ pub(crate) struct FlushCall {
     pub(crate) queue: Val,
 }
 
-/// Decodes functions, keeping each section's relocations once read.
+/// Decodes and follows the functions of one module.
 pub(crate) struct Code<'m, 'd> {
     pub(crate) module: &'m Module<'d>,
-    relocs: HashMap<usize, Relocs>,
 }
 
 impl<'m, 'd> Code<'m, 'd> {
     pub(crate) fn new(module: &'m Module<'d>) -> Self {
-        Code {
-            module,
-            relocs: HashMap::new(),
-        }
-    }
-
-    pub(crate) fn relocs(&mut self, section: usize) -> Result<&Relocs> {
-        if !self.relocs.contains_key(&section) {
-            let relocs = self.module.relocs(section)?;
-            self.relocs.insert(section, relocs);
-        }
-        Ok(&self.relocs[&section])
+        Code { module }
     }
 
     /// Runs the flow over the function named `base` and its pieces; `visit` gets each
@@ -60,10 +48,10 @@ impl<'m, 'd> Code<'m, 'd> {
         for &i in &members {
             let f = &module.functions[i];
             let code = module.code(f)?;
-            let relocs = self.relocs(f.section)?;
+            let relocs = module.relocs(f.section, f.start..f.end)?;
             let insns = match module.isa {
-                Isa::X86_64 => x86_64::decode(code, f.start, relocs),
-                Isa::Aarch64 => aarch64::decode(code, f.start, relocs),
+                Isa::X86_64 => x86_64::decode(code, f.start, &relocs),
+                Isa::Aarch64 => aarch64::decode(code, f.start, &relocs),
             };
             pieces.push(Piece {
                 section: f.section,
@@ -86,17 +74,14 @@ impl<'m, 'd> Code<'m, 'd> {
             if !module.is_code(section) {
                 continue;
             }
-            let places: Vec<u64> = self
-                .relocs(section)?
-                .iter()
-                .filter(|&(_, target)| wanted(target))
-                .map(|(at, _)| at)
-                .collect();
-            for at in places {
+            module.each_reloc(section, |at, target, _| {
+                if !wanted(target) {
+                    return;
+                }
                 if let Some(f) = module.function_at(section, at) {
                     out.insert(module.functions[f].base_name().to_owned());
                 }
-            }
+            })?;
         }
         Ok(out)
     }

@@ -45,6 +45,23 @@ fn is_module_name(name: &std::ffi::OsStr) -> bool {
         .is_some_and(|n| MODULE_SUFFIXES.iter().any(|s| n.ends_with(s)))
 }
 
+/// About how large a module file is once decompressed: xz's index says; gzip and zstd modules
+/// are taken as 5 times their size.
+pub fn decompressed_size(path: &Path) -> u64 {
+    let Ok(file) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let size = file.metadata().map_or(0, |m| m.len());
+    let name = path.to_string_lossy();
+    if name.ends_with(".xz") {
+        lzma_rust2::xz_uncompressed_size(&file).unwrap_or(size.saturating_mul(5))
+    } else if name.ends_with(".zst") || name.ends_with(".gz") {
+        size.saturating_mul(5)
+    } else {
+        size
+    }
+}
+
 /// A module's name from its file name, for a module without `.modinfo`: `foo-bar.ko.xz` is
 /// `foo_bar`.
 pub fn module_name_of(path: &Path) -> String {

@@ -195,66 +195,16 @@ struct Graph {
 
 impl Graph {
     fn new(pieces: &[Piece]) -> Graph {
-        let mut insns = Vec::new();
-        let mut at = HashMap::new();
-        let mut piece_of = Vec::new();
-        for (p, piece) in pieces.iter().enumerate() {
-            for insn in &piece.insns {
-                at.insert((piece.section, insn.offset), insns.len());
-                insns.push(*insn);
-                piece_of.push(p);
-            }
-        }
-        let target = |i: usize| -> Option<usize> {
-            let Effect::Jump { to, .. } = insns[i].effect else {
-                return None;
-            };
-            match to {
-                Target::Here(offset) => at.get(&(pieces[piece_of[i]].section, offset)).copied(),
-                Target::At(Ref::Local { section, offset }) => at.get(&(section, offset)).copied(),
-                _ => None,
-            }
-        };
-        let mut leader = vec![false; insns.len() + 1];
-        for i in 0..insns.len() {
-            if i == 0 || piece_of[i] != piece_of[i - 1] {
-                leader[i] = true;
-            }
-            if let Some(t) = target(i) {
-                leader[t] = true;
-            }
-            if ends_block(&insns[i].effect) {
-                leader[i + 1] = true;
-            }
-        }
-        let mut blocks = Vec::new();
-        let mut block_at = vec![0; insns.len()];
-        let mut entries = Vec::new();
-        let mut start = 0;
-        for i in 1..=insns.len() {
-            if i == insns.len() || leader[i] {
-                if pieces[piece_of[start]].entry
-                    && (start == 0 || piece_of[start] != piece_of[start - 1])
-                {
-                    entries.push(blocks.len());
-                }
-                block_at[start..i].fill(blocks.len());
-                blocks.push(Block {
-                    start,
-                    end: i,
-                    succ: Vec::new(),
-                });
-                start = i;
-            }
-        }
+        let (insns, piece_of, targets) = flatten(pieces);
+        let leader = leaders(&insns, &piece_of, &targets);
+        let (mut blocks, block_at, entries) = cut(&leader, &piece_of, pieces);
         for block in &mut blocks {
             let last = block.end - 1;
-            let effect = insns[last].effect;
-            if let Some(t) = target(last) {
+            if let Some(t) = targets[last] {
                 block.succ.push(block_at[t]);
             }
             let falls = !matches!(
-                effect,
+                insns[last].effect,
                 Effect::Stop
                     | Effect::Jump {
                         conditional: false,
@@ -309,6 +259,83 @@ impl Graph {
             }
         }
     }
+}
+
+/// The pieces' instructions in one list, each one's piece, and where each jump lands in the
+/// list (a jump out of the function lands nowhere).
+fn flatten(pieces: &[Piece]) -> (Vec<Insn>, Vec<usize>, Vec<Option<usize>>) {
+    let mut insns = Vec::new();
+    let mut at = HashMap::new();
+    let mut piece_of = Vec::new();
+    for (p, piece) in pieces.iter().enumerate() {
+        for insn in &piece.insns {
+            at.insert((piece.section, insn.offset), insns.len());
+            insns.push(*insn);
+            piece_of.push(p);
+        }
+    }
+    let targets = (0..insns.len())
+        .map(|i| {
+            let Effect::Jump { to, .. } = insns[i].effect else {
+                return None;
+            };
+            match to {
+                Target::Here(offset) => at.get(&(pieces[piece_of[i]].section, offset)).copied(),
+                Target::At(Ref::Local { section, offset }) => at.get(&(section, offset)).copied(),
+                _ => None,
+            }
+        })
+        .collect();
+    (insns, piece_of, targets)
+}
+
+/// Which instructions start a basic block: a piece's first, a jump's target, and the one after
+/// a jump or a stop.
+fn leaders(insns: &[Insn], piece_of: &[usize], targets: &[Option<usize>]) -> Vec<bool> {
+    let mut leader = vec![false; insns.len() + 1];
+    for i in 0..insns.len() {
+        if i == 0 || piece_of[i] != piece_of[i - 1] {
+            leader[i] = true;
+        }
+        if let Some(t) = targets[i] {
+            leader[t] = true;
+        }
+        if ends_block(&insns[i].effect) {
+            leader[i + 1] = true;
+        }
+    }
+    leader
+}
+
+/// The blocks (without their edges), each instruction's block, and the blocks that start a
+/// piece entered from outside.
+fn cut(
+    leader: &[bool],
+    piece_of: &[usize],
+    pieces: &[Piece],
+) -> (Vec<Block>, Vec<usize>, Vec<usize>) {
+    let n = piece_of.len();
+    let mut blocks = Vec::new();
+    let mut block_at = vec![0; n];
+    let mut entries = Vec::new();
+    let mut start = 0;
+    for i in 1..=n {
+        if i < n && !leader[i] {
+            continue;
+        }
+        let starts_piece = start == 0 || piece_of[start] != piece_of[start - 1];
+        if starts_piece && pieces[piece_of[start]].entry {
+            entries.push(blocks.len());
+        }
+        block_at[start..i].fill(blocks.len());
+        blocks.push(Block {
+            start,
+            end: i,
+            succ: Vec::new(),
+        });
+        start = i;
+    }
+    (blocks, block_at, entries)
 }
 
 fn ends_block(effect: &Effect) -> bool {

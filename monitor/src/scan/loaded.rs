@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::scan::{Scan, files, module_file};
+use crate::scan::{Scan, files, scan_files};
 
 /// The names of the modules loaded now (/proc/modules' first column).
 pub fn loaded() -> Result<BTreeSet<String>> {
@@ -32,12 +32,6 @@ pub fn scan_named(tree: &Path, modules: &BTreeSet<String>) -> Scan {
         .into_iter()
         .filter(|f| modules.contains(&files::module_name_of(f)))
         .collect();
-    for file in wanted {
-        match module_file(&file) {
-            Ok(sites) => out.sites.extend(sites),
-            Err(e) => out.errors.push(format!("{}: {e:#}", file.display())),
-        }
-        out.files += 1;
-    }
+    out.add(&wanted, scan_files(&wanted));
     out
 }

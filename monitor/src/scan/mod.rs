@@ -111,11 +111,11 @@ pub struct Scan {
 }
 
 impl Scan {
-    /// Modules with at least one site.
+    /// Module files with at least one site.
     pub fn modules(&self) -> usize {
         self.sites
             .iter()
-            .map(|s| &s.module)
+            .map(|s| &s.file)
             .collect::<BTreeSet<_>>()
             .len()
     }
@@ -137,14 +137,70 @@ pub fn scan(paths: &[PathBuf]) -> Scan {
     };
     let (list, errors) = files::expand(&roots);
     out.errors = errors;
-    for file in list {
-        match module_file(&file) {
-            Ok(sites) => out.sites.extend(sites),
-            Err(e) => out.errors.push(format!("{}: {e:#}", file.display())),
-        }
-        out.files += 1;
-    }
+    out.add(&list, scan_files(&list));
     out
+}
+
+impl Scan {
+    /// Adds the results of `files`, in their order.
+    pub(crate) fn add(&mut self, files: &[PathBuf], results: Vec<Result<Vec<StaticSite>>>) {
+        for (file, result) in files.iter().zip(results) {
+            match result {
+                Ok(sites) => self.sites.extend(sites),
+                Err(e) => self.errors.push(format!("{}: {e:#}", file.display())),
+            }
+            self.files += 1;
+        }
+    }
+}
+
+/// Most threads a scan reads files on: each holds one decompressed module.
+const MAX_THREADS: usize = 4;
+
+/// A module larger than this, decompressed, is read while no other is (amdgpu's is 29 MB in
+/// 6.12); the peak is then about the largest module, or `MAX_THREADS` smaller ones.
+const LARGE: u64 = 8 << 20;
+
+/// Each file's sites, scanned on a thread per CPU (decompressing xz is most of the time a
+/// compressed tree takes), in the files' order.
+pub(crate) fn scan_files(list: &[PathBuf]) -> Vec<Result<Vec<StaticSite>>> {
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, MAX_THREADS);
+    let next = AtomicUsize::new(0);
+    let big = std::sync::RwLock::new(());
+    let results: Mutex<Vec<Option<Result<Vec<StaticSite>>>>> =
+        Mutex::new((0..list.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(file) = list.get(i) else { break };
+                    let result = {
+                        // A large module is read alone: two amdgpu-sized ones at once would
+                        // double the peak memory.
+                        let large = files::decompressed_size(file) > LARGE;
+                        let _alone = large.then(|| big.write().unwrap_or_else(|e| e.into_inner()));
+                        let _shared =
+                            (!large).then(|| big.read().unwrap_or_else(|e| e.into_inner()));
+                        module_file(file)
+                    };
+                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(result);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("not scanned"))))
+        .collect()
 }
 
 /// The sites of one module file (compressed or not).

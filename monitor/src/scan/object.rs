@@ -2,12 +2,13 @@
 //! with their `.cold`/`.part`/`.isra`/`.constprop` pieces, the flush functions and `system_*wq`
 //! variables it imports, and the `.modinfo` name.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, ops::Range};
 
 use anyhow::{Context as _, Result, bail};
 use object::{
-    Architecture, Object as _, ObjectKind, ObjectSection as _, ObjectSymbol as _, RelocationKind,
-    RelocationTarget, SectionFlags, SectionKind, SymbolKind, SymbolSection, elf,
+    Architecture, Object as _, ObjectKind, ObjectSection as _, ObjectSymbol as _, SectionFlags,
+    SectionKind, SymbolIndex, SymbolKind, SymbolSection, elf,
+    read::elf::{ElfFile64, Rela as _, SectionHeader as _, Sym as _},
 };
 
 use crate::scan::flow::Ref;
@@ -70,15 +71,11 @@ impl Relocs {
             other => other,
         })
     }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, Ref)> + '_ {
-        self.0.iter().map(|r| (r.at, r.target))
-    }
 }
 
 /// A module file, parsed.
 pub(crate) struct Module<'d> {
-    pub(crate) elf: object::File<'d>,
+    pub(crate) elf: ElfFile64<'d>,
     pub(crate) isa: Isa,
     /// Indexes of the undefined flush-function symbols.
     pub(crate) flush: Vec<usize>,
@@ -92,7 +89,7 @@ impl<'d> Module<'d> {
     /// Parses `data`; None when the module imports no flush function (most modules: nothing
     /// else is read of them).
     pub(crate) fn parse(data: &'d [u8]) -> Result<Option<Module<'d>>> {
-        let elf = object::File::parse(data).context("not an ELF object file")?;
+        let elf = ElfFile64::parse(data).context("not a 64-bit ELF object file")?;
         if elf.kind() != ObjectKind::Relocatable {
             bail!("not a kernel module (an ELF relocatable file)");
         }
@@ -124,53 +121,60 @@ impl<'d> Module<'d> {
         }))
     }
 
-    /// The section's relocations, resolved and sorted by place.
-    pub(crate) fn relocs(&self, section: usize) -> Result<Relocs> {
-        let section = self.elf.section_by_index(object::SectionIndex(section))?;
+    /// The relocations of `section` whose place lies in `places`, resolved and sorted by place.
+    /// Only a function's worth is kept at a time: amdgpu's `.text` alone has a million.
+    pub(crate) fn relocs(&self, section: usize, places: Range<u64>) -> Result<Relocs> {
         let mut out = Vec::new();
-        for (at, reloc) in section.relocations() {
-            let (target, addend) = match reloc.target() {
-                RelocationTarget::Symbol(index) => {
-                    let symbol = self.elf.symbol_by_index(index)?;
-                    match symbol.section() {
-                        SymbolSection::Section(s) => (
-                            Ref::Local {
-                                section: s.0,
-                                offset: symbol.address(),
-                            },
-                            reloc.addend(),
-                        ),
-                        _ => (Ref::Extern(index.0), 0),
-                    }
-                }
-                RelocationTarget::Section(s) => (
-                    Ref::Local {
-                        section: s.0,
-                        offset: 0,
-                    },
-                    reloc.addend(),
-                ),
-                _ => continue,
-            };
-            let target = match target {
-                Ref::Local { section, offset } => Ref::Local {
-                    section,
-                    offset: offset.wrapping_add_signed(addend),
-                },
-                other => other,
-            };
-            let pc_relative = matches!(
-                reloc.kind(),
-                RelocationKind::Relative | RelocationKind::PltRelative
-            );
-            out.push(Reloc {
-                at,
-                target,
-                pc_relative,
-            });
-        }
+        self.each_reloc(section, |at, target, pc_relative| {
+            if places.contains(&at) {
+                out.push(Reloc {
+                    at,
+                    target,
+                    pc_relative,
+                });
+            }
+        })?;
         out.sort_by_key(|r| r.at);
         Ok(Relocs(out))
+    }
+
+    /// Calls `f` with the place, target and pc-relativity of every relocation of `section`. A
+    /// relocation section that cannot be read is an error, never an empty one: a module whose
+    /// flush calls cannot be seen must not be called clean.
+    pub(crate) fn each_reloc(
+        &self,
+        section: usize,
+        mut f: impl FnMut(u64, Ref, bool),
+    ) -> Result<()> {
+        let endian = self.elf.endian();
+        let data = self.elf.data();
+        let table = self.elf.elf_section_table();
+        for header in table.iter() {
+            let Some((relas, link)) = header.rela(endian, data)? else {
+                continue;
+            };
+            if header.sh_info(endian) as usize != section {
+                continue;
+            }
+            let symbols = table.symbol_table_by_index(endian, data, link)?;
+            for rela in relas {
+                let index = SymbolIndex(rela.r_sym(endian, false) as usize);
+                let symbol = symbols.symbol(index)?;
+                let addend = rela.r_addend(endian);
+                let target = match symbol.st_shndx(endian) {
+                    elf::SHN_UNDEF => Ref::Extern(index.0),
+                    shndx => Ref::Local {
+                        section: usize::from(shndx),
+                        offset: symbol.st_value(endian).wrapping_add_signed(addend),
+                    },
+                };
+                let kind = rela.r_type(endian, false);
+                let pc_relative = self.isa == Isa::X86_64
+                    && matches!(kind, elf::R_X86_64_PC32 | elf::R_X86_64_PLT32);
+                f(rela.r_offset(endian), target, pc_relative);
+            }
+        }
+        Ok(())
     }
 
     /// The code of a function piece.
@@ -254,7 +258,7 @@ pub(crate) fn is_system_queue(name: &str) -> bool {
 
 /// Every defined function symbol in a code section, sorted by place, each ending where its size
 /// says (or, without one, at the next function or the section's end).
-fn functions(elf: &object::File<'_>) -> Result<Vec<Function>> {
+fn functions(elf: &ElfFile64<'_>) -> Result<Vec<Function>> {
     let mut out: Vec<Function> = Vec::new();
     for symbol in elf.symbols() {
         let SymbolSection::Section(section) = symbol.section() else {

@@ -107,17 +107,19 @@ fn escapes_in_data(code: &mut Code<'_, '_>, var: Ref) -> Result<bool> {
     };
     for s in module.allocated_sections() {
         let is_code = module.is_code(s);
-        let hit = code.relocs(s)?.iter().any(|(at, target)| match target {
-            Ref::Local {
+        let mut hit = false;
+        module.each_reloc(s, |at, target, _| {
+            if let Ref::Local {
                 section: t,
                 offset: o,
-            } if t == section => {
+            } = target
+                && t == section
+            {
                 // Code's pc-relative targets are only known once decoded: look near.
                 let outside = is_code && module.function_at(s, at).is_none();
-                (!is_code && o == offset) || (outside && o.abs_diff(offset) <= 16)
+                hit |= (!is_code && o == offset) || (outside && o.abs_diff(offset) <= 16);
             }
-            _ => false,
-        });
+        })?;
         if hit {
             return Ok(true);
         }

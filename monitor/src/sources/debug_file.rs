@@ -85,8 +85,11 @@ impl DebugFile {
 }
 
 fn decompress(kind: Compression, file: File) -> Result<Vec<u8>> {
-    let input = BufReader::new(file);
     let mut out = Vec::new();
+    if kind == Compression::Xz {
+        reserve_xz(&file, &mut out)?;
+    }
+    let input = BufReader::new(file);
     match kind {
         Compression::Xz => {
             let reader = lzma_rust2::XzReader::new_mem_limit(input, true, XZ_MEM_LIMIT_KB);
@@ -96,6 +99,20 @@ fn decompress(kind: Compression, file: File) -> Result<Vec<u8>> {
         Compression::Zstd => decompress_zstd(input, &mut out)?,
     }
     Ok(out)
+}
+
+/// Room for the whole xz file at once, as its index declares: grown by doubling, the buffer of a
+/// 29 MB amdgpu.ko would pass through 16 + 32 MB (`wqflush scan`'s peak memory). An index that
+/// lies only costs a smaller reservation (capped, and only reserved, not touched) or regrowth.
+fn reserve_xz(mut file: &File, out: &mut Vec<u8>) -> Result<()> {
+    use std::io::{Seek as _, SeekFrom};
+    const MAX_RESERVED: u64 = 512 << 20;
+    if let Ok(size) = lzma_rust2::xz_uncompressed_size(file) {
+        let size = usize::try_from(size.min(MAX_RESERVED)).unwrap_or(0);
+        let _ = out.try_reserve_exact(size);
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok(())
 }
 
 /// Every frame of a zstd file (the `zstd` tool writes one, concatenated files have more).

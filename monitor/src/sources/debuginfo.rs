@@ -330,8 +330,13 @@ fn walk_dir(
     }
 }
 
+/// The paths that exist and are no directory (a symlink counts as what it points at; a pipe or
+/// device is a candidate too, and read like a file).
 fn existing(paths: Vec<PathBuf>) -> Vec<PathBuf> {
-    paths.into_iter().filter(|p| p.is_file()).collect()
+    paths
+        .into_iter()
+        .filter(|p| p.metadata().is_ok_and(|m| !m.is_dir()))
+        .collect()
 }
 
 /// `/usr/lib/debug/.build-id/xx/yyyy.debug`: the first byte of the build-id names the directory.

@@ -5,10 +5,12 @@
 //!
 //! The guest side is `scenario.sh` (with the timer `benchrun.c`); `results` reads what it
 //! recorded, `rows` makes the table and the goals of it, `waits` those of what `--waits` adds,
-//! `table` lays them out.
+//! `table` lays them out. `scan` is a phase of its own on this machine, no guest: `wqflush scan`
+//! of a Debian module tree beside `objdump -dr`.
 
 mod results;
 mod rows;
+pub mod scan;
 mod table;
 mod waits;
 
@@ -62,11 +64,19 @@ pub struct Options {
     pub sites: u32,
     /// Only the `--waits` phase (no bpftrace): a quick loop.
     pub waits_only: bool,
+    /// Only the scan phase, on this machine (no guest).
+    pub scan_only: bool,
+    /// The Debian series whose module tree the scan phase reads.
+    pub scan_series: Series,
     /// The guest's architecture (`WQFLUSH_ARCH` must name the same for the harness).
     pub arch: Arch,
 }
 
-pub fn run(opts: &Options, wqflush: &Path) -> Result<()> {
+/// What the guest's part cannot run with, checked before the scan phase spends its minutes.
+pub fn check(opts: &Options) -> Result<()> {
+    if opts.scan_only {
+        return Ok(());
+    }
     ensure!(
         (1..=10000).contains(&opts.sites),
         "--sites must be 1..=10000"
@@ -78,6 +88,12 @@ pub fn run(opts: &Options, wqflush: &Path) -> Result<()> {
         "bench --arch arm64 --kernel 6.1: that kernel's kallsyms has no system_*wq symbols for \
          bpftrace's kaddr(); use 6.12 or 7, or --waits-only"
     );
+    Ok(())
+}
+
+/// The guest's part: one boot, every round of the interleaved runs.
+pub fn run(opts: &Options, wqflush: &Path) -> Result<()> {
+    check(opts)?;
     let started = Instant::now();
     // The --waits phase runs no bpftrace: without the rest, the guest needs none.
     let mut files = match opts.waits_only {

@@ -251,6 +251,20 @@ while [ $ROUND -lt "$ROUNDS" ]; do
 		stop "$c"
 		log "round $ROUND $c: bench done"
 	done
+	# Start-up end to end, as a CI loop pays it: `wqflush check -- true` attaches, runs nothing,
+	# prints its summary and exits.
+	for c in $CONFIGS; do
+		case $c in fentry|kprobe|kprobe-multi) ;; *) continue ;; esac
+		# Only a method that went live this round (start fails the bench otherwise).
+		grep -q "^attach_ns $ROUND $c " $R || continue
+		t0=$(benchrun now)
+		wqflush check --attach "$c" -- true >/tmp/out 2>/tmp/err
+		_rc=$?
+		t1=$(benchrun now)
+		# 3: something in the guest flushed a system queue meanwhile; still a whole run.
+		[ $_rc = 0 ] || [ $_rc = 3 ] || fail "$c: check -- true exited $_rc"
+		rec check_ns "$ROUND" "$c" $((t1 - t0))
+	done
 	# Offending path: flush_workqueue(system_wq) from both CPUs at once.
 	for c in $CONFIGS; do
 		start "$c"
@@ -331,6 +345,22 @@ while [ $ROUND -lt "$ROUNDS" ]; do
 		stop "$c"
 		rec paced_lost "$ROUND" "$c" $(summary | grep -o '"lost":[0-9]*' | tail -n 1 | cut -d: -f2)
 		log "round $ROUND $c: paced sites done"
+	done
+	# The same while vmlinux's debug info loads: the first source-line lookup waits on a FIFO
+	# where a -dbg vmlinux would be, until a 300 MB stand-in is fed to it after the last site.
+	dbg="/usr/lib/debug/boot/vmlinux-$(uname -r)"
+	for c in $CONFIGS; do
+		case $c in none|bpftrace) continue ;; esac
+		{ mkdir -p "${dbg%/*}" && mkfifo "$dbg"; } || fail "mkfifo"
+		start "$c"
+		fire sites_paced "$SITES" || fail "sites_paced trigger"
+		timeout 120 sh -c "head -c 300000000 /dev/zero >'$dbg'" 2>/dev/null
+		sleep 2
+		rec stalled_records "$ROUND" "$c" $(grep -c '"type":"flush"' /tmp/out)
+		stop "$c"
+		rm -f "$dbg"
+		rec stalled_lost "$ROUND" "$c" $(summary | grep -o '"lost":[0-9]*' | tail -n 1 | cut -d: -f2)
+		log "round $ROUND $c: paced sites behind a loading debug file done"
 	done
 done
 emit log cat $L

@@ -233,6 +233,8 @@ mod tests {
             flushes: 2,
             sites: 1,
             waits_only: true,
+            scan_only: false,
+            scan_series: Series::V6_1,
             arch: wqflush_vmtest::Arch::Amd64,
         };
         let g = goals(&r, &opts);
