@@ -18,8 +18,6 @@ const APT_PACKAGES: &[&str] = &[
     "debootstrap",
     "dwarves",
     "xz-utils",
-    // The scan tests decompress Debian's `.ko.xz` (xz-utils) and other `.ko.zst` module files.
-    "zstd",
     "gcc",
     "make",
     // `cargo xtask dist` (strip) and the package test (lintian, readelf, man).
@@ -39,7 +37,7 @@ const APT_PACKAGES: &[&str] = &[
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
     // The scan tests compress fixtures the way modules are installed (.ko.zst; xz and gzip
-    // come with the base system and xz-utils).
+    // come with the base system and xz-utils), and the scan oracle decompresses them.
     "zstd",
 ];
 
