@@ -238,6 +238,63 @@ pub fn prepare_kernel(series: Series, cache: &Path) -> Result<Kernel> {
     locate(series, arch, &abi, &dir.join("root"), busybox)
 }
 
+/// The module tree (`.../lib/modules/<release>/`) of `series`' newest kernel for the
+/// architecture `WQFLUSH_ARCH` names: the image package's own up to 6.x; from 7.x, where the
+/// image holds none, `linux-modules-<abi>-<arch>` downloaded and extracted into
+/// `cache/<abi>[-<arch>]-modules/` on first use.
+pub fn module_tree(series: Series, cache: &Path) -> Result<PathBuf> {
+    let kernel = prepare_kernel(series, cache)?;
+    if let Some(tree) = find_module_tree(&kernel.root, &kernel.release) {
+        return Ok(tree);
+    }
+    let apt = Apt::open(cache, kernel.arch)?;
+    let name = format!("{}-modules", kernel_dir_name(kernel.arch, &kernel.abi));
+    let dir = cache.join(&name);
+    let _guard = lock(&cache.join(format!("{name}.lock")))?;
+    if !dir.join(".complete").exists() {
+        let pkg = format!("linux-modules-{}", kernel.release);
+        extract_packages(&apt, &[pkg], &dir).with_context(|| {
+            format!(
+                "preparing {}'s modules in {}",
+                kernel.release,
+                dir.display()
+            )
+        })?;
+    }
+    find_module_tree(&dir.join("root"), &kernel.release).with_context(|| {
+        format!(
+            "linux-modules-{} has no lib/modules/{}/kernel; delete {} to re-download",
+            kernel.release,
+            kernel.release,
+            dir.display()
+        )
+    })
+}
+
+/// `root/lib/modules/<release>` or `root/usr/lib/modules/<release>`, whichever has modules.
+fn find_module_tree(root: &Path, release: &str) -> Option<PathBuf> {
+    ["lib/modules", "usr/lib/modules"]
+        .map(|m| root.join(m).join(release))
+        .into_iter()
+        .find(|tree| tree.join("kernel").is_dir())
+}
+
+/// Downloads `pkgs` and extracts them into `dir/root`, then marks `dir` complete; a partial
+/// earlier attempt is removed first.
+fn extract_packages(apt: &Apt, pkgs: &[String], dir: &Path) -> Result<()> {
+    let root = dir.join("root");
+    let _ = fs::remove_dir_all(&root);
+    let debs_dir = dir.join("debs.tmp");
+    let _ = fs::remove_dir_all(&debs_dir);
+    fs::create_dir_all(&debs_dir).with_context(|| format!("creating {}", debs_dir.display()))?;
+    for deb in download(apt, pkgs, &debs_dir)? {
+        run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root))?;
+    }
+    fs::remove_dir_all(&debs_dir).with_context(|| format!("removing {}", debs_dir.display()))?;
+    fs::write(dir.join(".complete"), format!("{}\n", pkgs.join(" ")))
+        .context("writing .complete marker")
+}
+
 /// The cache folder of a kernel: the ABI for amd64 (as before there were two architectures),
 /// the ABI with the architecture for the others.
 fn kernel_dir_name(arch: Arch, abi: &str) -> String {

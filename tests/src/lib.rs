@@ -19,6 +19,7 @@ pub mod oracle;
 pub mod qemu;
 pub mod records;
 pub mod scan_objects;
+pub mod scan_oracle;
 pub mod scenario;
 mod systemd_foreign;
 pub mod systemd_guest;

@@ -37,7 +37,7 @@ const APT_PACKAGES: &[&str] = &[
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
     // The scan tests compress fixtures the way modules are installed (.ko.zst; xz and gzip
-    // come with the base system and xz-utils).
+    // come with the base system and xz-utils), and the scan oracle decompresses them.
     "zstd",
 ];
 
