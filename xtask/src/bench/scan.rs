@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde::Deserialize;
-use wqflush_vmtest::{cache_dir, prepare_kernel};
+use wqflush_vmtest::{cache_dir, debian::module_tree, prepare_kernel};
 
 use super::{
     Options,
@@ -159,19 +159,11 @@ fn tree(opts: &Options) -> Result<Tree> {
         kernel.arch,
         opts.arch
     );
-    // bookworm's packages put modules in /lib, trixie's in /usr/lib.
-    let dir = ["lib/modules", "usr/lib/modules"]
-        .map(|d| kernel.root.join(d).join(&kernel.release))
-        .into_iter()
-        .find(|d| d.is_dir())
-        .with_context(|| format!("{} has no module tree", kernel.root.display()))?;
+    // The image's own tree, or 7.x's linux-modules package (downloaded once).
+    let dir = module_tree(opts.scan_series, &cache_dir())?;
     let files = module_files(&dir)?;
     let Some(first) = files.first() else {
-        bail!(
-            "{} holds no module files (the harness downloads no modules package for this \
-             series); pick another with --scan-kernel",
-            dir.display()
-        );
+        bail!("{} holds no module files", dir.display());
     };
     let (suffix, decompressor) = kind(first).context("a module file of no known suffix")?;
     ensure!(
