@@ -57,10 +57,14 @@ pub fn json(scan: &Scan) -> String {
 /// The table, a count line, and the remedy when anything was found.
 pub fn text(scan: &Scan) -> String {
     let mut out = String::new();
+    let unread = match scan.errors.len() {
+        0 => String::new(),
+        n => format!(", {n} could not be read"),
+    };
     if scan.sites.is_empty() {
         let _ = writeln!(
             out,
-            "no function flushes a system workqueue ({} module files read)",
+            "no function flushes a system workqueue ({} module files read{unread})",
             scan.files
         );
         return out;
@@ -82,9 +86,14 @@ pub fn text(scan: &Scan) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{} in {} flush a system workqueue ({} module files read).\n{REMEDY}",
+        "\n{} in {} {} a system workqueue ({} module files read{unread}).\n{REMEDY}",
         plural(scan.sites.len(), "function"),
         plural(scan.modules(), "module"),
+        if scan.sites.len() == 1 {
+            "flushes"
+        } else {
+            "flush"
+        },
         scan.files
     );
     out
@@ -120,4 +129,69 @@ fn row(site: &StaticSite) -> [String; 5] {
         runs_at.to_owned(),
         site.source.clone().unwrap_or_else(|| "-".to_owned()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::Section;
+
+    fn scan() -> Scan {
+        let site = StaticSite {
+            module: "foo".into(),
+            caller: "foo_exit".into(),
+            wq: "system_unbound_wq".into(),
+            section: Section::Exit,
+            via: Some("foo_wq".into()),
+            source: Some("drivers/foo/foo.c:42".into()),
+            file: "/lib/modules/r/foo.ko".into(),
+            calls: 2,
+        };
+        Scan {
+            sites: vec![site],
+            files: 3,
+            errors: vec!["/x.ko: not a 64-bit ELF object file".into()],
+        }
+    }
+
+    #[test]
+    fn json_has_one_record_per_site_and_a_summary() {
+        let text = json(&scan());
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        let site = &lines[0];
+        assert_eq!(site["type"], "static_site");
+        assert_eq!(site["section"], "exit");
+        assert_eq!(site["via"], "foo_wq");
+        assert_eq!(site["calls"], 2);
+        let summary = &lines[1];
+        assert_eq!(summary["type"], "scan_summary");
+        assert_eq!(
+            (&summary["files"], &summary["sites"], &summary["errors"]),
+            (&3.into(), &1.into(), &1.into())
+        );
+    }
+
+    #[test]
+    fn text_names_the_site_the_variable_and_what_could_not_be_read() {
+        let text = text(&scan());
+        let row = text.lines().nth(1).expect("a row");
+        for part in [
+            "foo",
+            "foo_exit (2 calls)",
+            "system_unbound_wq (via foo_wq)",
+            "module exit",
+        ] {
+            assert!(row.contains(part), "{part:?} in {row:?}");
+        }
+        assert!(text.contains("1 function in 1 module flushes a system workqueue (3 module files read, 1 could not be read)"), "{text}");
+        let none = Scan {
+            sites: Vec::new(),
+            ..scan()
+        };
+        assert!(super::text(&none).starts_with("no function flushes"));
+    }
 }

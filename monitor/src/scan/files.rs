@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 /// The names modules are installed under (CONFIG_MODULE_COMPRESS_*).
 const MODULE_SUFFIXES: [&str; 4] = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"];
@@ -14,7 +14,15 @@ const MODULE_SUFFIXES: [&str; 4] = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"];
 pub fn running_tree() -> Result<PathBuf> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .context("reading the kernel release from /proc/sys/kernel/osrelease")?;
-    Ok(Path::new("/lib/modules").join(release.trim()))
+    let tree = Path::new("/lib/modules").join(release.trim());
+    if !tree.is_dir() {
+        bail!(
+            "the running kernel has no module tree at {}: give the module files or \
+             directories to scan",
+            tree.display()
+        );
+    }
+    Ok(tree)
 }
 
 /// The files to read, in a stable order, and the paths that could not be listed.

@@ -104,7 +104,7 @@ pub struct Reached {
 #[derive(Debug, Default)]
 pub struct Scan {
     pub sites: Vec<StaticSite>,
-    /// Module files read.
+    /// Module files read (those that could not be read are in `errors`).
     pub files: usize,
     /// One line per file or directory that could not be read.
     pub errors: Vec<String>,
@@ -146,10 +146,12 @@ impl Scan {
     pub(crate) fn add(&mut self, files: &[PathBuf], results: Vec<Result<Vec<StaticSite>>>) {
         for (file, result) in files.iter().zip(results) {
             match result {
-                Ok(sites) => self.sites.extend(sites),
+                Ok(sites) => {
+                    self.sites.extend(sites);
+                    self.files += 1;
+                }
                 Err(e) => self.errors.push(format!("{}: {e:#}", file.display())),
             }
-            self.files += 1;
         }
     }
 }
