@@ -54,7 +54,7 @@ pub async fn run(opts: &Options, command: Option<&[OsString]>) -> Result<Outcome
     let mut sinks = open_sinks(opts).await?;
     let listener = sinks.metrics.take();
     let (ks, target, mut probe) = attach(opts)?;
-    // Waits are tracked by default where the kernel makes it cheap: from here on, as attached.
+    // From here on, waits as the probe attached them (`--waits` where a method could track them).
     let opts = &opts.with_waits(probe.waits);
     let (mut ring, mut loads) = rings(&mut probe.ebpf)?;
     let mut returns = returns_ring(&mut probe, opts.waits)?;

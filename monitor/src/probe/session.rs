@@ -1,8 +1,8 @@
 //! `--waits` through a kprobe session (6.10+, CONFIG_FPROBE): the entry program itself decides,
 //! by its return value, whether the link runs it again at the flush's return, so only an
-//! offending flush pays for the wait tracking (monitor-ebpf's `flush_session`). Where the kernel
-//! has sessions, waits are tracked by default; elsewhere an exit program on every flush's return
-//! would double what every flush of any queue costs, so there it stays `--waits`' choice.
+//! offending flush pays for the wait tracking (monitor-ebpf's `flush_session`); elsewhere an exit
+//! program runs on every flush's return and about doubles what every flush costs. Waits stay
+//! `--waits`' choice either way until the session meets its cost goal (`WaitsVia::choose`).
 
 use std::{ffi::CString, os::fd::AsFd as _, sync::OnceLock};
 
